@@ -1,0 +1,611 @@
+"""The pure decision engine.
+
+``decide(case, now, policy, calendar)`` says what a due case must do now;
+``apply(case, event, now, policy, calendar)`` says how an event changes it;
+``assign_slot`` completes a convocation once the service layer found a slot;
+``send_verdict`` re-checks a planned message just before it is sent.
+
+No I/O, no clock, no database: everything comes in as arguments and goes out
+as a new :class:`CaseState` plus a tuple of actions. The rules of DESIGN.md that
+must hold whatever the order of events live here:
+
+* ``sanction_review`` is entered only if the letters it relies on reached an
+  address not marked NPAI; otherwise the case is held for an agent;
+* ``pre_sanction_notice`` only after ``review_decision proceed``;
+* ``crsa_referral`` only once the observation period has run from a known
+  receipt date;
+* nothing is sent while a legitimate reason runs, after a booking (except the
+  appointment reminder), or after the case is closed;
+* at most one message per (case, step, channel) — per appointment for the
+  reminder, whose ``seq`` is the appointment's number;
+* SMS and e-mails only inside the sending window (deferred, never dropped);
+* a droit received late is invited at once and counted as late.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from ..calendar import BusinessCalendar
+from ..policy import Policy, StepSpec
+from .model import (
+    APPOINTMENT,
+    AWAITING_RECEIPT,
+    AWAITING_SLOT,
+    CANCELLED,
+    CLOSED,
+    ENTER,
+    HELD,
+    OBSERVATION,
+    OPEN,
+    PAUSED,
+    PENDING,
+    REACHED,
+    RETURNED,
+    REVIEW,
+    TASK,
+    WAITING,
+    AppointmentOutcome,
+    CancelPending,
+    CaseState,
+    Decision,
+    Event,
+    Flag,
+    MarkReturned,
+    MessageView,
+    NeedSlot,
+    OpenCase,
+    PlanMessage,
+    RecordAppointment,
+    ReferToCommission,
+    StepChanged,
+)
+
+WINDOWED_CHANNELS = frozenset({"sms", "email"})
+
+
+class EngineError(ValueError):
+    """An event that cannot apply (missing date, unknown path...): message in French."""
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _replace(case: CaseState, **changes) -> CaseState:
+    return dataclasses.replace(case, **changes)
+
+
+def _step(policy: Policy, case: CaseState, step_id: str | None = None) -> StepSpec:
+    return policy.path(case.path).step(step_id or case.step)
+
+
+def _days(n: int) -> dt.timedelta:
+    return dt.timedelta(days=n)
+
+
+def channel_usable(case: CaseState, channel: str) -> bool:
+    if channel == "letter":
+        return case.has_address and not case.npai
+    if channel == "sms":
+        return case.has_phone and not case.phone_unusable and not case.sms_opt_out
+    if channel == "email":
+        return case.has_email and not case.email_unusable
+    return False
+
+
+def _has_message(case: CaseState, step: str, channel: str, seq: int) -> bool:
+    return any(m.step == step and m.channel == channel and m.seq == seq for m in case.messages)
+
+
+def _plan(case: CaseState, step: StepSpec | str, channels, now: dt.datetime, cal: BusinessCalendar,
+          seq: int = 0, not_before: dt.datetime | None = None, postage: str | None = None):
+    """Plan the messages of a step on its usable channels (never twice)."""
+    step_id = step if isinstance(step, str) else step.id
+    if postage is None and not isinstance(step, str):
+        postage = step.postage
+    actions: list = []
+    new_msgs: list[MessageView] = []
+    for channel in channels:
+        if not channel_usable(case, channel) or _has_message(case, step_id, channel, seq):
+            continue
+        at = not_before or now
+        if channel in WINDOWED_CHANNELS:
+            at = cal.next_send_slot(at)
+        actions.append(PlanMessage(step_id, channel, seq, at, postage if channel == "letter" else None))
+        new_msgs.append(MessageView(step_id, channel, seq, PENDING, case.address_version))
+    return _replace(case, messages=case.messages + tuple(new_msgs)), actions
+
+
+def _cancel(case: CaseState, reason: str, channel: str | None = None, keep_step: str | None = None):
+    """Cancel the planned (pending) messages; returns the state and the action."""
+    if not any(m.status == PENDING and (channel is None or m.channel == channel)
+               and (keep_step is None or m.step != keep_step) for m in case.messages):
+        return case, []
+    msgs = tuple(
+        dataclasses.replace(m, status=CANCELLED)
+        if m.status == PENDING and (channel is None or m.channel == channel) and (keep_step is None or m.step != keep_step)
+        else m
+        for m in case.messages
+    )
+    return _replace(case, messages=msgs), [CancelPending(reason, channel, keep_step)]
+
+
+def letters_reached(case: CaseState, step_ids) -> bool:
+    """Each step of ``step_ids`` has a letter that was sent and did not come back."""
+    for step_id in step_ids:
+        if not any(m.step == step_id and m.channel == "letter" and m.status in REACHED for m in case.messages):
+            return False
+    return True
+
+
+def _close(case: CaseState, outcome: str, now: dt.datetime) -> tuple[CaseState, list]:
+    case, actions = _cancel(case, f"case_closed:{outcome}")
+    case = _replace(case, status="closed", phase=CLOSED, outcome=outcome, closed_at=now, due_at=None,
+                    hold_reason=None)
+    return case, actions
+
+
+def _missed_check_at(appointment_at: dt.datetime, policy: Policy, cal: BusinessCalendar) -> dt.datetime:
+    return cal.end_of_working_days_after(appointment_at, policy.delays.missed_grace_working_days)
+
+
+def _plan_reminder(case: CaseState, appointment_at: dt.datetime, now: dt.datetime, policy: Policy,
+                   cal: BusinessCalendar):
+    d = policy.delays
+    remind_day = cal.local_date(appointment_at) - _days(d.reminder_days_before)
+    at = cal.at(remind_day, d.reminder_time)
+    if at < now:
+        at = now
+    at = cal.next_send_slot(at)
+    if at >= appointment_at:
+        return case, []
+    return _plan(case, policy.reminder.step, policy.reminder.channels, now, cal, seq=case.appointment_count,
+                 not_before=at)
+
+
+# --- creation ----------------------------------------------------------------------
+
+
+def new_case(*, path: str, organisation: str, droit_opened_on: dt.date, now: dt.datetime, policy: Policy,
+             cal: BusinessCalendar, has_address: bool = True, has_phone: bool = False,
+             has_email: bool = False, start_step: str | None = None,
+             due_at: dt.datetime | None = None) -> CaseState:
+    """A new case: it enters its first step at once (or ``start_step`` at ``due_at``)."""
+    spec = policy.path(path)
+    target = policy.delays.first_invitation_target_days
+    late = cal.local_date(now) > droit_opened_on + _days(target)
+    return CaseState(
+        path=path,
+        organisation=organisation,
+        droit_opened_on=droit_opened_on,
+        created_at=now,
+        step=start_step or spec.first.id,
+        phase=ENTER,
+        due_at=due_at or now,
+        has_address=has_address,
+        has_phone=has_phone,
+        has_email=has_email,
+        late=late and start_step is None,
+    )
+
+
+# --- entering a step -------------------------------------------------------------------
+
+
+def _enter(case: CaseState, step_id: str, now: dt.datetime, policy: Policy, cal: BusinessCalendar,
+           reason: str) -> tuple[CaseState, list]:
+    path = policy.path(case.path)
+    spec = path.step(step_id)
+    actions: list = []
+
+    if spec.kind == "review":
+        if not letters_reached(case, spec.relies_on):
+            hold = "npai" if case.npai else "letter_missing"
+            case = _replace(case, phase=HELD, hold_reason=hold, due_at=None)
+            return case, [Flag("held", f"{hold}:{step_id}")]
+
+    from_step = case.step if case.step_entered_at is not None else None
+    actions.append(StepChanged(from_step, step_id, reason))
+    case = _replace(case, step=step_id, step_entered_at=now, hold_reason=None, respond_by=None,
+                    appointment_at=None, appointment_kind=None, prebook_phase=None, prebook_due_at=None)
+
+    if spec.kind == "invite":
+        case, acts = _plan(case, spec, spec.channels, now, cal)
+        actions += acts
+        due = now + _days(spec.respond_days)
+        case = _replace(case, phase=WAITING, due_at=due, respond_by=cal.local_date(due))
+        if case.first_invitation_at is None:
+            case = _replace(case, first_invitation_at=now)
+        return case, actions
+
+    if spec.kind == "appointment":
+        case = _replace(case, phase=AWAITING_SLOT, due_at=None)
+        return case, actions + [NeedSlot(step_id, now + _days(spec.min_days))]
+
+    if spec.kind == "task":
+        case = _replace(case, phase=TASK, due_at=None)
+        return case, actions + [Flag("task", step_id)]
+
+    if spec.kind == "handoff":
+        case2, acts = _enter(case, spec.next, now, policy, cal, reason=f"handoff:{step_id}")
+        return case2, actions + acts
+
+    if spec.kind == "review":
+        case = _replace(case, phase=REVIEW, due_at=None, review_decision=None)
+        return case, actions + [Flag("review", step_id)]
+
+    if spec.kind == "notice":
+        if not channel_usable(case, "letter"):
+            case = _replace(case, phase=HELD, hold_reason="npai" if case.npai else "no_address", due_at=None)
+            return case, actions + [Flag("held", f"{case.hold_reason}:{step_id}")]
+        case, acts = _plan(case, spec, spec.channels, now, cal)
+        case = _replace(case, phase=AWAITING_RECEIPT, receipt_on=None,
+                        due_at=now + _days(policy.delays.receipt_wait_days))
+        return case, actions + acts
+
+    if spec.kind == "referral":
+        case, acts = _plan(case, spec, spec.channels, now, cal)
+        actions += acts + [ReferToCommission(cal.local_date(now))]
+        case = _replace(case, status="closed", phase=CLOSED, outcome="crsa_referral", closed_at=now, due_at=None)
+        return case, actions
+
+    raise AssertionError(spec.kind)  # pragma: no cover - policy validation forbids it
+
+
+def assign_slot(case: CaseState, slot: dt.datetime, now: dt.datetime, policy: Policy,
+                cal: BusinessCalendar) -> Decision:
+    """The service layer found a convocation slot: plan the convocation and its reminder."""
+    if case.status != "active" or case.phase != AWAITING_SLOT:
+        return Decision(case, (), "no slot needed")
+    spec = _step(policy, case)
+    count = case.appointment_count + 1
+    case = _replace(case, phase=APPOINTMENT, appointment_at=slot, appointment_kind="convocation",
+                    appointment_count=count, due_at=_missed_check_at(slot, policy, cal))
+    case, actions = _plan(case, spec, spec.channels, now, cal)
+    case, reminder = _plan_reminder(case, slot, now, policy, cal)
+    return Decision(case, tuple([RecordAppointment(slot, "convocation", spec.id)] + actions + reminder))
+
+
+# --- time passes -------------------------------------------------------------------------
+
+
+def decide(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCalendar) -> Decision:
+    """What a case must do now (nothing unless it is due)."""
+    if case.status != "active" or case.due_at is None or case.due_at > now:
+        return Decision(case, (), "not due")
+
+    if case.phase == ENTER:
+        case2, actions = _enter(case, case.step, now, policy, cal, reason="start")
+        if case.late and case.step_entered_at is None:
+            actions = [Flag("late", "first invitation after the target")] + actions
+        return Decision(case2, tuple(actions))
+
+    if case.phase == WAITING:
+        spec = _step(policy, case)
+        case2, actions = _enter(case, spec.next, now, policy, cal, reason="no_response")
+        return Decision(case2, tuple(actions))
+
+    if case.phase == APPOINTMENT:
+        case2, actions = _missed(case, now, policy, cal, reason="no_attendance_recorded")
+        return Decision(case2, tuple(actions))
+
+    if case.phase == PAUSED:
+        case2, actions = _resume(case, now, policy, cal)
+        return Decision(case2, tuple(actions))
+
+    if case.phase == OBSERVATION:
+        spec = _step(policy, case)
+        if case.receipt_on is None:  # cannot happen: observation starts with a receipt
+            return Decision(_replace(case, phase=HELD, hold_reason="no_receipt", due_at=None), (Flag("held", "no_receipt"),))
+        end = cal.start_of_day(case.receipt_on + _days(spec.observation_days + 1))
+        if now < end:
+            return Decision(_replace(case, due_at=end), (), "observation running")
+        case2, actions = _enter(case, spec.next, now, policy, cal, reason="observation_period_over")
+        return Decision(case2, tuple(actions))
+
+    if case.phase == AWAITING_RECEIPT:
+        return Decision(_replace(case, due_at=None), (Flag("receipt_overdue", case.step),))
+
+    return Decision(_replace(case, due_at=None), (), f"nothing due in phase {case.phase}")
+
+
+def _resume(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCalendar):
+    until = case.paused_until or now
+    phase = case.paused_phase or ENTER
+    remaining = case.paused_remaining
+    base = _replace(case, paused_until=None, paused_phase=None, paused_remaining=None)
+    if phase == APPOINTMENT and case.appointment_at is not None and case.appointment_at <= until:
+        # The appointment fell during the legitimate reason: it is not an absence.
+        if case.appointment_kind == "convocation":
+            closed, actions = _close(base, "restarted_after_legitimate_reason", now)
+            return closed, actions + [OpenCase(case.path, case.step, until, "legitimate_reason_over")]
+        return _after_booking_lost(base, now, policy, cal, reason="legitimate_reason_over")
+    due = None if remaining is None else until + dt.timedelta(seconds=remaining)
+    if phase == ENTER and due is None:
+        due = until
+    return _replace(base, phase=phase, due_at=due), [Flag("resumed", phase)]
+
+
+def _after_booking_lost(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCalendar, reason: str):
+    """A voluntary booking is gone (cancelled, or fell in a pause): back to what the case was doing."""
+    spec = _step(policy, case)
+    case = _replace(case, appointment_at=None, appointment_kind=None)
+    if case.prebook_phase in (WAITING, ENTER, None) and spec.kind == "invite":
+        due = now + _days(spec.respond_days)
+        return _replace(case, phase=WAITING, due_at=due, respond_by=cal.local_date(due), prebook_phase=None,
+                        prebook_due_at=None), []
+    if case.prebook_phase in (REVIEW, TASK, AWAITING_RECEIPT, OBSERVATION, HELD, ENTER, WAITING):
+        due = case.prebook_due_at
+        if due is not None and due < now:
+            due = now
+        return _replace(case, phase=case.prebook_phase, due_at=due, prebook_phase=None, prebook_due_at=None), []
+    return _replace(case, phase=HELD, hold_reason=reason, due_at=None, prebook_phase=None,
+                    prebook_due_at=None), [Flag("held", reason)]
+
+
+def _missed(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCalendar, reason: str):
+    actions: list = [AppointmentOutcome("missed")]
+    case, acts = _cancel(case, "appointment_missed")
+    actions += acts
+    spec = _step(policy, case)
+    if case.appointment_kind == "convocation" or spec.kind in ("invite", "task", "appointment"):
+        if case.prebook_phase in (REVIEW, AWAITING_RECEIPT, OBSERVATION, HELD):
+            case2, acts = _after_booking_lost(case, now, policy, cal, reason)
+            return case2, actions + acts
+        case2, acts = _enter(case, spec.next, now, policy, cal, reason=reason)
+        return case2, actions + acts
+    case2, acts = _after_booking_lost(case, now, policy, cal, reason)
+    return case2, actions + acts
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def apply(case: CaseState, event: Event, now: dt.datetime, policy: Policy, cal: BusinessCalendar) -> Decision:
+    """How an event changes a case. Events on a closed case change nothing."""
+    handler = _HANDLERS.get(event.type)
+    if handler is None:
+        raise EngineError(f"type d'événement inconnu : {event.type}")
+    if case.status != "active":
+        return Decision(case, (), "case closed: event recorded, nothing changes")
+    state, actions, note = handler(case, event, now, policy, cal)
+    return Decision(state, tuple(actions), note)
+
+
+def _on_rdv_booked(case, ev, now, policy, cal):
+    if ev.appointment_at is None:
+        raise EngineError("rdv_booked : la date du rendez-vous (--appointment-at) est obligatoire")
+    prebook_phase, prebook_due = case.prebook_phase, case.prebook_due_at
+    if case.phase == PAUSED:
+        # The person booked: the legitimate reason no longer stops them.
+        case = _replace(case, phase=case.paused_phase or WAITING, paused_until=None, paused_phase=None,
+                        paused_remaining=None)
+    if case.phase != APPOINTMENT:
+        prebook_phase, prebook_due = case.phase, case.due_at
+    actions: list = []
+    if case.phase == APPOINTMENT:
+        actions.append(AppointmentOutcome("cancelled"))
+    case, acts = _cancel(case, "rdv_booked")
+    actions += acts
+    count = case.appointment_count + 1
+    case = _replace(case, phase=APPOINTMENT, appointment_at=ev.appointment_at, appointment_kind="booked",
+                    appointment_count=count, prebook_phase=prebook_phase, prebook_due_at=prebook_due,
+                    hold_reason=None, due_at=_missed_check_at(ev.appointment_at, policy, cal))
+    actions.append(RecordAppointment(ev.appointment_at, "booked", case.step))
+    case, acts = _plan_reminder(case, ev.appointment_at, now, policy, cal)
+    return case, actions + acts, ""
+
+
+def _on_rdv_attended(case, ev, now, policy, cal):
+    actions: list = [AppointmentOutcome("attended")] if case.phase == APPOINTMENT else []
+    case, acts = _close(case, "attended", now)
+    return case, actions + acts, ""
+
+
+def _on_rdv_missed(case, ev, now, policy, cal):
+    if case.phase != APPOINTMENT:
+        return case, [], "no appointment to miss"
+    case, actions = _missed(case, now, policy, cal, reason="rdv_missed")
+    return case, actions, ""
+
+
+def _on_rdv_cancelled(case, ev, now, policy, cal):
+    if case.phase != APPOINTMENT:
+        return case, [], "no appointment to cancel"
+    actions: list = [AppointmentOutcome("cancelled")]
+    case, acts = _cancel(case, "rdv_cancelled")
+    actions += acts
+    if case.appointment_kind == "convocation":
+        case = _replace(case, phase=HELD, hold_reason="rdv_cancelled", due_at=None)
+        return case, actions + [Flag("held", "rdv_cancelled")], ""
+    case, acts = _after_booking_lost(case, now, policy, cal, reason="rdv_cancelled")
+    return case, actions + acts, ""
+
+
+def _on_legitimate_reason(case, ev, now, policy, cal):
+    if ev.until is None:
+        raise EngineError("legitimate_reason : la date de fin (--until) est obligatoire")
+    if ev.until <= now:
+        return case, [], "legitimate reason already over"
+    case, actions = _cancel(case, "legitimate_reason")
+    if case.phase == PAUSED:
+        until = max(case.paused_until or ev.until, ev.until)
+        return _replace(case, paused_until=until, due_at=until), actions + [Flag("paused", "extended")], ""
+    remaining = None if case.due_at is None else max(0.0, (case.due_at - now).total_seconds())
+    case = _replace(case, paused_phase=case.phase, paused_remaining=remaining, paused_until=ev.until,
+                    phase=PAUSED, due_at=ev.until)
+    return case, actions + [Flag("paused", "legitimate_reason")], ""
+
+
+def _on_npai(case, ev, now, policy, cal):
+    version = case.address_version
+    msgs = tuple(
+        dataclasses.replace(m, status=RETURNED)
+        if m.channel == "letter" and m.address_version == version and m.status in REACHED
+        else m
+        for m in case.messages
+    )
+    case = _replace(case, npai=True, messages=msgs)
+    actions: list = [MarkReturned(version)]
+    case, acts = _cancel(case, "npai", channel="letter")
+    actions += acts + [Flag("npai", "address unusable: phone and CAF lookup")]
+    spec = _step(policy, case) if case.step else None
+    path = policy.path(case.path)
+    review = path.review_step()
+    blocked = False
+    phase = case.paused_phase if case.phase == PAUSED else case.phase
+    if phase in (REVIEW, AWAITING_RECEIPT, OBSERVATION) and review is not None:
+        blocked = not letters_reached(case, review.relies_on)
+        if spec is not None and spec.kind == "notice" and not letters_reached(case, [spec.id]):
+            blocked = True
+    if phase == AWAITING_RECEIPT and case.receipt_on is None:
+        blocked = True  # the LRAR itself came back: no receipt date
+    if blocked:
+        case = _replace(case, phase=HELD, hold_reason="npai", due_at=None, paused_phase=None,
+                        paused_until=None, paused_remaining=None)
+        actions.append(Flag("held", "npai"))
+    return case, actions, ""
+
+
+def _on_address_updated(case, ev, now, policy, cal):
+    held_npai = case.phase == HELD and case.hold_reason in ("npai", "no_address", "letter_missing")
+    case = _replace(case, npai=False, has_address=True, address_version=case.address_version + 1)
+    if held_npai:
+        path = policy.path(case.path)
+        closed, actions = _close(case, "restarted_after_address_update", now)
+        return closed, actions + [OpenCase(case.path, path.first.id, now, "address_updated")], ""
+    return case, [Flag("address_updated")], ""
+
+
+def _on_phone_updated(case, ev, now, policy, cal):
+    return _replace(case, has_phone=True, phone_unusable=False, sms_opt_out=False), [Flag("phone_updated")], ""
+
+
+def _on_sms_failed(case, ev, now, policy, cal):
+    case = _replace(case, phone_unusable=True)
+    case, actions = _cancel(case, "sms_failed", channel="sms")
+    return case, actions + [Flag("sms_failed")], ""
+
+
+def _on_sms_opt_out(case, ev, now, policy, cal):
+    case = _replace(case, sms_opt_out=True)
+    case, actions = _cancel(case, "sms_opt_out", channel="sms")
+    return case, actions + [Flag("sms_opt_out")], ""
+
+
+def _on_droit_closed(case, ev, now, policy, cal):
+    case, actions = _close(case, "droit_closed", now)
+    return case, actions, ""
+
+
+def _on_reoriented(case, ev, now, policy, cal):
+    if not ev.to or ev.to not in policy.paths:
+        raise EngineError(f"reoriented : parcours inconnu {ev.to!r} (attendu : {', '.join(policy.paths)})")
+    if ev.to == case.path:
+        return case, [], "already on this path"
+    closed, actions = _close(case, "reoriented", now)
+    return closed, actions + [OpenCase(ev.to, policy.path(ev.to).first.id, now, f"reoriented:{case.path}")], ""
+
+
+def _on_review_decision(case, ev, now, policy, cal):
+    if ev.decision not in ("proceed", "legitimate_reason", "close"):
+        raise EngineError("review_decision : --decision doit valoir proceed, legitimate_reason ou close")
+    if case.phase != REVIEW:
+        return case, [], "not under review"
+    spec = _step(policy, case)
+    if ev.decision == "proceed":
+        if not letters_reached(case, spec.relies_on):
+            case = _replace(case, phase=HELD, hold_reason="npai" if case.npai else "letter_missing", due_at=None)
+            return case, [Flag("held", case.hold_reason)], ""
+        case = _replace(case, review_decision="proceed")
+        case, actions = _enter(case, spec.next, now, policy, cal, reason="review_decision:proceed")
+        return case, actions, ""
+    if ev.decision == "legitimate_reason":
+        if ev.until is None:
+            raise EngineError("review_decision legitimate_reason : la date de fin (--until) est obligatoire")
+        path = policy.path(case.path)
+        restart = next((s.id for s in path.steps if s.kind == "appointment"), path.first.id)
+        case = _replace(case, review_decision="legitimate_reason")
+        closed, actions = _close(case, "legitimate_reason", now)
+        return closed, actions + [OpenCase(case.path, restart, max(ev.until, now), "review_decision:legitimate_reason")], ""
+    case = _replace(case, review_decision="close")
+    closed, actions = _close(case, "review_closed", now)
+    return closed, actions, ""
+
+
+def _on_phone_followup_done(case, ev, now, policy, cal):
+    if case.phase != TASK:
+        return case, [], "no task running"
+    spec = _step(policy, case)
+    case, actions = _enter(case, spec.next, now, policy, cal, reason="phone_followup_done")
+    return case, actions, ""
+
+
+def _on_receipt(case, ev, now, policy, cal):
+    receipt = ev.receipt_on or cal.local_date(ev.at)
+    spec = _step(policy, case) if case.step else None
+    if spec is None or spec.kind != "notice":
+        return case, [], "no registered letter awaiting receipt"
+    if case.phase == AWAITING_RECEIPT:
+        end = cal.start_of_day(receipt + _days(spec.observation_days + 1))
+        return _replace(case, receipt_on=receipt, phase=OBSERVATION, due_at=end), [Flag("receipt", ev.type)], ""
+    if case.phase == PAUSED and case.paused_phase == AWAITING_RECEIPT:
+        end = cal.start_of_day(receipt + _days(spec.observation_days + 1))
+        remaining = max(0.0, (end - now).total_seconds())
+        return _replace(case, receipt_on=receipt, paused_phase=OBSERVATION, paused_remaining=remaining), [Flag("receipt", ev.type)], ""
+    return case, [], "receipt already known"
+
+
+_HANDLERS = {
+    "rdv_booked": _on_rdv_booked,
+    "rdv_attended": _on_rdv_attended,
+    "rdv_missed": _on_rdv_missed,
+    "rdv_cancelled": _on_rdv_cancelled,
+    "legitimate_reason": _on_legitimate_reason,
+    "npai": _on_npai,
+    "address_updated": _on_address_updated,
+    "phone_updated": _on_phone_updated,
+    "sms_failed": _on_sms_failed,
+    "sms_opt_out": _on_sms_opt_out,
+    "droit_closed": _on_droit_closed,
+    "reoriented": _on_reoriented,
+    "review_decision": _on_review_decision,
+    "phone_followup_done": _on_phone_followup_done,
+    "ar_signed": _on_receipt,
+    "ar_unclaimed": _on_receipt,
+}
+
+
+# --- just before sending ----------------------------------------------------------------------
+
+
+def send_verdict(case: CaseState, message: MessageView, now: dt.datetime, policy: Policy,
+                 cal: BusinessCalendar) -> str:
+    """``send``, ``defer`` (outside the sending window) or ``cancel:<reason>``.
+
+    The case may have changed since the message was planned: a booking, a
+    pause, a closed case, an unusable channel all cancel it.
+    """
+    if message.status not in OPEN:
+        return f"cancel:status_{message.status}"
+    if case.status != "active":
+        # The referral letter is written as the case leaves the worker's hands.
+        if not (case.outcome == "crsa_referral" and message.step == case.step):
+            return "cancel:case_closed"
+    elif case.phase == PAUSED:
+        return "cancel:legitimate_reason"
+    if not channel_usable(case, message.channel):
+        return f"cancel:channel_unusable_{message.channel}"
+    is_reminder = message.step == policy.reminder.step
+    if is_reminder:
+        if case.phase != APPOINTMENT or message.seq != case.appointment_count:
+            return "cancel:appointment_changed"
+        if case.appointment_at is not None and now >= case.appointment_at:
+            return "cancel:appointment_passed"
+    elif case.phase == APPOINTMENT and case.appointment_kind == "booked":
+        return "cancel:rdv_booked"
+    elif message.step != case.step:
+        return "cancel:step_changed"
+    if message.channel in WINDOWED_CHANNELS and not cal.in_window(now):
+        return "defer"
+    return "send"

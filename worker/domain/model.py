@@ -1,0 +1,211 @@
+"""The engine's vocabulary: case state, events and the actions it returns.
+
+Plain frozen dataclasses, no I/O. The repository turns database rows into a
+:class:`CaseState` and persists the state and actions the engine returns.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+# Message statuses (GOV.UK Notify's lifecycle, plus letter states).
+PENDING = "pending"
+SENDING = "sending"
+SENT = "sent"
+DISPATCHED = "dispatched"  # letter: its print batch was produced
+DELIVERED = "delivered"
+FAILED = "failed"  # permanent failure (bad number, refused address, opt-out)
+TEMPORARY_FAILURE = "temporary-failure"
+TECHNICAL_FAILURE = "technical-failure"
+CANCELLED = "cancelled"
+RETURNED = "returned"  # letter came back (NPAI)
+
+REACHED = frozenset({SENT, DISPATCHED, DELIVERED})
+OPEN = frozenset({PENDING, SENDING})
+
+EVENT_TYPES = (
+    "rdv_booked",
+    "rdv_attended",
+    "rdv_missed",
+    "rdv_cancelled",
+    "legitimate_reason",
+    "npai",
+    "address_updated",
+    "phone_updated",
+    "sms_failed",
+    "sms_opt_out",
+    "droit_closed",
+    "reoriented",
+    "review_decision",
+    "phone_followup_done",
+    "ar_signed",
+    "ar_unclaimed",
+)
+REVIEW_DECISIONS = ("proceed", "legitimate_reason", "close")
+
+# Phases of an active case.
+ENTER = "enter"  # the case enters `step` when due
+WAITING = "waiting"  # invitation sent, waiting for a booking until due
+AWAITING_SLOT = "awaiting_slot"  # a convocation needs a slot (allocated by the service layer)
+APPOINTMENT = "appointment"  # an appointment is booked/fixed; missed check when due
+TASK = "task"  # an agent's task (phone follow-up)
+REVIEW = "review"  # human gate: waits for review_decision
+AWAITING_RECEIPT = "awaiting_receipt"  # LRAR sent, waiting for the receipt date
+OBSERVATION = "observation"  # 10 days of observations running
+PAUSED = "paused"  # legitimate reason running
+HELD = "held"  # blocked: needs an agent (hold_reason says why)
+CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class MessageView:
+    step: str
+    channel: str
+    seq: int
+    status: str
+    address_version: int = 0
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class CaseState:
+    path: str
+    organisation: str
+    droit_opened_on: dt.date
+    created_at: dt.datetime
+    id: int | None = None
+    status: str = "active"  # active | closed
+    step: str | None = None
+    phase: str = ENTER
+    step_entered_at: dt.datetime | None = None
+    due_at: dt.datetime | None = None
+    respond_by: dt.date | None = None
+    appointment_at: dt.datetime | None = None
+    appointment_kind: str | None = None  # booked | convocation
+    appointment_count: int = 0
+    prebook_phase: str | None = None
+    prebook_due_at: dt.datetime | None = None
+    paused_until: dt.datetime | None = None
+    paused_phase: str | None = None
+    paused_remaining: float | None = None  # seconds of waiting left when the pause began
+    hold_reason: str | None = None
+    review_decision: str | None = None
+    receipt_on: dt.date | None = None
+    npai: bool = False
+    address_version: int = 0
+    has_address: bool = True
+    has_phone: bool = False
+    phone_unusable: bool = False
+    sms_opt_out: bool = False
+    has_email: bool = False
+    email_unusable: bool = False
+    late: bool = False
+    first_invitation_at: dt.datetime | None = None
+    outcome: str | None = None
+    closed_at: dt.datetime | None = None
+    messages: tuple[MessageView, ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    at: dt.datetime
+    until: dt.datetime | None = None
+    appointment_at: dt.datetime | None = None
+    decision: str | None = None
+    to: str | None = None
+    reason: str | None = None
+    receipt_on: dt.date | None = None
+
+
+# --- actions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanMessage:
+    step: str
+    channel: str
+    seq: int
+    not_before: dt.datetime
+    postage: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelPending:
+    reason: str
+    channel: str | None = None  # only this channel; None = all
+    keep_step: str | None = None  # except messages of this step (the appointment reminder)
+
+
+@dataclass(frozen=True)
+class StepChanged:
+    from_step: str | None
+    to_step: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MarkReturned:
+    address_version: int
+
+
+@dataclass(frozen=True)
+class NeedSlot:
+    step: str
+    earliest: dt.datetime
+
+
+@dataclass(frozen=True)
+class RecordAppointment:
+    at: dt.datetime
+    kind: str  # booked | convocation
+    step: str
+
+
+@dataclass(frozen=True)
+class AppointmentOutcome:
+    status: str  # attended | missed | cancelled
+
+
+@dataclass(frozen=True)
+class OpenCase:
+    path: str
+    start_step: str
+    due_at: dt.datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReferToCommission:
+    after: dt.date
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str  # late | npai | held | receipt_overdue | task
+    detail: str = ""
+
+
+Action = (
+    PlanMessage
+    | CancelPending
+    | StepChanged
+    | MarkReturned
+    | NeedSlot
+    | RecordAppointment
+    | AppointmentOutcome
+    | OpenCase
+    | ReferToCommission
+    | Flag
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: CaseState
+    actions: tuple = ()
+    note: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
