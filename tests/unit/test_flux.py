@@ -1,0 +1,694 @@
+"""Flux file parser: samples, one test per rejection rule, formats and encodings."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from worker.contact import normalize_phone
+from worker.flux import (
+    FluxFormatError,
+    FluxRow,
+    ParseResult,
+    Rejection,
+    Warning as FluxWarning,
+    _normalize_phone,
+    parse_flux,
+    parse_flux_file,
+    row_fingerprint,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "samples"
+DATA = ROOT / "tests" / "data"
+
+ORGS = frozenset(
+    {"CDAS-REDON", "CDAS-VALLONS", "CCAS-REDON", "FT-REDON", "ML-REDON", "MSA-PORTES-BRETAGNE"}
+)
+TODAY = date(2024, 6, 1)
+
+HEADER = (
+    "external_id,nir,last_name,first_name,birth_date,sex,address_line1,address_line2,"
+    "postcode,city,phone,email,droit_opened_on,orientation,ft_registered,organisation,"
+    "droits_devoirs"
+)
+COLUMNS = HEADER.split(",")
+GOOD = {
+    "external_id": "CAF35-0007000",
+    "nir": "202023530339079",
+    "last_name": "Laurent",
+    "first_name": "Sandrine",
+    "birth_date": "2002-02-03",
+    "sex": "F",
+    "address_line1": "97 rue Saint-Michel",
+    "address_line2": "",
+    "postcode": "35470",
+    "city": "BAIN-DE-BRETAGNE",
+    "phone": "06 12 34 67 95",
+    "email": "sandrine.laurent@example.org",
+    "droit_opened_on": "2024-05-16",
+    "orientation": "cd",
+    "ft_registered": "false",
+    "organisation": "CDAS-VALLONS",
+    "droits_devoirs": "true",
+}
+
+
+def csv_bytes(*rows: dict, header: str = HEADER, sep: str = ",", eol: str = "\n") -> bytes:
+    cols = header.split(",")
+    lines = [sep.join(cols)]
+    for row in rows:
+        full = {**GOOD, **row}
+        lines.append(sep.join(full.get(c, "") for c in cols))
+    return (eol.join(lines) + eol).encode("utf-8")
+
+
+def parse(data: bytes, today: date = TODAY, **kw) -> ParseResult:
+    return parse_flux(data, organisations=ORGS, today=today, **kw)
+
+
+def one_rejection(**override: str) -> Rejection:
+    """Parse a file with one good row then the overridden row; return its rejection."""
+    res = parse(csv_bytes({"external_id": "CAF35-0006999"}, override))
+    assert len(res.rows) == 1, res.rejected
+    assert len(res.rejected) == 1, res.rejected
+    rej = res.rejected[0]
+    assert rej.line == 3
+    return rej
+
+
+def nir_with_key(body13: str) -> str:
+    n = int(body13.replace("2A", "19").replace("2B", "18"))
+    return f"{body13}{97 - n % 97:02d}"
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def read_expected() -> tuple[set[tuple[int, str | None]], dict[int, tuple[str | None, str]]]:
+    rejected: set[tuple[int, str | None]] = set()
+    warned: dict[int, tuple[str | None, str]] = {}
+    for raw in (SAMPLES / "flux_2024-05_with_errors.expected.txt").read_text("utf-8").splitlines():
+        if not raw.strip() or raw.startswith("#"):
+            continue
+        line, ext, what = raw.split("\t")
+        key = (int(line), ext or None)
+        if "row kept" in what:
+            field = "phone" if what.startswith("phone") else "email"
+            warned[int(line)] = (ext or None, field)
+        else:
+            rejected.add(key)
+    return rejected, warned
+
+
+def test_errors_sample_matches_expected_file():
+    expected_rejected, expected_warned = read_expected()
+    assert len(expected_rejected) == 10 and set(expected_warned) == {18, 23}
+
+    res = parse_flux_file(
+        SAMPLES / "flux_2024-05_with_errors.csv", organisations=ORGS, today=TODAY
+    )
+    data_rows = len((SAMPLES / "flux_2024-05_with_errors.csv").read_bytes().splitlines()) - 1
+    assert data_rows == 32
+
+    assert {(r.line, r.external_id) for r in res.rejected} == expected_rejected
+    assert len(res.rejected) == len(expected_rejected)  # exactly one per bad row
+    assert {w.line: (w.external_id, w.field) for w in res.warnings} == expected_warned
+    assert len(res.rows) == data_rows - len(expected_rejected) == 22
+    assert (res.encoding, res.fmt) == ("utf-8", "csv")
+
+    fields = {r.line: r.field for r in res.rejected}
+    assert fields == {
+        12: "external_id",
+        13: "droit_opened_on",
+        14: "droit_opened_on",
+        15: "postcode",
+        16: "orientation",
+        17: "birth_date",
+        19: "last_name",
+        20: "external_id",
+        21: "address_line1",
+        22: "organisation",
+    }
+    by_line = {r.line: r for r in res.rows}
+    assert by_line[18].phone is None and by_line[18].external_id == "CAF35-0003106"
+    assert by_line[23].email is None and by_line[23].phone == "+33612343837"
+    # the duplicate is the later row; the first one is kept
+    assert by_line[2].first_name == "Sandrine"
+    assert all(r.reason for r in res.rejected) and all(w.reason for w in res.warnings)
+
+
+def test_march_sample_parses_fully():
+    res = parse_flux_file(SAMPLES / "flux_2024-03.csv", organisations=ORGS, today=date(2024, 4, 1))
+    assert (len(res.rows), res.rejected, res.warnings) == (30, [], [])
+    assert (res.encoding, res.fmt) == ("utf-8", "csv")
+    first = res.rows[0]
+    assert first == FluxRow(
+        line=2,
+        external_id="CAF35-0001000",
+        nir="105063528166939",
+        last_name="Diallo",
+        first_name="Julien",
+        birth_date=date(2005, 6, 27),
+        sex="M",
+        address_line1="47 rue de Vilaine",
+        address_line2="Bâtiment B",
+        postcode="35600",
+        city="BAINS-SUR-OUST",
+        phone="+33612345968",
+        email=None,
+        droit_opened_on=date(2024, 3, 18),
+        orientation="ml",
+        ft_registered=False,
+        organisation="ML-REDON",
+        droits_devoirs=False,
+        extra={},
+    )
+    assert [r.line for r in res.rows] == list(range(2, 32))
+    assert {r.orientation for r in res.rows} == {None, "cd", "ft", "ml"}
+    assert any(r.first_name == "Inès" for r in res.rows)
+
+
+def test_excel_sample_semicolon_cp1252_crlf():
+    raw = (SAMPLES / "flux_2024-04_excel.csv").read_bytes()
+    assert b"\r\n" in raw and b";" in raw.splitlines()[0]
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    res = parse_flux_file(
+        SAMPLES / "flux_2024-04_excel.csv", organisations=ORGS, today=date(2024, 5, 2)
+    )
+    assert (len(res.rows), res.rejected, res.warnings) == (30, [], [])
+    assert (res.encoding, res.fmt) == ("cp1252", "csv")
+    first = res.rows[0]
+    assert first.external_id == "CAF35-0002000"
+    assert first.address_line2 == "Résidence Les Ajoncs"
+    assert first.droit_opened_on == date(2024, 4, 30)
+    assert first.orientation is None
+    # the last column (before CRLF) is read cleanly: 3 people are not subject to droits et devoirs
+    assert sum(not r.droits_devoirs for r in res.rows) == 3
+    assert all(r.organisation in ORGS for r in res.rows)
+
+
+def test_stock_sample_keeps_segment_and_priority_fast():
+    start = time.perf_counter()
+    res = parse_flux_file(SAMPLES / "stock_2023-03.csv", organisations=ORGS, today=date(2023, 3, 31))
+    elapsed = time.perf_counter() - start
+    assert (len(res.rows), res.rejected, res.warnings) == (1396, [], [])
+    assert all(set(r.extra) == {"segment", "priority"} for r in res.rows)
+    first = res.rows[0]
+    assert first.extra == {"segment": "non_oriented", "priority": "1"}
+    assert {r.organisation for r in res.rows} == set(ORGS)
+    assert elapsed < 1.0, f"stock parsed in {elapsed:.2f}s"
+
+
+def test_jsonl_sample_parses():
+    res = parse_flux_file(SAMPLES / "flux_2024-06.jsonl", organisations=ORGS, today=date(2024, 7, 1))
+    assert (len(res.rows), res.rejected, res.warnings) == (20, [], [])
+    assert (res.encoding, res.fmt) == ("utf-8", "jsonl")
+    assert [r.line for r in res.rows] == list(range(1, 21))
+    assert {r.orientation for r in res.rows} == {None, "cd", "ft", "ml"}
+    assert {r.organisation for r in res.rows} == set(ORGS)
+    assert all(r.droit_opened_on.strftime("%Y-%m") == "2024-06" for r in res.rows)
+    assert all(r.phone is None or r.phone.startswith("+3361234") for r in res.rows)
+    assert any(r.ft_registered for r in res.rows) and any(not r.droits_devoirs for r in res.rows)
+
+
+def test_samples_are_copied_byte_for_byte_when_shared_exists():
+    shared = Path("/work/shared/data")
+    if not shared.is_dir():
+        pytest.skip("no shared data folder")
+    for name in (
+        "flux_2024-03.csv",
+        "flux_2024-04_excel.csv",
+        "flux_2024-05_with_errors.csv",
+        "flux_2024-05_with_errors.expected.txt",
+        "stock_2023-03.csv",
+        "README.md",
+    ):
+        assert (SAMPLES / name).read_bytes() == (shared / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_utf8_bom_variant():
+    raw = (SAMPLES / "flux_2024-03.csv").read_bytes()
+    res = parse(b"\xef\xbb\xbf" + raw, today=date(2024, 4, 1))
+    assert res.encoding == "utf-8-sig"
+    assert len(res.rows) == 30 and not res.rejected
+    assert res.rows[0].external_id == "CAF35-0001000"
+
+
+def test_bom_semicolon_crlf_from_bytes():
+    data = b"\xef\xbb\xbf" + csv_bytes(GOOD, sep=";", eol="\r\n")
+    res = parse(data)
+    assert not res.rejected and len(res.rows) == 1
+    assert res.rows[0].droits_devoirs is True and res.rows[0].city == "BAIN-DE-BRETAGNE"
+
+
+def test_cp1252_is_fallback_and_utf8_preferred():
+    data = csv_bytes({"address_line2": "Résidence Les Chênes"})
+    assert parse(data).rows[0].address_line2 == "Résidence Les Chênes"
+    res = parse(data.decode("utf-8").encode("cp1252"))
+    assert res.encoding == "cp1252"
+    assert res.rows[0].address_line2 == "Résidence Les Chênes"
+
+
+def test_crlf_and_lf_give_the_same_rows():
+    rows = [GOOD, {"external_id": "CAF35-0007001", "address_line2": "Bâtiment B"}]
+    a = parse(csv_bytes(*rows, eol="\n"))
+    b = parse(csv_bytes(*rows, eol="\r\n"))
+    assert a.rows == b.rows and len(a.rows) == 2
+
+
+def test_values_are_trimmed_and_quoted_fields_understood():
+    data = (
+        HEADER
+        + '\n  CAF35-0007000 , 202023530339079 , Laurent ,"Sandrine, dite Sandy",2002-02-03,f,'
+        '"97 rue Saint-Michel","  ",35470,BAIN-DE-BRETAGNE,  06.12.34.67.95 , ,2024-05-16, CD ,'
+        "NON,cdas-vallons,Oui\n"
+    ).encode()
+    res = parse(data)
+    assert not res.rejected and not res.warnings
+    row = res.rows[0]
+    assert row.external_id == "CAF35-0007000"
+    assert row.first_name == "Sandrine, dite Sandy"
+    assert row.address_line2 is None and row.email is None
+    assert (row.sex, row.orientation, row.organisation) == ("F", "cd", "CDAS-VALLONS")
+    assert (row.ft_registered, row.droits_devoirs) == (False, True)
+    assert row.phone == "+33612346795"
+
+
+def test_unknown_columns_go_to_extra_and_optional_columns_may_be_absent():
+    header = (
+        "external_id,last_name,first_name,birth_date,address_line1,postcode,city,"
+        "droit_opened_on,organisation,segment,Commentaire"
+    )
+    res = parse(csv_bytes({"segment": "msa", "Commentaire": " à revoir "}, header=header))
+    row = res.rows[0]
+    assert row.extra == {"segment": "msa", "commentaire": "à revoir"}
+    assert (row.nir, row.sex, row.phone, row.email, row.orientation) == (None,) * 5
+    assert row.ft_registered is False and row.droits_devoirs is True
+
+
+def test_blank_lines_and_empty_spreadsheet_rows_are_skipped():
+    data = csv_bytes(GOOD) + b"\n  \n" + b",,,,,,,,,,,,,,,,\n" + b"\n"
+    res = parse(data)
+    assert len(res.rows) == 1 and not res.rejected
+
+
+def test_excel_sep_hint_line():
+    data = b"sep=;\r\n" + csv_bytes(GOOD, sep=";", eol="\r\n")
+    res = parse(data)
+    assert not res.rejected
+    assert res.rows[0].line == 3
+
+
+def test_row_with_wrong_field_count_is_rejected():
+    data = csv_bytes(GOOD) + b"CAF35-0007001,too,few\n"
+    res = parse(data)
+    assert len(res.rows) == 1
+    [rej] = res.rejected
+    assert (rej.line, rej.external_id, rej.field) == (3, "CAF35-0007001", "ligne")
+    assert "3 champs au lieu de 17" in rej.reason
+
+
+def test_jsonl_from_bytes_with_booleans_nulls_and_bom():
+    rec = {**GOOD, "ft_registered": True, "droits_devoirs": None, "address_line2": None,
+           "orientation": "", "priority": 2, "tags": ["a"]}
+    data = b"\xef\xbb\xbf\n" + json.dumps(rec, ensure_ascii=False).encode() + b"\r\n"
+    res = parse(data)
+    assert (res.fmt, res.encoding) == ("jsonl", "utf-8-sig")
+    row = res.rows[0]
+    assert row.line == 2
+    assert (row.ft_registered, row.droits_devoirs, row.address_line2, row.orientation) == (
+        True, True, None, None,
+    )
+    assert row.extra == {"priority": "2", "tags": '["a"]'}
+
+
+def test_jsonl_detected_by_name_even_with_leading_garbage():
+    data = b"not json\n" + json.dumps(GOOD).encode() + b"\n"
+    res = parse(data, filename="flux.jsonl")
+    assert res.fmt == "jsonl" and len(res.rows) == 1
+    assert [(r.line, r.field) for r in res.rejected] == [(1, "ligne")]
+
+
+def test_bad_json_line_is_rejected_and_the_rest_goes_on():
+    res = parse_flux_file(
+        DATA / "flux_bad_json_line.jsonl", organisations=ORGS, today=date(2024, 7, 1)
+    )
+    assert res.fmt == "jsonl"
+    assert [r.external_id for r in res.rows] == ["CAF35-0009001", "CAF35-0009003"]
+    [rej] = res.rejected
+    assert (rej.line, rej.external_id, rej.field) == (2, None, "ligne")
+    assert "JSON" in rej.reason
+    moal = res.rows[1]
+    assert moal.first_name == "Tugdual" and moal.ft_registered and moal.droits_devoirs
+    assert moal.extra == {"segment": "test", "priority": "2"}
+    assert res.rows[0].first_name == "Annaïg"
+
+
+def test_jsonl_non_object_line_and_wrong_value_types():
+    lines = [
+        json.dumps({**GOOD, "external_id": "A1", "last_name": True}),
+        json.dumps([1, 2]),
+        json.dumps({**GOOD, "external_id": "A2", "postcode": {"code": "35600"}}),
+        json.dumps({**GOOD, "external_id": "A3", "postcode": 35600}),
+    ]
+    res = parse("\n".join(lines).encode())
+    assert [(r.line, r.external_id, r.field) for r in res.rejected] == [
+        (1, "A1", "last_name"),
+        (2, None, "ligne"),
+        (3, "A2", "postcode"),
+    ]
+    assert [r.external_id for r in res.rows] == ["A3"] and res.rows[0].postcode == "35600"
+
+
+def test_jsonl_missing_key_on_one_line_rejects_that_line():
+    rec = dict(GOOD)
+    del rec["organisation"]
+    res = parse((json.dumps(GOOD) + "\n" + json.dumps({**rec, "external_id": "B2"})).encode())
+    assert len(res.rows) == 1
+    assert [(r.line, r.field) for r in res.rejected] == [(2, "organisation")]
+
+
+# --------------------------------------------------------------------------- file-level errors
+
+
+def test_missing_required_header_column():
+    header = HEADER.replace(",organisation", "").replace("city,", "")
+    with pytest.raises(FluxFormatError) as exc:
+        parse(csv_bytes(GOOD, header=header))
+    msg = str(exc.value)
+    assert "city" in msg and "organisation" in msg and "obligatoire" in msg
+
+
+def test_jsonl_required_key_absent_everywhere():
+    rec = dict(GOOD)
+    del rec["droit_opened_on"]
+    with pytest.raises(FluxFormatError, match="droit_opened_on"):
+        parse(json.dumps(rec).encode())
+
+
+@pytest.mark.parametrize("data", [b"", b"   \r\n\n", b"\xef\xbb\xbf"])
+def test_empty_file(data):
+    with pytest.raises(FluxFormatError, match="vide"):
+        parse(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"PK\x03\x04\x14\x00\x06\x00",
+        b"%PDF-1.7\n...",
+        b"\x00\x01\x02binary",
+        "external_id\tnom".encode("utf-16"),
+        b'[{"external_id": "A"}]',
+        b"just some text\nnothing like a flux\n",
+        b"{not json at all\n{neither\n",
+    ],
+)
+def test_not_csv_nor_jsonl(data):
+    with pytest.raises(FluxFormatError):
+        parse(data)
+
+
+def test_header_only_is_an_empty_flux():
+    res = parse((HEADER + "\n").encode())
+    assert (res.rows, res.rejected, res.warnings) == ([], [], [])
+
+
+def test_duplicate_header_column():
+    with pytest.raises(FluxFormatError, match="double"):
+        parse(csv_bytes(GOOD, header=HEADER + ",city"))
+
+
+# --------------------------------------------------------------------------- one test per rule
+
+
+def test_rule_missing_external_id():
+    rej = one_rejection(external_id="")
+    assert (rej.external_id, rej.field) == (None, "external_id")
+    assert "manquant" in rej.reason
+
+
+def test_rule_duplicate_external_id_later_row_rejected():
+    res = parse(csv_bytes(GOOD, {"first_name": "Doublon"}, {"external_id": "CAF35-0007001"}))
+    assert [r.line for r in res.rows] == [2, 4]
+    [rej] = res.rejected
+    assert (rej.line, rej.external_id, rej.field) == (3, "CAF35-0007000", "external_id")
+    assert "ligne 2" in rej.reason
+
+
+def test_rule_duplicate_checked_before_other_problems():
+    res = parse(csv_bytes(GOOD, {"postcode": "1"}))
+    assert [(r.line, r.field) for r in res.rejected] == [(3, "external_id")]
+
+
+@pytest.mark.parametrize("field", ["last_name", "first_name"])
+def test_rule_missing_names(field):
+    rej = one_rejection(**{field: "  "})
+    assert rej.field == field and rej.external_id == GOOD["external_id"]
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("droit_opened_on", "31/02/2024"),
+        ("droit_opened_on", "2024-02-31"),
+        ("droit_opened_on", "2024-5-3"),
+        ("droit_opened_on", ""),
+        ("birth_date", "1990-13-01"),
+        ("birth_date", "03/02/2002"),
+        ("birth_date", ""),
+    ],
+)
+def test_rule_bad_or_impossible_dates(field, value):
+    rej = one_rejection(**{field: value})
+    assert rej.field == field
+
+
+def test_rule_impossible_date_reason_says_so():
+    assert "impossible" in one_rejection(droit_opened_on="2023-02-29").reason
+    assert "AAAA-MM-JJ" in one_rejection(droit_opened_on="31/02/2024").reason
+    # 2024 is a leap year
+    assert not parse(csv_bytes({"droit_opened_on": "2024-02-29"})).rejected
+
+
+def test_rule_droit_in_the_future():
+    rej = one_rejection(droit_opened_on="2024-06-02")
+    assert rej.field == "droit_opened_on" and "futur" in rej.reason
+    assert not parse(csv_bytes({"droit_opened_on": "2024-06-01"})).rejected  # today is fine
+
+
+@pytest.mark.parametrize(
+    "birth",
+    ["1899-12-31", "1904-05-31", "2008-05-17", "2024-05-20", "2030-01-01"],
+)
+def test_rule_implausible_birth_date(birth):
+    # droit 2024-05-16, today 2024-06-01: older than 120 or younger than 16 at droit
+    rej = one_rejection(birth_date=birth, nir="")
+    assert rej.field == "birth_date" and "invraisemblable" in rej.reason
+
+
+@pytest.mark.parametrize("birth", ["1904-06-01", "2008-05-16"])
+def test_rule_birth_date_limits_are_plausible(birth):
+    res = parse(csv_bytes({"birth_date": birth, "nir": ""}))
+    assert not res.rejected
+
+
+@pytest.mark.parametrize("postcode", ["3560", "356000", "35 600", "2A004", "ABCDE"])
+def test_rule_postcode_not_five_digits(postcode):
+    rej = one_rejection(postcode=postcode)
+    assert rej.field == "postcode" and "5 chiffres" in rej.reason
+
+
+def test_rule_missing_postcode():
+    assert one_rejection(postcode="").field == "postcode"
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ({"address_line1": "", "city": ""}, "address_line1"),
+        ({"address_line1": ""}, "address_line1"),
+        ({"city": ""}, "city"),
+    ],
+)
+def test_rule_no_postal_address(override, field):
+    rej = one_rejection(**override)
+    assert rej.field == field and "adresse postale" in rej.reason
+
+
+@pytest.mark.parametrize("org", ["CDAS-INCONNU", ""])
+def test_rule_unknown_or_missing_organisation(org):
+    assert one_rejection(organisation=org).field == "organisation"
+
+
+@pytest.mark.parametrize("orientation", ["pole-emploi", "CDAS", "x"])
+def test_rule_unknown_orientation(orientation):
+    rej = one_rejection(orientation=orientation)
+    assert rej.field == "orientation" and orientation in rej.reason
+
+
+@pytest.mark.parametrize("value,expected", [("", None), ("cd", "cd"), ("FT", "ft"), ("Ml", "ml")])
+def test_orientation_values(value, expected):
+    assert parse(csv_bytes({"orientation": value})).rows[0].orientation == expected
+
+
+@pytest.mark.parametrize(
+    "nir",
+    [
+        "20202353033907",  # 14 characters
+        "2020235303390791",  # 16
+        "202023530339078",  # wrong key
+        "2020235X0339079",  # letter
+        "1850520004012" + "00",  # key 00 never valid
+    ],
+)
+def test_rule_invalid_nir(nir):
+    rej = one_rejection(nir=nir)
+    assert rej.field == "nir" and "NIR" in rej.reason
+    assert nir not in rej.reason  # no NIR in messages
+
+
+def test_nir_corsica_and_spaces():
+    a = nir_with_key("185052A004012")
+    b = nir_with_key("285052B004012")
+    assert a != b
+    res = parse(csv_bytes({"nir": a}, {"external_id": "C2", "nir": b.lower()},
+                          {"external_id": "C3", "nir": "2 02 02 35 303 390 79"}))
+    assert not res.rejected
+    assert [r.nir for r in res.rows] == [a, b, "202023530339079"]
+    # the key of a Corsican NIR is not the key computed with "20"
+    wrong = a[:13] + f"{97 - int(a[:5] + '20' + a[7:13]) % 97:02d}"
+    assert wrong != a
+    assert one_rejection(nir=wrong).field == "nir"
+
+
+@pytest.mark.parametrize("sex", ["X", "H", "femme", "2"])
+def test_rule_bad_sex(sex):
+    assert one_rejection(sex=sex).field == "sex"
+
+
+@pytest.mark.parametrize("value,expected", [("F", "F"), ("m", "M"), ("", None)])
+def test_sex_values(value, expected):
+    assert parse(csv_bytes({"sex": value})).rows[0].sex == expected
+
+
+@pytest.mark.parametrize("field", ["ft_registered", "droits_devoirs"])
+@pytest.mark.parametrize("value", ["yes", "peut-être", "2", "t"])
+def test_rule_bad_boolean(field, value):
+    rej = one_rejection(**{field: value})
+    assert rej.field == field
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [("true", True), ("TRUE", True), ("1", True), ("Oui", True), ("VRAI", True),
+     ("false", False), ("0", False), ("non", False), ("FAUX", False)],
+)
+def test_boolean_values(value, expected):
+    row = parse(csv_bytes({"ft_registered": value, "droits_devoirs": value})).rows[0]
+    assert (row.ft_registered, row.droits_devoirs) == (expected, expected)
+
+
+def test_boolean_defaults():
+    row = parse(csv_bytes({"ft_registered": "", "droits_devoirs": ""})).rows[0]
+    assert (row.ft_registered, row.droits_devoirs) == (False, True)
+
+
+def test_exactly_one_rejection_for_a_row_with_many_problems():
+    res = parse(csv_bytes({"last_name": "", "postcode": "1", "organisation": "X", "sex": "?"}))
+    assert [(r.line, r.field) for r in res.rejected] == [(2, "last_name")]
+
+
+@pytest.mark.parametrize("phone", ["12345", "06 12 34", "+44 20", "not a phone"])
+def test_unusable_phone_keeps_row_with_warning(phone):
+    res = parse(csv_bytes({"phone": phone}))
+    assert not res.rejected
+    assert res.rows[0].phone is None
+    [w] = res.warnings
+    assert (w.line, w.external_id, w.field) == (2, GOOD["external_id"], "phone")
+    assert isinstance(w, FluxWarning)
+    assert phone not in w.reason  # no phone numbers in messages
+
+
+def test_unusable_email_keeps_row_with_warning():
+    res = parse(csv_bytes({"email": "not-an-email"}))
+    assert not res.rejected and res.rows[0].email is None
+    assert [(w.line, w.field) for w in res.warnings] == [(2, "email")]
+
+
+def test_rejected_rows_get_no_warning():
+    res = parse(csv_bytes({"phone": "12345", "postcode": "1"}))
+    assert len(res.rejected) == 1 and res.warnings == []
+
+
+@pytest.mark.parametrize(
+    "raw,e164",
+    [
+        ("06 12 34 56 78", "+33612345678"),
+        ("06.12.34.56.78", "+33612345678"),
+        ("+33612345678", "+33612345678"),
+        ("0033 6 12 34 56 78", "+33612345678"),
+        ("02 99 71 00 00", "+33299710000"),
+        ("0692 12 34 56", "+262692123456"),  # La Réunion: through worker.contact
+        ("+33 (0)6 12 34 56 78", normalize_phone("+33 (0)6 12 34 56 78")),
+    ],
+)
+def test_phone_normalisation(raw, e164):
+    assert parse(csv_bytes({"phone": raw})).rows[0].phone == e164
+
+
+def test_phone_fast_path_agrees_with_worker_contact():
+    rnd = random.Random(97)
+    samples = [f"0612340{i:03d}" for i in range(1000)]
+    for _ in range(3000):
+        nsn = str(rnd.randint(100_000_000, 999_999_999))
+        pairs = " ".join([nsn[0]] + [nsn[k:k + 2] for k in range(1, 9, 2)])
+        samples += ["0" + nsn, "+33" + nsn, "0033" + nsn, "0" + pairs, "0" + pairs.replace(" ", ".")]
+    mismatches = [s for s in samples if _normalize_phone(s) != normalize_phone(s)]
+    assert mismatches == []
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_ignores_line_and_sees_every_other_field():
+    a = parse(csv_bytes(GOOD)).rows[0]
+    moved = dataclasses.replace(a, line=42)
+    assert row_fingerprint(a) == row_fingerprint(moved)
+    assert len(row_fingerprint(a)) == 64
+    for name, value in [
+        ("first_name", "Sandra"),
+        ("phone", None),
+        ("droit_opened_on", date(2024, 5, 17)),
+        ("droits_devoirs", False),
+        ("extra", {"segment": "msa"}),
+    ]:
+        assert row_fingerprint(dataclasses.replace(a, **{name: value})) != row_fingerprint(a), name
+
+
+def test_fingerprint_stable_across_formats():
+    csv_row = parse(csv_bytes(GOOD)).rows[0]
+    json_row = parse(json.dumps(GOOD).encode()).rows[0]
+    assert csv_row.line == 2 and json_row.line == 1
+    assert row_fingerprint(csv_row) == row_fingerprint(json_row)
+
+
+def test_rows_are_hashable():
+    res = parse(csv_bytes(GOOD))
+    assert len({res.rows[0], res.rows[0]}) == 1
+
+
+def test_parse_is_pure_and_repeatable():
+    data = (SAMPLES / "flux_2024-05_with_errors.csv").read_bytes()
+    a, b = parse(data), parse(data)
+    assert a == b
