@@ -26,6 +26,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta
+from markupsafe import Markup
 
 __all__ = [
     "CHANNELS",
@@ -35,6 +36,8 @@ __all__ = [
     "date_fr",
     "time_fr",
     "datetime_fr",
+    "date_short",
+    "datetime_short",
     "city_fr",
     "accord",
     "html_to_text",
@@ -112,6 +115,22 @@ def time_fr(value: Any) -> str:
     return f"{value.hour} h {value.minute:02d}"
 
 
+def date_short(value: Any) -> str:
+    """``lundi 03/06/2024``: the compact form used in SMS."""
+    d = _as_date(value)
+    return f"{_DAYS[d.weekday()]} {d.day:02d}/{d.month:02d}/{d.year}"
+
+
+def datetime_short(value: Any) -> str:
+    """``lundi 03/06/2024 à 14 h 30``: the compact form used in SMS."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    value = _paris(value)
+    return f"{date_short(value)} à {time_fr(value)}"
+
+
 def datetime_fr(value: Any) -> str:
     """``lundi 3 juin 2024 à 14 h 30`` (aware datetimes are shown in Paris time)."""
     if isinstance(value, str):
@@ -166,41 +185,67 @@ def accord(person: Any) -> str:
 # Text normalisation
 # --------------------------------------------------------------------------- #
 
-_BLOCK_TAGS = {
-    "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt",
-    "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main",
-    "ol", "p", "section", "table", "tr", "ul",
+_PARAGRAPH_TAGS = {
+    "p", "section", "article", "header", "footer", "main", "address", "table",
+    "ul", "ol", "dl", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
 }
+_LINE_TAGS = {"br", "div", "li", "dt", "dd", "tr", "aside"}
 _SKIP_TAGS = {"head", "style", "script", "title"}
 
 
 class _TextExtractor(HTMLParser):
+    """HTML to text: paragraph-level tags give a blank line, line-level tags a
+    line break; consecutive breaks merge; whitespace in text is a space."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self._skip = 0
+        self._pending = 0  # 0: none, 1: line break, 2: blank line
+
+    def _break(self, level: int) -> None:
+        self._pending = max(self._pending, level)
+
+    def _tag(self, tag: str) -> None:
+        if tag in _PARAGRAPH_TAGS:
+            self._break(2)
+        elif tag in _LINE_TAGS:
+            self._break(1)
+        elif tag in ("td", "th"):
+            self._data(" ")
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         if tag in _SKIP_TAGS:
             self._skip += 1
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n\n" if tag in {"p", "section", "table", "ul", "ol", "h1", "h2", "h3"} else "\n")
-        elif tag == "td":
-            self.parts.append(" ")
+        else:
+            self._tag(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIP_TAGS:
             self._skip = max(0, self._skip - 1)
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n\n" if tag in {"p", "section", "table", "ul", "ol", "h1", "h2", "h3"} else "\n")
+        else:
+            self._tag(tag)
 
     def handle_startendtag(self, tag: str, attrs: list) -> None:
-        if tag in _BLOCK_TAGS:
-            self.parts.append("\n")
+        if tag not in _SKIP_TAGS:
+            self._tag(tag)
 
     def handle_data(self, data: str) -> None:
         if not self._skip:
-            self.parts.append(data)
+            self._data(data)
+
+    def _data(self, data: str) -> None:
+        data = re.sub(r"\s+", " ", data)
+        if not data.strip():
+            if self.parts and not self._pending:
+                self.parts.append(" ")
+            return
+        if self._pending:
+            if self.parts:
+                self.parts.append("\n" * self._pending)
+            self._pending = 0
+            data = data.lstrip()
+        self.parts.append(data)
 
 
 def _normalise_paragraphs(text: str) -> str:
@@ -263,6 +308,8 @@ class TemplateRenderer:
             date_fr=date_fr,
             time_fr=time_fr,
             datetime_fr=datetime_fr,
+            date_short=date_short,
+            datetime_short=datetime_short,
             city_fr=city_fr,
             accord=accord,
         )
@@ -359,7 +406,9 @@ class TemplateRenderer:
         except Exception as exc:  # a filter given None, a bad attribute type...
             raise TemplateError(name, f"{type(exc).__name__}: {exc}") from exc
         subject = getattr(module, "subject", None)
-        if subject is not None and not isinstance(subject, str):
+        if isinstance(subject, Markup):  # built from escaped values in an HTML template
+            subject = subject.unescape()
+        elif subject is not None and not isinstance(subject, str):
             subject = str(subject)
         return output, subject
 

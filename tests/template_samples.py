@@ -1,0 +1,236 @@
+"""Sample rendering contexts following templates/README.md.
+
+``sample_context(step)`` gives ordinary values; ``long=True`` gives long but
+realistic ones (compound names, long organisation names and booking links, the
+longest French day and month names) to check that SMS fit in two segments and
+that letters still lay out. Plain dicts: Jinja reads ``org.name`` from a dict.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+PARIS = ZoneInfo("Europe/Paris")
+
+# step -> channels that have a template
+STEP_CHANNELS: dict[str, tuple[str, ...]] = {
+    "invitation_1": ("letter", "sms", "email"),
+    "invitation_2": ("letter", "sms", "email"),
+    "convocation": ("letter", "sms", "email"),
+    "rdv_reminder": ("sms", "email"),
+    "pre_sanction_notice": ("letter", "sms"),
+    "crsa_referral": ("letter", "sms"),
+    "ft_convocation": ("letter", "sms", "email"),
+    "ft_warning": ("letter", "sms", "email"),
+}
+
+STEP_CODES = {
+    "invitation_1": "INV1",
+    "invitation_2": "INV2",
+    "convocation": "CONV",
+    "rdv_reminder": "RAPP",
+    "pre_sanction_notice": "PRES",
+    "crsa_referral": "CRSA",
+    "ft_convocation": "FTCONV",
+    "ft_warning": "FTAV",
+}
+
+_ORGS = {
+    "cd": {
+        "code": "CDAS-REDON",
+        "kind": "cd",
+        "name": "Centre départemental d'action sociale du Pays de Redon",
+        "short_name": "CDAS de Redon",
+        "signatory": "La responsable du CDAS du Pays de Redon",
+        "address": ["12 rue des Douves", "35600 REDON"],
+        "phone": "02 61 91 10 10",
+        "email": "cdas-redon@example.org",
+        "booking_url": "https://rdv.example.org/cdas-redon",
+    },
+    "ft": {
+        "code": "FT-REDON",
+        "kind": "ft",
+        "name": "France Travail - agence de Redon",
+        "short_name": "France Travail Redon",
+        "signatory": "Le directeur de l'agence France Travail de Redon",
+        "address": ["8 avenue de la Gare", "35600 REDON"],
+        "phone": "02 61 91 10 40",
+        "email": "ft-redon@example.org",
+        "booking_url": "https://rdv.example.org/ft-redon",
+    },
+    "ml": {
+        "code": "ML-REDON",
+        "kind": "ml",
+        "name": "Mission locale du Pays de Redon",
+        "short_name": "Mission locale de Redon",
+        "signatory": "La directrice de la Mission locale du Pays de Redon",
+        "address": ["1 quai Jean Bart", "35600 REDON"],
+        "phone": "02 61 91 10 50",
+        "email": "mission-locale-redon@example.org",
+        "booking_url": "https://rdv.example.org/ml-redon",
+    },
+    "msa": {
+        "code": "MSA-PORTES-BRETAGNE",
+        "kind": "msa",
+        "name": "MSA Portes de Bretagne",
+        "short_name": "MSA Portes de Bretagne",
+        "signatory": "Le travailleur social de la MSA Portes de Bretagne",
+        "address": ["20 rue de Rennes", "35510 CESSON-SEVIGNE"],
+        "phone": "02 61 91 10 60",
+        "email": "action-sociale.msa-pb@example.org",
+        "booking_url": "https://rdv.example.org/msa-portes-bretagne",
+    },
+}
+
+_LONG_ORGS = {
+    "cd": {
+        "code": "CDAS-REDON-VALLONS",
+        "kind": "cd",
+        "name": "Centre départemental d'action sociale du Pays de Redon et des Vallons de Vilaine",
+        "short_name": "CDAS Pays de Redon-Vilaine",
+        "signatory": "La responsable du Centre départemental d'action sociale du Pays de Redon et des Vallons de Vilaine",
+        "address": ["Espace social Jean-Baptiste Le Maréchal", "12 boulevard des Douves-Saint-Nicolas", "CS 40123", "35603 SAINT-NICOLAS-DE-REDON CEDEX"],
+        "phone": "02 61 91 10 10",
+        "email": "accueil-rsa.cdas-pays-de-redon-vallons@example.org",
+        "booking_url": "https://rendez-vous.example.org/rsa/cdas-pays-de-redon-vilaine",
+    },
+    "ft": {
+        "code": "FT-REDON-VALLONS",
+        "kind": "ft",
+        "name": "France Travail - agence de Redon et des Vallons de Vilaine",
+        "short_name": "France Travail Redon-Vilaine",
+        "signatory": "Le directeur de l'agence France Travail de Redon et des Vallons de Vilaine",
+        "address": ["Parc d'activités de la Gare-Saint-Melaine", "8 avenue de la Gare", "35600 REDON"],
+        "phone": "02 61 91 10 40",
+        "email": "conseillers-rsa.ft-redon-vallons@example.org",
+        "booking_url": "https://rendez-vous.example.org/rsa/france-travail-redon-vilaine",
+    },
+    "ml": {
+        "code": "ML-REDON-VALLONS",
+        "kind": "ml",
+        "name": "Mission locale du Pays de Redon et des Vallons de Vilaine",
+        "short_name": "Mission locale Redon-Vilaine",
+        "signatory": "La directrice de la Mission locale du Pays de Redon et des Vallons de Vilaine",
+        "address": ["Maison de l'emploi et de la formation", "1 quai Jean Bart", "35600 REDON"],
+        "phone": "02 61 91 10 50",
+        "email": "referents-rsa.mission-locale-redon-vallons@example.org",
+        "booking_url": "https://rendez-vous.example.org/rsa/mission-locale-redon-vilaine",
+    },
+    "msa": {
+        "code": "MSA-PORTES-BRETAGNE",
+        "kind": "msa",
+        "name": "Mutualité sociale agricole Portes de Bretagne - action sanitaire et sociale",
+        "short_name": "MSA Portes de Bretagne",
+        "signatory": "Le travailleur social de la Mutualité sociale agricole Portes de Bretagne",
+        "address": ["20 rue de Rennes", "35510 CESSON-SEVIGNE"],
+        "phone": "02 61 91 10 60",
+        "email": "action-sociale.msa-portes-de-bretagne@example.org",
+        "booking_url": "https://rendez-vous.example.org/rsa/msa-portes-de-bretagne-redon",
+    },
+}
+
+
+def _default_kind(step: str) -> str:
+    return "ft" if step.startswith("ft_") else "cd"
+
+
+def sample_context(step: str, *, long: bool = False, kind: str | None = None) -> dict:
+    """A complete context for ``step`` (every name of the contract is present).
+
+    ``kind`` picks the organisation (``cd``, ``ft``, ``ml``, ``msa``); by default
+    France Travail for ``ft_*`` steps, the CDAS otherwise.
+    """
+    kind = kind or _default_kind(step)
+    org = dict((_LONG_ORGS if long else _ORGS)[kind])
+    org["address"] = list(org["address"])
+    path = {"cd": "cd", "msa": "cd", "ft": "ft", "ml": "ml"}[kind]
+    case_ref = "RL-012345" if long else "RL-000123"
+    code = STEP_CODES.get(step, "MSG")
+
+    if long:
+        person = {
+            "civility": "Madame, Monsieur",
+            "first_name": "Marie-Héloïse",
+            "last_name": "de La Villemarqué-Kerambrun",
+            "address_lines": [
+                "Madame Marie-Héloïse de La Villemarqué-Kerambrun",
+                "Chez Monsieur et Madame Le Goff-Trémeur",
+                "Résidence des Grands Chênes, bâtiment C, appartement 142",
+                "Lieu-dit La Croix-Saint-Melaine",
+                "35600 SAINT-NICOLAS-DE-REDON",
+            ],
+        }
+        droit = date(2025, 8, 20)
+        today = date(2025, 9, 3)  # a Wednesday
+        respond_by = date(2025, 9, 24)  # mercredi 24 septembre 2025
+        appt_at = datetime(2025, 9, 24, 10, 30, tzinfo=PARIS)
+        place = (
+            "Centre départemental d'action sociale des Vallons de Vilaine, "
+            "salle du rez-de-chaussée, 4 place de la Mairie, 35580 Guichen"
+        )
+        facts = (
+            "Vous ne vous êtes pas présentée au rendez-vous d'accompagnement du mercredi 24 septembre 2025 "
+            "à 10 h 30 auquel vous aviez été convoquée par lettre du mercredi 3 septembre 2025, et vous "
+            "n'avez pas répondu à nos invitations des 20 août et 10 septembre 2025, ni fait connaître de "
+            "motif légitime."
+        )
+        sanction = (
+            "la suspension de 50 % du montant de votre RSA pendant une durée d'un mois, "
+            "renouvelable si vous ne reprenez pas contact avec votre référent"
+        )
+        commission = {
+            "name": "Commission RSA du Pays de Redon et des Vallons de Vilaine",
+            "place": "Hôtel du Département, antenne de Redon, salle du conseil, 12 rue des Douves, 35600 Redon",
+            "session_date": date(2025, 9, 18),
+        }
+    else:
+        person = {
+            "civility": "Madame",
+            "first_name": "Julie",
+            "last_name": "Martin",
+            "address_lines": ["Madame Julie MARTIN", "5 rue des Lilas", "35600 REDON"],
+        }
+        droit = date(2024, 5, 13)
+        today = date(2024, 5, 20)
+        respond_by = date(2024, 6, 4)
+        appt_at = datetime(2024, 6, 3, 14, 30, tzinfo=PARIS)
+        place = "CDAS du Pays de Redon, 12 rue des Douves, 35600 Redon"
+        facts = (
+            "Vous ne vous êtes pas présentée au rendez-vous du lundi 3 juin 2024 à 14 h 30 "
+            "auquel vous aviez été convoquée."
+        )
+        sanction = "la suspension de 30 % du montant de votre RSA pendant un mois"
+        commission = {
+            "name": "Commission RSA du Pays de Redon et des Vallons de Vilaine",
+            "place": "Hôtel du Département, antenne de Redon, 12 rue des Douves, 35600 Redon",
+            "session_date": date(2024, 6, 20),
+        }
+
+    if kind == "ft":
+        place = (
+            "Agence France Travail de Redon et des Vallons de Vilaine, 8 avenue de la Gare, 35600 Redon"
+            if long else "Agence France Travail, 8 avenue de la Gare, 35600 Redon"
+        )
+    elif kind == "ml":
+        place = (
+            "Mission locale du Pays de Redon et des Vallons de Vilaine, 1 quai Jean Bart, 35600 Redon"
+            if long else "Mission locale, 1 quai Jean Bart, 35600 Redon"
+        )
+
+    has_respond_by = step in {"invitation_1", "invitation_2", "ft_warning"}
+    has_appointment = step in {"convocation", "ft_convocation", "rdv_reminder", "ft_warning"}
+    return {
+        "person": person,
+        "org": org,
+        "case": {"reference": case_ref, "path": path, "droit_opened_on": droit},
+        "message": {"reference": f"{case_ref}-{code}-L"},
+        "step": step,
+        "today": today,
+        "respond_by": respond_by if has_respond_by else None,
+        "appointment": {"at": appt_at, "place": place} if has_appointment else None,
+        "notice": (
+            {"facts": facts, "sanction": sanction, "observation_days": 10}
+            if step == "pre_sanction_notice" else None
+        ),
+        "commission": commission if step == "crsa_referral" else None,
+    }

@@ -1,0 +1,513 @@
+"""Templates and the renderer (worker/rendering.py) against templates/README.md."""
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.template_samples import STEP_CHANNELS, sample_context
+from worker.rendering import (
+    Rendered,
+    TemplateError,
+    TemplateRenderer,
+    city_fr,
+    date_fr,
+    date_short,
+    datetime_fr,
+    time_fr,
+)
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+KINDS = ("cd", "ft", "ml", "msa")
+INTERNAL_STEPS = ("sanction_review", "ft_report", "phone_followup")
+
+CASES = [(step, channel) for step, channels in STEP_CHANNELS.items() for channel in channels]
+
+# GSM 03.38 basic character set (1 unit each) and its extension table (2 units).
+GSM7_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXT = set("^{}\\[~]|€\f")
+
+
+def gsm7_units(text: str) -> int:
+    """GSM-7 length; a character outside GSM-7 is counted 2 (it will be transliterated)."""
+    return sum(1 if c in GSM7_BASIC else 2 for c in text)
+
+
+@pytest.fixture(scope="module")
+def renderer() -> TemplateRenderer:
+    return TemplateRenderer(TEMPLATES)
+
+
+@pytest.fixture
+def tmp_templates(tmp_path: Path) -> Path:
+    target = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, target)
+    return target
+
+
+# --------------------------------------------------------------------------- #
+# Coverage: every step/channel of the contract renders
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("long", [False, True], ids=["normal", "long"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("step,channel", CASES)
+def test_every_template_renders(renderer, step, channel, kind, long):
+    ctx = sample_context(step, long=long, kind=kind)
+    assert renderer.has(step, channel)
+    out = renderer.render(step, channel, ctx)
+    assert isinstance(out, Rendered)
+    assert out.text.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", out.content_hash)
+    assert out.template_version == renderer.template_version(step, channel)
+    assert "{{" not in out.text and "{%" not in out.text
+    assert ctx["org"]["phone"] in out.text or ctx["org"]["booking_url"] in out.text
+    if channel == "letter":
+        assert out.template_name == f"letters/{step}.html.j2"
+        assert out.html and out.html.lstrip().startswith("<!DOCTYPE html>")
+        assert ctx["case"]["reference"] in out.text
+        assert ctx["message"]["reference"] in out.text
+        assert ctx["org"]["signatory"] in out.text
+        assert "<" not in out.text  # tags stripped
+    elif channel == "sms":
+        assert out.template_name == f"sms/{step}.txt.j2"
+        assert out.html is None and out.subject is None
+        assert ctx["org"]["short_name"] in out.text
+        assert "  " not in out.text and "\n\n" not in out.text
+        assert out.text == out.text.strip()
+    else:
+        assert out.template_name == f"email/{step}.txt.j2"
+        assert out.html and "<html" in out.html
+        assert ctx["org"]["name"] in out.text
+
+
+def test_has(renderer):
+    assert renderer.has("invitation_1", "letter")
+    assert not renderer.has("rdv_reminder", "letter")
+    assert not renderer.has("pre_sanction_notice", "email")
+    for step in INTERNAL_STEPS:
+        for channel in ("letter", "sms", "email"):
+            assert not renderer.has(step, channel)
+    assert not renderer.has("invitation_1", "fax")
+    assert not renderer.has("../letters/_base", "letter")
+    assert not renderer.has("_base", "letter")
+
+
+def test_missing_template_raises(renderer):
+    with pytest.raises(TemplateError, match="letters/sanction_review.html.j2"):
+        renderer.render("sanction_review", "letter", sample_context("convocation"))
+    with pytest.raises(TemplateError, match="sms/ft_report.txt.j2"):
+        renderer.template_version("ft_report", "sms")
+    with pytest.raises(TemplateError):
+        renderer.render("invitation_1", "fax", sample_context("invitation_1"))
+
+
+# --------------------------------------------------------------------------- #
+# Missing variables are errors naming the template
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("step,channel", CASES)
+def test_missing_variable_raises_naming_template(renderer, step, channel):
+    ctx = sample_context(step)
+    del ctx["org"]["phone"]
+    main = {"letter": f"letters/{step}.html.j2", "sms": f"sms/{step}.txt.j2", "email": f"email/{step}.txt.j2"}[channel]
+    with pytest.raises(TemplateError) as exc:
+        renderer.render(step, channel, ctx)
+    assert main in str(exc.value)
+    assert exc.value.template_name == main
+    assert "phone" in str(exc.value)
+
+
+def test_missing_variable_used_only_in_base(renderer):
+    ctx = sample_context("invitation_1")
+    del ctx["message"]["reference"]
+    with pytest.raises(TemplateError, match=r"letters/invitation_1\.html\.j2.*reference"):
+        renderer.render("invitation_1", "letter", ctx)
+
+
+def test_missing_top_level_name(renderer):
+    ctx = sample_context("convocation")
+    del ctx["appointment"]
+    with pytest.raises(TemplateError, match="sms/convocation.txt.j2"):
+        renderer.render("convocation", "sms", ctx)
+
+
+def test_none_where_an_object_is_needed_is_a_template_error(renderer):
+    ctx = sample_context("convocation")
+    ctx["appointment"] = None
+    with pytest.raises(TemplateError, match="letters/convocation.html.j2"):
+        renderer.render("convocation", "letter", ctx)
+
+
+def test_optional_values_may_be_none(renderer):
+    # ft_warning: the missed appointment is optional; invitations without a deadline.
+    ctx = sample_context("ft_warning")
+    ctx["appointment"] = None
+    for channel in ("letter", "sms", "email"):
+        renderer.render("ft_warning", channel, ctx)
+    ctx = sample_context("invitation_1")
+    ctx["respond_by"] = None
+    for channel in ("letter", "sms", "email"):
+        out = renderer.render("invitation_1", channel, ctx)
+        assert "None" not in out.text
+
+
+# --------------------------------------------------------------------------- #
+# Versions and hashes
+# --------------------------------------------------------------------------- #
+
+def test_template_version_is_stable(renderer):
+    assert renderer.template_version("convocation", "letter") == renderer.template_version("convocation", "letter")
+    versions = {renderer.template_version(s, c) for s, c in CASES}
+    assert len(versions) == len(CASES)
+
+
+def _append(path: Path, text: str) -> None:
+    path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
+
+
+def test_template_version_changes_with_own_source(tmp_templates):
+    r = TemplateRenderer(tmp_templates)
+    before = {(s, c): r.template_version(s, c) for s, c in CASES}
+    _append(tmp_templates / "letters" / "invitation_1.html.j2", "{# edited #}\n")
+    after = {(s, c): r.template_version(s, c) for s, c in CASES}
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {("invitation_1", "letter")}
+    # and what is rendered carries the new version
+    out = r.render("invitation_1", "letter", sample_context("invitation_1"))
+    assert out.template_version == after[("invitation_1", "letter")]
+
+
+def test_template_version_changes_with_base_and_includes(tmp_templates):
+    r = TemplateRenderer(tmp_templates)
+    letters = [(s, "letter") for s, c in CASES if c == "letter"]
+    before = {k: r.template_version(*k) for k in CASES}
+
+    _append(tmp_templates / "letters" / "_base.html.j2", "{# base edited #}\n")
+    mid = {k: r.template_version(*k) for k in CASES}
+    assert all(mid[k] != before[k] for k in letters)
+    assert all(mid[k] == before[k] for k in CASES if k not in letters)
+
+    # the print CSS is included by the base: it is part of every letter's version
+    _append(tmp_templates / "letters" / "letter.css", "\n/* css edited */\n")
+    after = {k: r.template_version(*k) for k in CASES}
+    assert all(after[k] != mid[k] for k in letters)
+    assert all(after[k] == mid[k] for k in CASES if k not in letters)
+
+
+def test_email_version_covers_both_parts_and_partials(tmp_templates):
+    r = TemplateRenderer(tmp_templates)
+    v0 = r.template_version("invitation_1", "email")
+    _append(tmp_templates / "email" / "invitation_1.html.j2", "{# html edited #}\n")
+    v1 = r.template_version("invitation_1", "email")
+    assert v1 != v0
+    _append(tmp_templates / "email" / "_footer.txt.j2", "{# footer edited #}")
+    v2 = r.template_version("invitation_1", "email")
+    assert v2 != v1
+    _append(tmp_templates / "email" / "_base.html.j2", "{# base edited #}\n")
+    assert r.template_version("invitation_1", "email") != v2
+
+
+def test_content_changes_are_picked_up_without_restart(tmp_templates):
+    r = TemplateRenderer(tmp_templates)
+    ctx = sample_context("invitation_1")
+    first = r.render("invitation_1", "sms", ctx)
+    path = tmp_templates / "sms" / "invitation_1.txt.j2"
+    path.write_text(path.read_text(encoding="utf-8").replace("Bonjour", "Salut"), encoding="utf-8")
+    second = r.render("invitation_1", "sms", ctx)
+    assert "Salut" in second.text
+    assert second.template_version != first.template_version
+    assert second.content_hash != first.content_hash
+
+
+@pytest.mark.parametrize("step,channel", CASES)
+def test_content_hash_depends_on_context(renderer, step, channel):
+    ctx = sample_context(step)
+    a = renderer.render(step, channel, ctx)
+    assert renderer.render(step, channel, copy.deepcopy(ctx)).content_hash == a.content_hash
+    other = copy.deepcopy(ctx)
+    other["org"]["phone"] = "02 99 00 00 00"
+    b = renderer.render(step, channel, other)
+    assert b.content_hash != a.content_hash
+    assert b.template_version == a.template_version
+
+
+# --------------------------------------------------------------------------- #
+# Subjects
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("step,channel", [c for c in CASES if c[1] != "sms"])
+def test_letters_and_emails_have_a_subject(renderer, step, channel):
+    out = renderer.render(step, channel, sample_context(step, long=True))
+    assert out.subject and out.subject == out.subject.strip()
+    assert "\n" not in out.subject
+    assert "&#" not in out.subject and "&amp;" not in out.subject
+    if channel == "letter":
+        assert f"Objet : {out.subject}" in out.text
+
+
+def test_subject_is_read_through_extends(tmp_templates):
+    (tmp_templates / "letters" / "nosubject.html.j2").write_text(
+        '{% extends "letters/_base.html.j2" %}{% block body %}<p>x</p>{% endblock %}', encoding="utf-8"
+    )
+    r = TemplateRenderer(tmp_templates)
+    with pytest.raises(TemplateError, match="letters/nosubject.html.j2"):
+        r.render("nosubject", "letter", sample_context("invitation_1"))
+
+
+def test_subject_escaping_is_undone(renderer):
+    ctx = sample_context("crsa_referral")
+    out = renderer.render("crsa_referral", "letter", ctx)
+    assert out.subject == "RSA : examen de votre dossier par la commission RSA le jeudi 20 juin 2024"
+
+
+# --------------------------------------------------------------------------- #
+# Content that must be there
+# --------------------------------------------------------------------------- #
+
+def test_letter_structure(renderer):
+    ctx = sample_context("invitation_1")
+    html = renderer.render("invitation_1", "letter", ctx).html
+    assert '<meta charset="utf-8">' in html
+    assert "<style>" in html
+    for cls in ("letter", "letterhead", "recipient", "place-date", "reference", "subject", "signature", "footer"):
+        assert f'class="{cls}' in html, cls
+    body = html.split("</head>", 1)[1]  # the print CSS may mention the section in comments
+    assert body.count('<section class="letter"') == 1
+    assert 'data-reference="RL-000123-INV1-L"' in body
+    assert "Redon, le lundi 20 mai 2024" in html
+    assert "Réf. : RL-000123-INV1-L — Dossier RL-000123" in html
+    assert "Objet : " in html
+    for line in ctx["person"]["address_lines"]:
+        assert f"<div>{line}</div>" in html
+    assert ctx["org"]["booking_url"] in html
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("step", ["invitation_1", "invitation_2", "convocation"])
+def test_invitations_and_convocation_explain_the_why_and_how(renderer, step, kind):
+    ctx = sample_context(step, kind=kind)
+    text = renderer.render(step, "letter", ctx).text
+    assert "lundi 13 mai 2024" in text  # droit_opened_on
+    assert "droits et de devoirs" in text
+    assert "motif légitime" in text
+    assert ctx["org"]["phone"] in text and ctx["org"]["booking_url"] in text
+    assert "RGPD" in text and ctx["org"]["email"] in text
+    if step != "convocation":
+        assert "mardi 4 juin 2024" in text  # respond_by
+    if step == "invitation_1":
+        assert "relance" in text and "convoqué" in text
+    if step == "invitation_2":
+        assert "convocation" in text and "obligatoire" in text
+
+
+@pytest.mark.parametrize("step", ["convocation", "ft_convocation"])
+def test_convocation_is_mandatory(renderer, step):
+    ctx = sample_context(step)
+    letter = renderer.render(step, "letter", ctx).text
+    assert "Votre présence est obligatoire" in letter
+    assert "lundi 3 juin 2024 à 14 h 30" in letter
+    assert ctx["appointment"]["place"] in letter
+    assert "pièce d'identité" in letter  # what to bring
+    assert "réduction de votre RSA" in letter
+    assert "L262-37" in letter
+    assert "obligatoire" in renderer.render(step, "sms", ctx).text.lower()
+    email = renderer.render(step, "email", ctx)
+    assert "obligatoire" in email.text.lower() and "obligatoire" in email.html
+
+
+def test_ft_templates_speak_for_france_travail(renderer):
+    for step in ("ft_convocation", "ft_warning"):
+        ctx = sample_context(step)
+        assert ctx["org"]["kind"] == "ft"
+        for channel in ("letter", "email"):
+            out = renderer.render(step, channel, ctx)
+            assert "France Travail" in out.text
+            assert ctx["org"]["name"] in out.text
+
+
+def test_ft_warning(renderer):
+    ctx = sample_context("ft_warning")
+    text = renderer.render("ft_warning", "letter", ctx).text
+    assert "avertissement" in text
+    assert "mardi 4 juin 2024" in text
+    assert "lundi 3 juin 2024 à 14 h 30" in text  # the missed appointment
+    assert "Département" in text
+
+
+def test_pre_sanction_notice(renderer):
+    ctx = sample_context("pre_sanction_notice", long=True)
+    out = renderer.render("pre_sanction_notice", "letter", ctx)
+    text = out.text
+    assert ctx["notice"]["facts"] in text
+    assert ctx["notice"]["sanction"] in text
+    assert "10 jours" in text
+    assert "assist" in text
+    assert "observations" in text
+    assert "L262-37" in text and "R262-68" in text
+    assert "Lettre recommandée avec accusé de réception" in text
+    assert "Aucune décision ne sera prise avant la fin de ce délai" in text
+    assert "entendu" in text and "équipe pluridisciplinaire" in text
+    other = copy.deepcopy(ctx)
+    other["notice"]["observation_days"] = 15
+    assert "15 jours" in renderer.render("pre_sanction_notice", "letter", other).text
+
+
+def test_pre_sanction_notice_escapes_facts(renderer):
+    ctx = sample_context("pre_sanction_notice")
+    ctx["notice"]["facts"] = "Absence <b>injustifiée</b> & silence."
+    html = renderer.render("pre_sanction_notice", "letter", ctx).html
+    assert "&lt;b&gt;injustifiée&lt;/b&gt; &amp; silence." in html
+
+
+def test_crsa_referral(renderer):
+    ctx = sample_context("crsa_referral")
+    text = renderer.render("crsa_referral", "letter", ctx).text
+    assert "jeudi 20 juin 2024" in text
+    assert ctx["commission"]["place"] in text
+    assert ctx["commission"]["name"] in text
+    assert "assister" in text and "assisté" in text
+
+
+def test_pre_sanction_sms_is_short_and_points_to_the_letter(renderer):
+    out = renderer.render("pre_sanction_notice", "sms", sample_context("pre_sanction_notice", long=True))
+    assert "recommandée" in out.text
+    assert gsm7_units(out.text) <= 306
+
+
+@pytest.mark.parametrize(
+    "civility,expected",
+    [("Madame", "convoquée"), ("Monsieur", "convoqué "), ("Madame, Monsieur", "convoqué(e)")],
+)
+def test_civility_agreement(renderer, civility, expected):
+    ctx = sample_context("convocation")
+    ctx["person"]["civility"] = civility
+    text = renderer.render("convocation", "letter", ctx).text
+    assert f"{civility}," in text
+    assert expected in text
+
+
+def test_mission_locale_greets_by_first_name_in_emails(renderer):
+    out = renderer.render("invitation_1", "email", sample_context("invitation_1", kind="ml"))
+    assert out.text.startswith("Bonjour Julie,")
+
+
+# --------------------------------------------------------------------------- #
+# SMS constraints
+# --------------------------------------------------------------------------- #
+
+SMS_CASES = [s for s, c in CASES if c == "sms"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("step", SMS_CASES)
+def test_sms_fits_two_segments_with_long_values(renderer, step, kind):
+    out = renderer.render(step, "sms", sample_context(step, long=True, kind=kind))
+    assert len(out.text) <= 306, out.text
+    assert gsm7_units(out.text) <= 306, out.text
+
+
+@pytest.mark.parametrize("step", SMS_CASES)
+def test_sms_fits_two_segments_after_transliteration(renderer, step):
+    gsm7 = pytest.importorskip("worker.gsm7")
+    for kind in KINDS:
+        text = renderer.render(step, "sms", sample_context(step, long=True, kind=kind)).text
+        assert gsm7.segments(gsm7.to_gsm7(text)) <= 2, text
+
+
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+
+
+@pytest.mark.parametrize("step", SMS_CASES)
+def test_sms_static_text_is_gsm7(step):
+    source = (TEMPLATES / "sms" / f"{step}.txt.j2").read_text(encoding="utf-8")
+    static = _JINJA.sub("", source)
+    outside = sorted({c for c in static if c not in GSM7_BASIC})
+    assert not outside, f"non GSM-7 characters in sms/{step}.txt.j2: {outside}"
+
+
+def test_no_template_contains_a_mobile_number():
+    mobile = re.compile(r"(?<!\d)(?:0|\+33\s?|0033\s?)[67](?:[\s.\-]?\d{2}){4}(?!\d)")
+    for path in TEMPLATES.rglob("*.j2"):
+        text = path.read_text(encoding="utf-8")
+        assert not mobile.search(text), f"{path} contains a literal mobile number"
+
+
+# --------------------------------------------------------------------------- #
+# Rendering details
+# --------------------------------------------------------------------------- #
+
+def test_autoescape_only_for_html(renderer):
+    ctx = sample_context("convocation")
+    ctx["person"]["first_name"] = "Léa <b>&"
+    ctx["appointment"]["place"] = "Salle <A> & B"
+    letter = renderer.render("convocation", "letter", ctx)
+    assert "Salle &lt;A&gt; &amp; B" in letter.html
+    assert "Salle <A> & B" in letter.text  # the text rendering unescapes
+    sms = renderer.render("convocation", "sms", ctx)
+    assert "Léa <b>&" in sms.text
+    email = renderer.render("convocation", "email", ctx)
+    assert "Salle <A> & B" in email.text and "Salle &lt;A&gt; &amp; B" in email.html
+
+
+def test_letter_text_has_no_css_or_markup(renderer, tmp_templates):
+    (tmp_templates / "letters" / "letter.css").write_text("section.letter { color: red; }", encoding="utf-8")
+    r = TemplateRenderer(tmp_templates)
+    out = r.render("invitation_1", "letter", sample_context("invitation_1"))
+    assert "color: red" in out.html
+    assert "color" not in out.text
+    assert "\n\n\n" not in out.text
+    lines = out.text.splitlines()
+    assert lines[0] == "Centre départemental d'action sociale du Pays de Redon"
+    # address lines stay on their own lines, without blank lines between them
+    assert "Madame Julie MARTIN\n5 rue des Lilas\n35600 REDON" in out.text
+
+
+def test_letters_can_be_concatenated(renderer):
+    html = renderer.render("invitation_1", "letter", sample_context("invitation_1")).html
+    section = re.search(r'<section class="letter".*?</section>', html, re.S)
+    assert section and "Objet" in section.group(0) and "class=\"footer\"" in section.group(0)
+
+
+# --------------------------------------------------------------------------- #
+# Filters
+# --------------------------------------------------------------------------- #
+
+def test_date_filters():
+    assert date_fr(date(2024, 6, 3)) == "lundi 3 juin 2024"
+    assert date_fr(date(2024, 6, 1)) == "samedi 1er juin 2024"
+    assert date_fr(date(2025, 8, 17)) == "dimanche 17 août 2025"
+    assert date_fr(date(2024, 12, 25)) == "mercredi 25 décembre 2024"
+    assert date_fr(datetime(2024, 2, 29, 23, 30, tzinfo=timezone.utc)) == "vendredi 1er mars 2024"
+    assert date_short(date(2024, 6, 3)) == "lundi 03/06/2024"
+
+
+def test_time_filters():
+    assert time_fr(time(14, 30)) == "14 h 30"
+    assert time_fr(time(9, 0)) == "9 h 00"
+    assert time_fr(datetime(2024, 6, 3, 12, 30, tzinfo=timezone.utc)) == "14 h 30"  # Paris, summer
+    assert time_fr(datetime(2024, 1, 8, 8, 0, tzinfo=timezone.utc)) == "9 h 00"  # Paris, winter
+    assert datetime_fr(datetime(2024, 6, 3, 12, 30, tzinfo=timezone.utc)) == "lundi 3 juin 2024 à 14 h 30"
+    assert datetime_fr(datetime(2024, 6, 3, 9, 0)) == "lundi 3 juin 2024 à 9 h 00"
+
+
+def test_filters_reject_none():
+    with pytest.raises(TypeError):
+        date_fr(None)
+    with pytest.raises(TypeError):
+        datetime_fr(None)
+
+
+def test_city():
+    assert city_fr(["12 rue des Douves", "35600 REDON"]) == "Redon"
+    assert city_fr(["20 rue de Rennes", "35510 CESSON-SEVIGNE"]) == "Cesson-Sevigne"
+    assert city_fr("85000 LA ROCHE-SUR-YON") == "La Roche-sur-Yon"
+    assert city_fr("35603 SAINT-NICOLAS-DE-REDON CEDEX 2") == "Saint-Nicolas-de-Redon"
+    assert city_fr("35580 Guichen") == "Guichen"
