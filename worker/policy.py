@@ -123,6 +123,11 @@ class Policy(_Strict):
     reminder: ReminderSpec = ReminderSpec()
     paths: dict[str, PathSpec]
     routing: dict[str, str]
+    # The sanction envisaged, as the pre-sanction notice states it.
+    sanction_text: str = (
+        "la suspension de tout ou partie du montant de votre RSA, pour une durée limitée, "
+        "décidée par le président du conseil départemental après avis de l'équipe pluridisciplinaire"
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> "Policy":

@@ -132,6 +132,8 @@ class Case(Base):
     messages: Mapped[list["Message"]] = relationship(back_populates="case", order_by="Message.id")
 
     __table_args__ = (Index("ix_cases_due", "status", "due_at"),)
+    # Optimistic concurrency: two writers of one case cannot both win.
+    __mapper_args__ = {"version_id_col": version}
 
     @property
     def reference(self) -> str:

@@ -1,0 +1,26 @@
+"""Builds the configured backend of each channel from the settings."""
+from __future__ import annotations
+
+from ..settings import Settings
+from .local import LocalEmailChannel, LocalLetterChannel, LocalSmsChannel
+
+
+def build_channel(name: str, settings: Settings):
+    outbox = settings.outbox
+    if name == "sms":
+        if settings.sms_backend == "twilio":
+            from .twilio_sms import TwilioSmsChannel
+
+            return TwilioSmsChannel(settings.twilio_settings())
+        return LocalSmsChannel(outbox)
+    if name == "email":
+        if settings.email_backend == "smtp":
+            from .smtp_email import SmtpEmailChannel
+
+            return SmtpEmailChannel(settings.smtp_settings())
+        return LocalEmailChannel(outbox)
+    if name == "letter":
+        # PDF letters are rendered and gathered by the print batch; the send
+        # step only records the letter as ready for it (see worker.letters).
+        return LocalLetterChannel(outbox)
+    raise ValueError(f"canal inconnu : {name}")

@@ -1,0 +1,276 @@
+"""``relance``: the command line agents and ops use (messages in French).
+
+Every error is one clear line on stderr and a non-zero exit code, never a
+traceback. Long operations show progress on a terminal and stay quiet when
+piped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+UTC = dt.timezone.utc
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Relance : invitations, relances, convocations et commission RSA.")
+db_app = typer.Typer(no_args_is_help=True, help="Base de données.")
+audit_app = typer.Typer(no_args_is_help=True, help="Journal d'audit.")
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+
+
+class CliError(Exception):
+    """A one-line error for agents."""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"Erreur : {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _context():
+    from .app import get_app
+    from .policy import ConfigError
+
+    try:
+        return get_app()
+    except ConfigError as exc:
+        raise CliError(f"configuration invalide — {exc}") from None
+    except Exception as exc:  # pydantic settings errors
+        raise CliError(f"paramètres invalides — {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(t.strip() for t in text[:3]) if text else type(exc).__name__
+
+
+def _parse_dt(value: str | None, name: str, app_ctx=None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            raise CliError(f"{name} : date invalide {value!r} (format ISO 8601, ex. 2024-05-03T10:00)") from None
+        parsed = dt.datetime.combine(day, dt.time(0, 0))
+    if parsed.tzinfo is None:
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo(app_ctx.settings.timezone) if app_ctx else UTC
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def _progress_printer(label: str):
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r{label} : {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _ensure_db(ctx) -> None:
+    from .db.session import upgrade
+
+    upgrade(ctx.db_url)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Crée ou met à jour le schéma de la base."""
+    ctx = _context()
+    _ensure_db(ctx)
+    typer.echo("Base à jour.")
+
+
+@app.command()
+def ingest(file: Path = typer.Argument(..., help="Fichier de flux (CSV ou JSON Lines)"),
+           as_json: bool = typer.Option(False, "--json", help="Résultat en JSON")) -> None:
+    """Intègre un fichier de flux : les lignes invalides sont rejetées avec leur motif."""
+    from . import services
+    from .flux import FluxFormatError
+
+    ctx = _context()
+    if not file.exists():
+        raise CliError(f"fichier introuvable : {file}")
+    _ensure_db(ctx)
+    try:
+        report = services.ingest_file(ctx, file, dt.datetime.now(UTC), progress=_progress_printer("Lignes"))
+    except FluxFormatError as exc:
+        raise CliError(f"{file.name} : {exc}") from None
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"{file.name} : {report.accepted} nouvelles personnes, {report.updated} mises à jour, "
+               f"{report.unchanged} inchangées, {len(report.rejected)} lignes rejetées, "
+               f"{report.cases_opened} dossiers ouverts.")
+    for r in report.rejected:
+        typer.echo(f"  ligne {r['line']} ({r['external_id'] or 'sans identifiant'}) : {r['field']} — {r['reason']}")
+    for w in report.warnings:
+        typer.echo(f"  avertissement ligne {w['line']} ({w['external_id']}) : {w['field']} — {w['reason']}")
+
+
+@app.command()
+def tick(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Un cycle complet du planificateur, tout de suite."""
+    from . import jobs
+
+    ctx = _context()
+    if now is not None and not ctx.settings.local_channels:
+        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
+                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
+    moment = _parse_dt(now, "--now", ctx)
+    _ensure_db(ctx)
+    result = jobs.cycle(ctx, moment)
+    typer.echo(f"Cycle terminé : {result['swept']} dossiers traités, {result['relayed']} messages envoyés "
+               f"ou reprogrammés, {result['stuck']} messages bloqués signalés.")
+
+
+@app.command()
+def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, npai, ...)"),
+          external_id: str = typer.Argument(..., help="Identifiant de la personne (matricule)"),
+          at: Optional[str] = typer.Option(None, "--at", help="Date de l'événement (ISO 8601)"),
+          until: Optional[str] = typer.Option(None, "--until", help="Fin du motif légitime"),
+          appointment_at: Optional[str] = typer.Option(None, "--appointment-at", help="Date du rendez-vous"),
+          decision: Optional[str] = typer.Option(None, "--decision", help="proceed | legitimate_reason | close"),
+          to: Optional[str] = typer.Option(None, "--to", help="Nouveau parcours (cd, ft, ft_unregistered, ml)"),
+          reason: Optional[str] = typer.Option(None, "--reason", help="Motif (texte libre, non journalisé)"),
+          key: Optional[str] = typer.Option(None, "--key", help="Clé d'idempotence (un même événement n'est appliqué qu'une fois)"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Enregistre un événement pour une personne et l'applique à son dossier."""
+    from . import services
+
+    ctx = _context()
+    _ensure_db(ctx)
+    moment = _parse_dt(at, "--at", ctx) or dt.datetime.now(UTC)
+    receipt_on = None
+    if type in ("ar_signed", "ar_unclaimed"):
+        receipt_on = ctx.calendar.local_date(moment)
+    try:
+        res = services.apply_event(ctx, external_id=external_id, type=type, now=moment,
+                                   until=_parse_dt(until, "--until", ctx),
+                                   appointment_at=_parse_dt(appointment_at, "--appointment-at", ctx),
+                                   decision=decision, to=to, reason=reason, receipt_on=receipt_on,
+                                   source="cli", idempotency_key=key)
+    except services.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps({"event_id": res.event_id, "status": res.status, "note": res.note,
+                               "case": res.case_id}, ensure_ascii=False))
+        return
+    label = {"applied": "appliqué", "ignored": "enregistré sans effet", "duplicate": "déjà enregistré"}[res.status]
+    typer.echo(f"Événement {type} {label} (n° {res.event_id}){' — ' + res.note if res.note else ''}.")
+
+
+@app.command()
+def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Tout ce qui est arrivé aux dossiers d'une personne, dans l'ordre."""
+    from . import services
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        items = services.timeline(ctx, external_id)
+    except services.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(items, ensure_ascii=False, indent=2, default=str))
+        return
+    for i in items:
+        when = i["at"][:16].replace("T", " ")
+        if i["kind"] == "message":
+            typer.echo(f"{when}  message  {i['step']:<20} {i['channel']:<6} {i['status']}"
+                       f"{'  (' + i['detail'] + ')' if i.get('detail') else ''}")
+        elif i["kind"] == "event":
+            typer.echo(f"{when}  événement {i['type']:<19} {i['status']}")
+        elif i["kind"] == "step":
+            typer.echo(f"{when}  étape    {i['step']:<20} ({i.get('reason')})")
+        else:
+            typer.echo(f"{when}  dossier  {json.dumps(i['detail'], ensure_ascii=False, default=str)}")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Vérifie la chaîne d'empreintes du journal d'audit."""
+    from . import audit
+    from .db.session import session_scope
+
+    ctx = _context()
+    _ensure_db(ctx)
+    with session_scope(ctx.db_url) as s:
+        result = audit.verify(s)
+    if not result.ok:
+        raise CliError(f"journal d'audit rompu à l'entrée n° {result.broken_id} : {result.reason} "
+                       f"({result.checked} entrées valides avant elle)")
+    typer.echo(f"Journal d'audit intact : {result.checked} entrées vérifiées.")
+
+
+@app.command()
+def demo(days: int = typer.Option(90, "--days", help="Nombre de jours simulés"),
+         out: Path = typer.Option(Path("demo-out"), "--out", help="Dossier de la démonstration"),
+         seed: int = typer.Option(2024, "--seed")) -> None:
+    """Démonstration : base neuve, flux d'exemple, N jours simulés."""
+    from .demo import run_demo
+
+    summary = run_demo(days=days, out=out, seed=seed, progress=_progress_printer("Jours simulés"))
+    typer.echo(summary)
+
+
+@app.command()
+def scheduler() -> None:
+    """Lance le planificateur (un seul actif à la fois)."""
+    from .scheduler import LeaderScheduler
+
+    ctx = _context()
+    _ensure_db(ctx)
+    LeaderScheduler(ctx).run()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        app(standalone_mode=False)
+    except CliError as exc:
+        typer.echo(f"Erreur : {exc}", err=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("Interrompu.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("Interrompu.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the unexpected: one line, no traceback
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            typer.echo(f"Erreur : {exc.format_message()}", err=True)
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.ClickException):
+            typer.echo(f"Erreur : {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        logging.getLogger("relance").debug("unexpected error", exc_info=True)
+        typer.echo(f"Erreur inattendue : {type(exc).__name__}: {_one_line(exc)}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""``relance scheduler``: the APScheduler jobs that feed the Celery queues.
+
+Only one scheduler is active at a time, even if several are started: each
+holds a lease in the database (table ``locks``) and runs jobs only while it
+holds it. Missed runs are coalesced (``coalesce=True``), not replayed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy import insert, update
+from sqlalchemy.exc import IntegrityError
+
+from . import jobs
+from .db.models import Lock
+from .db.session import session_scope
+
+log = logging.getLogger("relance.scheduler")
+UTC = dt.timezone.utc
+LEASE_SECONDS = 90
+
+
+def acquire_lease(app, name: str, owner: str, now: dt.datetime, seconds: int = LEASE_SECONDS) -> bool:
+    """Take or renew a named lease; True if ``owner`` holds it now."""
+    expires = now + dt.timedelta(seconds=seconds)
+    with session_scope(app.db_url) as s:
+        res = s.execute(update(Lock).where(Lock.name == name, (Lock.owner == owner) | (Lock.expires_at < now))
+                        .values(owner=owner, expires_at=expires).execution_options(synchronize_session=False))
+        if res.rowcount == 1:
+            return True
+    try:
+        with session_scope(app.db_url) as s:
+            s.execute(insert(Lock).values(name=name, owner=owner, expires_at=expires))
+        return True
+    except IntegrityError:
+        return False
+
+
+def release_lease(app, name: str, owner: str) -> None:
+    with session_scope(app.db_url) as s:
+        s.execute(update(Lock).where(Lock.name == name, Lock.owner == owner)
+                  .values(expires_at=dt.datetime(1970, 1, 1, tzinfo=UTC)))
+
+
+class LeaderScheduler:
+    def __init__(self, app, owner: str | None = None):
+        self.app = app
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.scheduler = BlockingScheduler(timezone=app.settings.timezone,
+                                           job_defaults={"coalesce": True, "max_instances": 1,
+                                                         "misfire_grace_time": 30})
+
+    def is_leader(self) -> bool:
+        try:
+            return acquire_lease(self.app, "scheduler", self.owner, dt.datetime.now(UTC))
+        except Exception:  # noqa: BLE001 - database down: not the leader for now, retry later
+            log.warning("scheduler lease check failed (database unreachable?)")
+            return False
+
+    def _guarded(self, name, fn):
+        def run():
+            if not self.is_leader():
+                return
+            try:
+                fn(self.app)
+            except Exception:  # noqa: BLE001 - logged; the next run retries
+                log.exception("job %s failed", name)
+        run.__name__ = name
+        return run
+
+    def add_jobs(self) -> None:
+        add = self.scheduler.add_job
+        add(self._guarded("scan_inbox", jobs.scan_inbox), "interval", seconds=60, id="scan_inbox")
+        add(self._guarded("sweep", jobs.sweep), "interval", seconds=60, id="sweep")
+        add(self._guarded("relay", jobs.relay), "interval", seconds=60, id="relay")
+        add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=300, id="reconcile")
+        for name, trigger, fn in extra_jobs():
+            add(self._guarded(name, fn), trigger=trigger, id=name)
+
+    def run(self) -> None:
+        self.add_jobs()
+        log.info("scheduler started")
+        try:
+            self.scheduler.start()
+        finally:
+            release_lease(self.app, "scheduler", self.owner)
+
+
+def extra_jobs():
+    """Jobs added by later capabilities (print batch, digests, retention)."""
+    return []

@@ -1,0 +1,10 @@
+"""Send one letter message (queue ``letters``). Safe to redeliver: the claim makes a rerun a no-op."""
+from ..app import get_app
+from ..celery_app import celery
+from .. import services
+from ._common import parse_now
+
+
+@celery.task(name="relance.letters.send", acks_late=True, reject_on_worker_lost=True)
+def send(message_id: int, now_iso: str | None = None) -> str:
+    return services.send_message(get_app(), message_id, parse_now(now_iso)).outcome
