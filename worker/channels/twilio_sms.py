@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -225,7 +225,7 @@ class TwilioSmsChannel:
             kwargs["from_"] = self.settings.sender_id
         try:
             created = self.client.messages.create(**kwargs)
-        except (TwilioRestException, TwilioException) as exc:
+        except TwilioException as exc:  # TwilioRestException, TwilioServiceException
             error = self._map_twilio_error(exc)
             log.warning(
                 "sms %s: Twilio refused it (HTTP %s, code %s) -> %s",
