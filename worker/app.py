@@ -65,7 +65,29 @@ def build_app(settings: Settings | None = None) -> AppContext:
         )
     except ValueError as exc:
         raise ConfigError("environnement", "RELANCE_SMS_WINDOW_START/END", str(exc)) from None
+    # Real channels are validated at start-up, not at the first send.
+    try:
+        if settings.sms_backend == "twilio":
+            settings.twilio_settings()
+        if settings.email_backend == "smtp":
+            settings.smtp_settings()
+    except ValueError as exc:
+        raise ConfigError("environnement", _setting_name(str(exc)), str(exc)) from None
     return AppContext(settings=settings, config=config, calendar=cal)
+
+
+def _setting_name(message: str) -> str:
+    import re
+
+    m = re.search(r"RELANCE_[A-Z_]+", message)
+    if m:
+        return m.group(0)
+    for word in ("sender_id", "messaging_service_sid", "validity_period", "status_callback_base_url",
+                 "api_base_url", "security", "port", "from_address"):
+        if word in message:
+            prefix = "SMTP" if word in ("security", "port", "from_address") else "TWILIO"
+            return f"RELANCE_{prefix}_{word.upper()}".replace("TWILIO_STATUS_CALLBACK_BASE_URL", "PUBLIC_BASE_URL")
+    return "RELANCE_*"
 
 
 _APP: AppContext | None = None

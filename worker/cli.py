@@ -21,8 +21,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Relance : invitations, relances, convocations et commission RSA.")
 db_app = typer.Typer(no_args_is_help=True, help="Base de données.")
 audit_app = typer.Typer(no_args_is_help=True, help="Journal d'audit.")
+letters_app = typer.Typer(no_args_is_help=True, help="Courriers : lots d'impression, retours du service courrier.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+app.add_typer(letters_app, name="letters")
 
 
 class CliError(Exception):
@@ -241,6 +243,90 @@ def scheduler() -> None:
     ctx = _context()
     _ensure_db(ctx)
     LeaderScheduler(ctx).run()
+
+
+@letters_app.command("batch")
+def letters_batch(date: Optional[str] = typer.Option(None, "--date", help="Jour des courriers (AAAA-MM-JJ), par défaut aujourd'hui")) -> None:
+    """Rassemble les courriers du jour en un PDF par organisation et affranchissement, avec leur bordereau."""
+    from . import letters
+
+    ctx = _context()
+    _ensure_db(ctx)
+    now = dt.datetime.now(UTC)
+    try:
+        day = dt.date.fromisoformat(date) if date else ctx.calendar.local_date(now)
+    except ValueError:
+        raise CliError(f"--date : date invalide {date!r} (format AAAA-MM-JJ)") from None
+    batches = letters.produce_batches(ctx, day, now)
+    if not batches:
+        typer.echo(f"Aucun courrier à imprimer pour le {day:%d/%m/%Y}.")
+    for b in batches:
+        typer.echo(f"{b.pdf_path} : {b.letters} courriers, {b.pages} pages (bordereau {b.manifest_path.name}).")
+
+
+@letters_app.command("returns")
+def letters_returns(file: Path = typer.Argument(..., help="Fichier des retours (référence, date, npai|ar_signed|ar_unclaimed)"),
+                    as_json: bool = typer.Option(False, "--json")) -> None:
+    """Enregistre les plis revenus (NPAI) et les accusés de réception des LRAR."""
+    from . import letters
+
+    ctx = _context()
+    _ensure_db(ctx)
+    if not file.exists():
+        raise CliError(f"fichier introuvable : {file}")
+    report = letters.process_returns(ctx, file, dt.datetime.now(UTC))
+    if as_json:
+        typer.echo(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+        return
+    typer.echo(f"{file.name} : {report['applied']} retours enregistrés, {report['duplicates']} déjà connus, "
+               f"{len(report['rejected'])} lignes rejetées.")
+    for r in report["rejected"]:
+        typer.echo(f"  ligne {r['line']} : {r['reason']}")
+
+
+@app.command()
+def api(host: Optional[str] = typer.Option(None, "--host"), port: Optional[int] = typer.Option(None, "--port")) -> None:
+    """Lance le service HTTP (rappels de statut Twilio, événements des agents, santé)."""
+    import uvicorn
+
+    ctx = _context()
+    _ensure_db(ctx)
+    uvicorn.run("worker.api:create_app", factory=True, host=host or ctx.settings.api_host,
+                port=port or ctx.settings.api_port, log_level="warning", access_log=False)
+
+
+@app.command()
+def worker(queues: str = typer.Option(",".join(("ingest", "cases", "sms", "letters", "email", "maintenance")),
+                                      "--queues", "-Q", help="Files à consommer (séparées par des virgules)"),
+           concurrency: int = typer.Option(1, "--concurrency", "-c"),
+           name: Optional[str] = typer.Option(None, "--name", "-n")) -> None:
+    """Lance un worker Celery sur les files indiquées (Redis requis)."""
+    ctx = _context()
+    if ctx.settings.eager:
+        raise CliError("RELANCE_BROKER_URL n'est pas défini : les tâches s'exécutent déjà dans le processus "
+                       "(mode embarqué) ; indiquez une URL Redis pour lancer des workers")
+    _ensure_db(ctx)
+    from .celery_app import celery
+
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-E", "--loglevel", "INFO", "--without-gossip",
+            "--without-mingle"]
+    if name:
+        argv += ["-n", name]
+    celery.worker_main(argv)
+
+
+@app.command()
+def flower(port: int = typer.Option(5555, "--port"), address: str = typer.Option("127.0.0.1", "--address")) -> None:
+    """Lance Flower (supervision des files et des tâches), avec authentification."""
+    ctx = _context()
+    if ctx.settings.eager:
+        raise CliError("Flower a besoin d'un broker Redis (RELANCE_BROKER_URL)")
+    if not ctx.settings.flower_password:
+        raise CliError("RELANCE_FLOWER_PASSWORD est obligatoire : Flower n'est jamais lancé sans authentification")
+    from .celery_app import celery
+
+    celery.start(["flower", f"--port={port}", f"--address={address}",
+                  f"--basic-auth={ctx.settings.flower_user}:{ctx.settings.flower_password}"])
 
 
 def main() -> None:

@@ -465,6 +465,11 @@ def send_message(app, message_id: int, now: dt.datetime) -> SendResult:
             person.last_contact_at = now
             return SendResult(message_id, "sent", delivery.provider_ref or "")
         code = f" ({error.code})" if error.code is not None else ""
+        if isinstance(error, RetryableError) and error.code == "read_timeout":
+            # The request left: the provider may have accepted it. Never resend blindly.
+            repository.set_message_status(s, msg, "technical-failure", now,
+                                          error="délai de réponse dépassé après envoi : vérifier chez le fournisseur")
+            return SendResult(message_id, "technical-failure", "read_timeout")
         if isinstance(error, RetryableError) and msg.attempts < MAX_SEND_ATTEMPTS:
             wait = _backoff(msg.attempts)
             if error.retry_after:

@@ -44,6 +44,38 @@ class Settings(BaseSettings):
     email_backend: str = "local"  # "local" | "smtp"
     letter_backend: str = "local"  # "local" (HTML files) | "pdf" (WeasyPrint + print batches)
 
+    # --- Twilio (RELANCE_SMS_BACKEND=twilio) ----------------------------------
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_messaging_service_sid: str | None = None  # either this...
+    twilio_sender_id: str | None = None  # ...or an alphanumeric sender ID (1-11 letters/digits)
+    twilio_validity_period: int = 36000  # seconds (Twilio's maximum)
+    twilio_api_base_url: str | None = None  # only to point the client at a fake server (tests, dev)
+    public_base_url: str | None = None  # public URL of `relance api` (Twilio status callbacks)
+
+    # --- SMTP (RELANCE_EMAIL_BACKEND=smtp; also the agents' digests) ------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_security: str = "none"  # none | starttls | ssl
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from_address: str = "relance@example.org"
+    smtp_from_name: str | None = None
+    smtp_timeout: float = 30.0
+    smtp_verify_tls: bool = True
+
+    # --- letters and print batches ----------------------------------------------
+    letters_dir: Path | None = None  # default: <outbox>/letters (shared between machines)
+    print_batch_dir: Path | None = None  # default: <outbox>/print (shared between machines)
+    print_batch_time: str = "16:00"  # local time of the daily print batch (working days)
+
+    # --- HTTP API and Flower ---------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_keys: str = ""  # comma-separated keys accepted in the X-Api-Key header for POST /events
+    flower_user: str = "ops"
+    flower_password: str | None = None
+
     # --- business calendar -------------------------------------------------
     sms_window_start: str = "09:00"
     sms_window_end: str = "19:00"
@@ -70,6 +102,40 @@ class Settings(BaseSettings):
         return v
 
     # --- derived -------------------------------------------------------------
+    @property
+    def letters(self) -> Path:
+        return self.letters_dir or self.outbox / "letters"
+
+    @property
+    def print_dir(self) -> Path:
+        return self.print_batch_dir or self.outbox / "print"
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    def twilio_settings(self):
+        """The Twilio channel's settings; ValueError naming the missing/invalid setting."""
+        from .channels.twilio_sms import TwilioSettings
+
+        missing = [name for name in ("twilio_account_sid", "twilio_auth_token", "public_base_url")
+                   if not getattr(self, name)]
+        if missing:
+            raise ValueError("RELANCE_" + missing[0].upper() + " est obligatoire avec RELANCE_SMS_BACKEND=twilio")
+        return TwilioSettings(account_sid=self.twilio_account_sid, auth_token=self.twilio_auth_token,
+                              status_callback_base_url=self.public_base_url,
+                              messaging_service_sid=self.twilio_messaging_service_sid,
+                              sender_id=self.twilio_sender_id, validity_period=self.twilio_validity_period,
+                              api_base_url=self.twilio_api_base_url)
+
+    def smtp_settings(self):
+        from .channels.smtp_email import SmtpSettings
+
+        return SmtpSettings(host=self.smtp_host, port=self.smtp_port, security=self.smtp_security,
+                            username=self.smtp_username, password=self.smtp_password,
+                            from_address=self.smtp_from_address, from_name=self.smtp_from_name,
+                            timeout=self.smtp_timeout, verify_tls=self.smtp_verify_tls)
+
     @property
     def db_url(self) -> str:
         if self.database_url:

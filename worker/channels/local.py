@@ -59,8 +59,8 @@ class LocalLetterChannel:
     name = "letter"
     is_local = True
 
-    def __init__(self, outbox: Path):
-        self.root = Path(outbox) / "letters"
+    def __init__(self, letters_dir: Path):
+        self.root = Path(letters_dir)
 
     def send(self, message: OutgoingMessage) -> Delivery:
         day = message.extra.get("day", "undated")

@@ -22,5 +22,5 @@ def build_channel(name: str, settings: Settings):
     if name == "letter":
         # PDF letters are rendered and gathered by the print batch; the send
         # step only records the letter as ready for it (see worker.letters).
-        return LocalLetterChannel(outbox)
+        return LocalLetterChannel(settings.letters)
     raise ValueError(f"canal inconnu : {name}")
