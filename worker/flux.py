@@ -304,6 +304,7 @@ class _Validator:
         self.today = today
         self.today_t = (today.year, today.month, today.day)
         self.seen: dict[str, int] = {}  # external_id -> first line
+        self.seen_nir: dict[str, int] = {}  # NIR -> first line (two people never share one)
         self.rows: list[FluxRow] = []
         self.rejected: list[Rejection] = []
         self.warnings: list[Warning] = []
@@ -410,6 +411,11 @@ class _Validator:
         # 6. optional identity fields
         nir_raw = get("nir", "")
         nir = _check_nir(nir_raw) if nir_raw else None
+        if nir is not None:
+            nir_line = self.seen_nir.get(nir)
+            if nir_line is not None:
+                raise _Reject("nir", f"même NIR qu'une autre personne ligne {nir_line} du fichier : ligne ignorée")
+            self.seen_nir[nir] = line
         sex_raw = get("sex", "")
         sex: str | None = None
         if sex_raw:

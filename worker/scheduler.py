@@ -79,6 +79,7 @@ class LeaderScheduler:
         add(self._guarded("sweep", jobs.sweep), "interval", seconds=60, id="sweep")
         add(self._guarded("relay", jobs.relay), "interval", seconds=60, id="relay")
         add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=300, id="reconcile")
+        add(self._guarded("retention", _retention), "cron", hour=3, minute=30, id="retention")
         for name, trigger, fn in extra_jobs():
             add(self._guarded(name, fn), trigger=trigger, id=name)
 
@@ -89,6 +90,12 @@ class LeaderScheduler:
             self.scheduler.start()
         finally:
             release_lease(self.app, "scheduler", self.owner)
+
+
+def _retention(app) -> None:
+    from .retention import purge_expired
+
+    purge_expired(app, dt.datetime.now(UTC))
 
 
 def extra_jobs():

@@ -74,7 +74,7 @@ def parse(data: bytes, today: date = TODAY, **kw) -> ParseResult:
 
 def one_rejection(**override: str) -> Rejection:
     """Parse a file with one good row then the overridden row; return its rejection."""
-    res = parse(csv_bytes({"external_id": "CAF35-0006999"}, override))
+    res = parse(csv_bytes({"external_id": "CAF35-0006999", "nir": ""}, override))
     assert len(res.rows) == 1, res.rejected
     assert len(res.rejected) == 1, res.rejected
     rej = res.rejected[0]
@@ -260,7 +260,7 @@ def test_cp1252_is_fallback_and_utf8_preferred():
 
 
 def test_crlf_and_lf_give_the_same_rows():
-    rows = [GOOD, {"external_id": "CAF35-0007001", "address_line2": "Bâtiment B"}]
+    rows = [GOOD, {"external_id": "CAF35-0007001", "nir": "", "address_line2": "Bâtiment B"}]
     a = parse(csv_bytes(*rows, eol="\n"))
     b = parse(csv_bytes(*rows, eol="\r\n"))
     assert a.rows == b.rows and len(a.rows) == 2
@@ -439,7 +439,7 @@ def test_rule_missing_external_id():
 
 
 def test_rule_duplicate_external_id_later_row_rejected():
-    res = parse(csv_bytes(GOOD, {"first_name": "Doublon"}, {"external_id": "CAF35-0007001"}))
+    res = parse(csv_bytes(GOOD, {"first_name": "Doublon"}, {"external_id": "CAF35-0007001", "nir": ""}))
     assert [r.line for r in res.rows] == [2, 4]
     [rej] = res.rejected
     assert (rej.line, rej.external_id, rej.field) == (3, "CAF35-0007000", "external_id")
@@ -692,3 +692,11 @@ def test_parse_is_pure_and_repeatable():
     data = (SAMPLES / "flux_2024-05_with_errors.csv").read_bytes()
     a, b = parse(data), parse(data)
     assert a == b
+
+
+def test_same_nir_twice_in_a_file_rejects_the_later_row():
+    res = parse(csv_bytes(GOOD, {"external_id": "CAF35-0007001"}))
+    assert [r.external_id for r in res.rows] == ["CAF35-0007000"]
+    [rej] = res.rejected
+    assert (rej.line, rej.external_id, rej.field) == (3, "CAF35-0007001", "nir")
+    assert "ligne 2" in rej.reason and GOOD["nir"] not in rej.reason
