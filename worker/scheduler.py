@@ -80,7 +80,7 @@ class LeaderScheduler:
         add(self._guarded("relay", jobs.relay), "interval", seconds=60, id="relay")
         add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=300, id="reconcile")
         add(self._guarded("retention", _retention), "cron", hour=3, minute=30, id="retention")
-        for name, trigger, fn in extra_jobs():
+        for name, trigger, fn in extra_jobs(self.app):
             add(self._guarded(name, fn), trigger=trigger, id=name)
 
     def run(self) -> None:
@@ -98,6 +98,29 @@ def _retention(app) -> None:
     purge_expired(app, dt.datetime.now(UTC))
 
 
-def extra_jobs():
-    """Jobs added by later capabilities (print batch, digests, retention)."""
-    return []
+def extra_jobs(app=None):
+    """Jobs added by later capabilities (print batch, digests, retention): [(name, trigger, fn(app))].
+
+    ``print_batch``: the day's print batch (:func:`worker.letters.daily_print_batch`)
+    at ``RELANCE_PRINT_BATCH_TIME`` (local time), Monday to Friday (public holidays
+    are skipped by the job itself), only with ``RELANCE_LETTER_BACKEND=pdf``: with
+    the local backend the letters stay HTML files (``relance letters batch`` still
+    works in both modes).
+    """
+    from apscheduler.triggers.cron import CronTrigger
+
+    from .calendar import parse_hhmm
+    from .letters import daily_print_batch
+
+    found = []
+    if app is not None and app.settings.letter_backend == "pdf":
+        try:
+            at = parse_hhmm(app.settings.print_batch_time)
+        except ValueError:
+            raise ValueError(f"RELANCE_PRINT_BATCH_TIME invalide : {app.settings.print_batch_time!r} "
+                             "(format HH:MM)") from None
+        found.append(("print_batch",
+                      CronTrigger(day_of_week="mon-fri", hour=at.hour, minute=at.minute,
+                                  timezone=app.settings.timezone),
+                      daily_print_batch))
+    return found
