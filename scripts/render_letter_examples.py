@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Render the first page of each letter template to a small PNG in docs/letters/.
+
+    .venv/bin/python scripts/render_letter_examples.py [--long] [--out docs/letters] [--dpi 60]
+
+Uses the real templates (worker.rendering.TemplateRenderer) with the sample
+contexts of tests/template_samples.py, renders each letter with WeasyPrint
+(worker.letters_pdf.render_pdf), then converts the first page with
+``pdftoppm -r <dpi> -png -singlefile`` (poppler-utils). ``--long`` uses the
+long sample values (long names, addresses and organisation names) and writes
+``<step>-long.png``. ``--all-pages`` writes every page (``<step>-<n>.png``).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.template_samples import sample_context  # noqa: E402
+from worker.letters_pdf import render_pdf  # noqa: E402
+from worker.rendering import TemplateRenderer  # noqa: E402
+
+STEPS = (
+    "invitation_1",
+    "invitation_2",
+    "convocation",
+    "pre_sanction_notice",
+    "crsa_referral",
+    "ft_convocation",
+    "ft_warning",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "letters")
+    parser.add_argument("--dpi", type=int, default=60)
+    parser.add_argument("--long", action="store_true", help="long sample values")
+    parser.add_argument("--all-pages", action="store_true", help="every page, not only the first")
+    parser.add_argument("steps", nargs="*", default=list(STEPS))
+    args = parser.parse_args(argv)
+
+    renderer = TemplateRenderer(ROOT / "templates")
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "-long" if args.long else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        for step in args.steps:
+            rendered = renderer.render(step, "letter", sample_context(step, long=args.long))
+            pdf = Path(tmp) / f"{step}.pdf"
+            pdf.write_bytes(render_pdf([rendered.html], base_url=str(ROOT / "templates")))
+            if args.all_pages:
+                prefix = args.out / f"{step}{suffix}"
+                subprocess.run(
+                    ["pdftoppm", "-r", str(args.dpi), "-png", str(pdf), str(prefix)], check=True
+                )
+                written = sorted(args.out.glob(f"{step}{suffix}-*.png"))
+            else:
+                target = args.out / f"{step}{suffix}"
+                subprocess.run(
+                    ["pdftoppm", "-r", str(args.dpi), "-png", "-singlefile", "-f", "1", "-l", "1",
+                     str(pdf), str(target)],
+                    check=True,
+                )
+                written = [target.with_suffix(".png")]
+            pages = subprocess.run(
+                ["pdfinfo", str(pdf)], check=True, capture_output=True, text=True
+            ).stdout
+            count = next(
+                (line.split()[-1] for line in pages.splitlines() if line.startswith("Pages:")), "?"
+            )
+            for path in written:
+                print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
+                      f"  ({path.stat().st_size // 1024} KiB, letter of {count} page(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
