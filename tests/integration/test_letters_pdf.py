@@ -1,0 +1,352 @@
+"""Letters to PDF with real WeasyPrint rendering (worker.letters_pdf).
+
+Uses the real letter templates (worker.rendering.TemplateRenderer with the
+sample contexts of tests/template_samples.py) and real postal blocks
+(worker.postal.address_block), one letter per template.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+import subprocess
+from datetime import date
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from worker.letters_pdf import (
+    MANIFEST_COLUMNS,
+    BatchLetter,
+    LetterHtml,
+    combine_letters,
+    render_batch,
+    render_pdf,
+    split_pdf,
+    write_print_batch,
+)
+from worker.postal import address_block
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "templates"
+MM = 72 / 25.4  # PDF points per millimetre
+
+STEPS = (
+    "invitation_1",
+    "convocation",
+    "pre_sanction_notice",
+    "invitation_2",
+    "crsa_referral",
+    "ft_convocation",
+    "ft_warning",
+)
+PEOPLE = (
+    ("Madame", "Marie", "Da Silva", "21 impasse des Tilleuls", None, "35390", "GRAND-FOUGERAY"),
+    ("Monsieur", "Julien", "Diallo", "47 rue de Vilaine", "Bâtiment B", "35600", "BAINS-SUR-OUST"),
+    ("Madame", "Manon", "Fontaine", "32 rue Saint-Michel", "Chez M. Dupont", "35330", "VAL D'ANAST"),
+    ("Madame", "Inès", "Riou", "59 allée des Chênes", "Résidence Les Ajoncs", "35560", "SAINT-NICOLAS-DE-REDON"),
+    (None, "Sébastien", "L'Hôtellier", "lieu-dit La Noë", "Appartement 12", "35480", "GUIPRY-MESSAC"),
+    ("Monsieur", "Nicolas", "Saint-Jalmes", "117 avenue du Général de Gaulle", None, "56350", "ALLAIRE"),
+    ("Madame", "Nathalie", "Le Goff", "3 place de l'Église", None, "35550", "PIPRIAC"),
+)
+
+
+def _person(civility, first, last, line1, line2, postcode, city):
+    return {
+        "civility": civility or "Madame, Monsieur",
+        "first_name": first,
+        "last_name": last,
+        "address_lines": address_block(
+            civility=civility, first_name=first, last_name=last, line1=line1, line2=line2,
+            postcode=postcode, city=city,
+        ),
+    }
+
+
+def _minimal_letter(reference: str, person: dict) -> str:
+    css = (TEMPLATES / "letters" / "letter.css").read_text()
+    lines = "".join(f"<div>{line}</div>" for line in person["address_lines"])
+    body = "<p>Texte du courrier, avec des accents : é è à ç.</p>" * 8
+    return (
+        f'<!DOCTYPE html><html lang="fr"><head><meta charset="utf-8"><style>{css}</style></head>'
+        f'<body><section class="letter" data-reference="{reference}">'
+        f'<header class="letterhead"><div class="org-name">CDAS</div></header>'
+        f'<address class="recipient">{lines}</address>'
+        f'<p class="reference">Réf. : {reference}</p><p class="subject">Objet : test</p>'
+        f'<main class="body">{body}</main></section></body></html>'
+    )
+
+
+@pytest.fixture(scope="module")
+def letters() -> list[dict]:
+    """[{reference, case_reference, step, person, html}] for one letter per template."""
+    try:
+        from tests.template_samples import sample_context
+        from worker.rendering import TemplateRenderer
+
+        renderer = TemplateRenderer(TEMPLATES)
+        real = all(renderer.has(step, "letter") for step in STEPS)
+    except ImportError:  # pragma: no cover - templates not written yet
+        real = False
+    out = []
+    for i, (step, person_row) in enumerate(zip(STEPS, PEOPLE)):
+        person = _person(*person_row)
+        case_reference = f"RL-{200 + i:06d}"
+        reference = f"{case_reference}-{step[:4].upper()}-L"
+        if real:
+            context = sample_context(step)
+            context["person"] = person
+            context["case"] = dict(context["case"], reference=case_reference)
+            context["message"] = {"reference": reference}
+            html = renderer.render(step, "letter", context).html
+        else:  # pragma: no cover
+            html = _minimal_letter(reference, person)
+        out.append(
+            {"reference": reference, "case_reference": case_reference, "step": step,
+             "person": person, "html": html}
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch(letters):
+    return render_batch([LetterHtml(l["reference"], l["html"]) for l in letters], keep_document=True)
+
+
+def _pages_text(pdf: bytes) -> list[str]:
+    return [page.extract_text() or "" for page in PdfReader(io.BytesIO(pdf)).pages]
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+# --------------------------------------------------------------------------- #
+
+
+def test_batch_page_count_and_contiguous_ranges(letters, batch):
+    reader = PdfReader(io.BytesIO(batch.pdf))
+    assert len(reader.pages) == batch.page_count
+    assert list(batch.pages_per_letter) == [l["reference"] for l in letters]
+    expected_first = 1
+    for reference, (first, count) in batch.pages_per_letter.items():
+        assert first == expected_first, reference
+        assert count >= 1
+        expected_first += count
+    assert expected_first - 1 == batch.page_count
+    # some letters of the real templates run on two pages: the mapping must cope
+    assert batch.page_count >= len(letters)
+
+
+def test_each_letter_first_page_has_its_address_block_once(letters, batch):
+    pages = _pages_text(batch.pdf)
+    for letter in letters:
+        first, count = batch.pages_per_letter[letter["reference"]]
+        lines = letter["person"]["address_lines"]
+        first_page = _norm(pages[first - 1])
+        letter_text = _norm(" ".join(pages[first - 1 : first - 1 + count]))
+        for line in lines:
+            assert first_page.count(line) == 1, (letter["reference"], line, first_page[:400])
+        # the identity and locality lines appear once in the whole letter
+        assert letter_text.count(lines[0]) == 1
+        assert letter_text.count(lines[-1]) == 1
+        # and in no other letter
+        others = " ".join(
+            _norm(p) for i, p in enumerate(pages) if not first - 1 <= i < first - 1 + count
+        )
+        assert lines[0] not in others
+
+
+def test_page_footer_carries_the_letter_reference_and_its_own_page_numbers(letters, batch):
+    pages = _pages_text(batch.pdf)
+    for letter in letters:
+        first, count = batch.pages_per_letter[letter["reference"]]
+        for n in range(count):
+            text = _norm(pages[first - 1 + n])
+            assert f"Réf. {letter['reference']}" in text
+            assert f"Page {n + 1}" in text
+
+
+def test_accents_are_extracted_as_text(batch):
+    text = _norm(" ".join(_pages_text(batch.pdf)))
+    for word in ("Bâtiment B", "Résidence Les Ajoncs", "bénéficiez", "solidarité", "réception"):
+        assert word in text
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+def test_recipient_block_sits_in_the_envelope_window(letters, batch, tmp_path):
+    """Every word of the postal block is inside the window (page x 100-186 mm,
+    y 52-82 mm); nothing else is printed in the area the window may show."""
+    pdf = tmp_path / "batch.pdf"
+    pdf.write_bytes(batch.pdf)
+    for letter in letters:
+        first, _ = batch.pages_per_letter[letter["reference"]]
+        out = subprocess.run(
+            ["pdftotext", "-f", str(first), "-l", str(first), "-bbox", str(pdf), "-"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        words = [
+            (float(x0) / MM, float(y0) / MM, float(x1) / MM, float(y1) / MM, word)
+            for x0, y0, x1, y1, word in re.findall(
+                r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>',
+                out,
+            )
+        ]
+        assert words
+        block_words = {w for line in letter["person"]["address_lines"] for w in line.split()}
+        in_window = [w for w in words if w[2] > 88 and w[0] < 190 and w[3] > 39 and w[1] < 96]
+        assert in_window, "no text in the window"
+        for x0, y0, x1, y1, word in in_window:
+            assert word.replace("&apos;", "'") in block_words, f"{word!r} shows through the window"
+            assert 99 <= x0 and x1 <= 187, (word, x0, x1)
+            assert 51 <= y0 and y1 <= 83, (word, y0, y1)
+        assert len(in_window) == sum(len(line.split()) for line in letter["person"]["address_lines"])
+
+
+def test_split_pdf_gives_one_pdf_per_letter(letters, batch):
+    for splitter in (lambda: split_pdf(batch.pdf, batch.pages_per_letter), batch.split):
+        parts = splitter()
+        assert list(parts) == [l["reference"] for l in letters]
+        for letter in letters:
+            reader = PdfReader(io.BytesIO(parts[letter["reference"]]))
+            assert len(reader.pages) == batch.pages_per_letter[letter["reference"]][1]
+            first_page = _norm(reader.pages[0].extract_text())
+            assert letter["person"]["address_lines"][0] in first_page
+            assert f"Réf. {letter['reference']}" in first_page
+
+
+def test_split_pdf_rejects_a_range_outside_the_pdf(batch):
+    with pytest.raises(ValueError):
+        split_pdf(batch.pdf, {"X": (batch.page_count, 2)})
+
+
+def test_render_pdf_one_and_several(letters):
+    one = render_pdf([letters[0]["html"]])
+    assert len(PdfReader(io.BytesIO(one)).pages) >= 1
+    two = render_pdf([letters[0]["html"], letters[3]["html"]])
+    text = _norm(" ".join(_pages_text(two)))
+    assert letters[0]["person"]["address_lines"][0] in text
+    assert letters[3]["person"]["address_lines"][0] in text
+    with pytest.raises(ValueError):
+        render_pdf([])
+
+
+def test_combine_letters_keeps_styles_once_and_marks_each_section(letters):
+    combined = combine_letters([l["html"] for l in letters])
+    assert combined.count("<style>") == 1
+    for i in range(len(letters)):
+        assert combined.count(f'id="relance-letter-{i}"') == 1
+    assert combined.count('<section id="relance-letter-') == len(letters)
+
+
+def test_combine_letters_accepts_fragments_and_replaces_ids():
+    html = combine_letters(
+        ["<p>sans section</p>", '<section class="letter" id="x" data-reference="B"><p>b</p></section>']
+    )
+    assert '<section class="letter" id="relance-letter-0"><p>sans section</p></section>' in html
+    assert 'id="x"' not in html and 'id="relance-letter-1"' in html
+
+
+def test_render_batch_refuses_duplicates_and_empty(letters):
+    with pytest.raises(ValueError, match="double"):
+        render_batch([LetterHtml("A", letters[0]["html"]), LetterHtml("A", letters[1]["html"])])
+    with pytest.raises(ValueError):
+        render_batch([])
+
+
+# --------------------------------------------------------------------------- #
+# write_print_batch
+# --------------------------------------------------------------------------- #
+
+
+def _batch_letters(letters):
+    return [
+        BatchLetter(l["reference"], l["case_reference"], l["step"], l["html"]) for l in letters
+    ]
+
+
+def test_write_print_batch_files_manifest_and_refusal_to_overwrite(letters, tmp_path):
+    day = date(2024, 5, 20)
+    written = write_print_batch(
+        tmp_path, day=day, organisation="CDAS-REDON", postage="lettre_verte",
+        letters=_batch_letters(letters),
+    )
+    assert written.pdf_path == tmp_path / "2024-05-20" / "CDAS-REDON_lettre_verte.pdf"
+    assert written.manifest_path == tmp_path / "2024-05-20" / "CDAS-REDON_lettre_verte_manifest.csv"
+    assert written.letter_count == len(letters)
+    pdf = written.pdf_path.read_bytes()
+    assert len(PdfReader(io.BytesIO(pdf)).pages) == written.page_count
+    import hashlib
+
+    assert written.sha256 == hashlib.sha256(pdf).hexdigest()
+
+    with written.manifest_path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == MANIFEST_COLUMNS
+    assert len(rows) == len(letters) + 1
+    pages = _pages_text(pdf)
+    total = 0
+    for row, letter in zip(rows[1:], letters):
+        reference, case_reference, step, first, count = row
+        assert (reference, case_reference, step) == (
+            letter["reference"], letter["case_reference"], letter["step"]
+        )
+        assert (int(first), int(count)) == written.pages_per_letter[reference]
+        assert letter["person"]["address_lines"][0] in _norm(pages[int(first) - 1])
+        total += int(count)
+    assert total == written.page_count
+
+    # no temporary file left behind
+    assert sorted(p.name for p in written.pdf_path.parent.iterdir()) == [
+        "CDAS-REDON_lettre_verte.pdf", "CDAS-REDON_lettre_verte_manifest.csv"
+    ]
+
+    # the same batch again: refused, nothing overwritten
+    before = (pdf, written.manifest_path.read_bytes())
+    with pytest.raises(FileExistsError):
+        write_print_batch(
+            tmp_path, day=day, organisation="CDAS-REDON", postage="lettre_verte",
+            letters=_batch_letters(letters[:1]),
+        )
+    assert (written.pdf_path.read_bytes(), written.manifest_path.read_bytes()) == before
+    assert len(list(written.pdf_path.parent.iterdir())) == 2
+
+    # another postage, or another day, is another batch
+    other = write_print_batch(
+        tmp_path, day=day, organisation="CDAS-REDON", postage="lrar", letters=_batch_letters(letters[2:3]),
+    )
+    assert other.pdf_path.name == "CDAS-REDON_lrar.pdf" and other.letter_count == 1
+
+
+def test_write_print_batch_refuses_when_only_the_manifest_exists(letters, tmp_path):
+    directory = tmp_path / "2024-05-21"
+    directory.mkdir()
+    (directory / "ML-REDON_lettre_verte_manifest.csv").write_text("x")
+    with pytest.raises(FileExistsError):
+        write_print_batch(
+            tmp_path, day=date(2024, 5, 21), organisation="ML-REDON", postage="lettre_verte",
+            letters=_batch_letters(letters[:1]),
+        )
+    assert not (directory / "ML-REDON_lettre_verte.pdf").exists()
+
+
+@pytest.mark.parametrize(
+    "organisation, postage",
+    [("../etc", "lrar"), ("CDAS REDON", "lrar"), ("CDAS-REDON", "lettre/verte"), ("", "lrar")],
+)
+def test_write_print_batch_refuses_unsafe_names(letters, tmp_path, organisation, postage):
+    with pytest.raises(ValueError):
+        write_print_batch(
+            tmp_path, day=date(2024, 5, 20), organisation=organisation, postage=postage,
+            letters=_batch_letters(letters[:1]),
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_print_batch_refuses_an_empty_batch(tmp_path):
+    with pytest.raises(ValueError):
+        write_print_batch(tmp_path, day=date(2024, 5, 20), organisation="CDAS-REDON",
+                          postage="lrar", letters=[])
+    assert list(tmp_path.iterdir()) == []
