@@ -12,9 +12,9 @@ document and renders it once:
   letters through WeasyPrint's page anchors (``Page.anchors``: the ids present
   on each page), giving ``(first_page, page_count)`` per letter reference,
   first page numbered from 1;
-* :func:`split_pdf` (pypdf) or :meth:`BatchResult.split` (WeasyPrint's
-  ``Document.copy``) cut one PDF per letter when one is needed (archive,
-  e-mail copy);
+* :func:`split_pdf` (pypdf) or :meth:`BatchResult.split` (pypdf, or
+  WeasyPrint's ``Document.copy``) cut one PDF per letter when one is needed
+  (archive, e-mail copy); pypdf is several times faster;
 * :func:`write_print_batch` writes the day's batch for one organisation and
   one postage: ``<out_dir>/<YYYY-MM-DD>/<organisation>_<postage>.pdf`` and the
   printer's manifest ``<organisation>_<postage>_manifest.csv``, atomically, and
@@ -25,7 +25,9 @@ Rendering never fetches anything from the network: only ``file:`` and
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import hashlib
 import io
 import os
@@ -100,20 +102,30 @@ class BatchResult:
     page_count: int
     _document: Any = field(default=None, repr=False, compare=False)
 
-    def split(self, references: Iterable[str] | None = None) -> dict[str, bytes]:
-        """One PDF per letter, written by WeasyPrint from the laid-out pages.
+    def split(
+        self, references: Iterable[str] | None = None, *, method: str = "pypdf"
+    ) -> dict[str, bytes]:
+        """One PDF per letter (all letters, or those of ``references``).
 
-        Needs the batch's laid-out document, kept by ``render_batch(...,
-        keep_document=True)``; otherwise falls back to :func:`split_pdf`.
+        ``method="pypdf"`` (default) cuts the batch PDF (:func:`split_pdf`): the
+        fastest (measured 3 to 8 times faster), but each part embeds the
+        batch's font subsets (about 20 KiB). ``method="weasyprint"`` writes each
+        letter's pages again from the laid-out document (needs
+        ``render_batch(..., keep_document=True)``): smaller files, slower.
         """
         wanted = list(self.pages_per_letter) if references is None else list(references)
         ranges = {ref: self.pages_per_letter[ref] for ref in wanted}
-        if self._document is None:
+        if method == "pypdf":
             return split_pdf(self.pdf, ranges)
+        if method != "weasyprint":
+            raise ValueError(f"unknown split method {method!r} (pypdf or weasyprint)")
+        if self._document is None:
+            raise ValueError("render_batch(..., keep_document=True) is needed to split with weasyprint")
         out = {}
-        for ref, (first, count) in ranges.items():
-            pages = self._document.pages[first - 1 : first - 1 + count]
-            out[ref] = self._document.copy(pages).write_pdf()
+        with _fewer_gc_passes():
+            for ref, (first, count) in ranges.items():
+                pages = self._document.pages[first - 1 : first - 1 + count]
+                out[ref] = self._document.copy(pages).write_pdf()
         return out
 
 
@@ -219,6 +231,22 @@ def _html(document: str, base_url: str | None):
     return HTML(string=document, base_url=base_url, url_fetcher=fetcher)
 
 
+@contextlib.contextmanager
+def _fewer_gc_passes():
+    """Run the young-generation collector 100 times less often while rendering.
+
+    WeasyPrint allocates millions of short-lived objects (boxes, styles) and
+    keeps most of them until the end of the render: the default collector
+    keeps scanning them for nothing (about 15 % of the rendering time).
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], 70_000), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+
+
 def _render_document(document: str, base_url: str | None):
     return _html(document, base_url).render(font_config=_font_config())
 
@@ -235,7 +263,8 @@ def render_pdf(html_documents: list[str], base_url: str | None = None) -> bytes:
         document = html_documents[0]
     else:
         document = combine_letters(list(html_documents))
-    return _render_document(document, base_url).write_pdf()
+    with _fewer_gc_passes():
+        return _render_document(document, base_url).write_pdf()
 
 
 def _page_ranges(document, count: int) -> list[tuple[int, int]]:
@@ -276,9 +305,10 @@ def render_batch(
     if duplicates:
         raise ValueError(f"référence en double dans le lot : {', '.join(duplicates)}")
 
-    document = _render_document(combine_letters([letter.html for letter in letters]), base_url)
-    ranges = _page_ranges(document, len(letters))
-    pdf = document.write_pdf()
+    with _fewer_gc_passes():
+        document = _render_document(combine_letters([letter.html for letter in letters]), base_url)
+        ranges = _page_ranges(document, len(letters))
+        pdf = document.write_pdf()
     return BatchResult(
         pdf=pdf,
         pages_per_letter=dict(zip(references, ranges)),

@@ -79,33 +79,40 @@ def _minimal_letter(reference: str, person: dict) -> str:
     )
 
 
+def _renderer():
+    """The real template renderer, or None while the templates are missing."""
+    try:
+        from worker.rendering import TemplateRenderer
+    except ImportError:  # pragma: no cover
+        return None
+    renderer = TemplateRenderer(TEMPLATES)
+    return renderer if all(renderer.has(step, "letter") for step in STEPS) else None
+
+
+def _render_letter(renderer, step: str, person: dict, case_reference: str, reference: str) -> str:
+    if renderer is None:  # pragma: no cover - templates not written yet
+        return _minimal_letter(reference, person)
+    from tests.template_samples import sample_context
+
+    context = sample_context(step)
+    context["person"] = person
+    context["case"] = dict(context["case"], reference=case_reference)
+    context["message"] = {"reference": reference}
+    return renderer.render(step, "letter", context).html
+
+
 @pytest.fixture(scope="module")
 def letters() -> list[dict]:
     """[{reference, case_reference, step, person, html}] for one letter per template."""
-    try:
-        from tests.template_samples import sample_context
-        from worker.rendering import TemplateRenderer
-
-        renderer = TemplateRenderer(TEMPLATES)
-        real = all(renderer.has(step, "letter") for step in STEPS)
-    except ImportError:  # pragma: no cover - templates not written yet
-        real = False
+    renderer = _renderer()
     out = []
     for i, (step, person_row) in enumerate(zip(STEPS, PEOPLE)):
         person = _person(*person_row)
         case_reference = f"RL-{200 + i:06d}"
         reference = f"{case_reference}-{step[:4].upper()}-L"
-        if real:
-            context = sample_context(step)
-            context["person"] = person
-            context["case"] = dict(context["case"], reference=case_reference)
-            context["message"] = {"reference": reference}
-            html = renderer.render(step, "letter", context).html
-        else:  # pragma: no cover
-            html = _minimal_letter(reference, person)
         out.append(
             {"reference": reference, "case_reference": case_reference, "step": step,
-             "person": person, "html": html}
+             "person": person, "html": _render_letter(renderer, step, person, case_reference, reference)}
         )
     return out
 
@@ -179,21 +186,9 @@ def test_accents_are_extracted_as_text(batch):
 def test_recipient_block_sits_in_the_envelope_window(letters, batch, tmp_path):
     """Every word of the postal block is inside the window (page x 100-186 mm,
     y 52-82 mm); nothing else is printed in the area the window may show."""
-    pdf = tmp_path / "batch.pdf"
-    pdf.write_bytes(batch.pdf)
     for letter in letters:
         first, _ = batch.pages_per_letter[letter["reference"]]
-        out = subprocess.run(
-            ["pdftotext", "-f", str(first), "-l", str(first), "-bbox", str(pdf), "-"],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        words = [
-            (float(x0) / MM, float(y0) / MM, float(x1) / MM, float(y1) / MM, word)
-            for x0, y0, x1, y1, word in re.findall(
-                r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>',
-                out,
-            )
-        ]
+        words = _first_page_words(batch.pdf, tmp_path, page=first)
         assert words
         block_words = {w for line in letter["person"]["address_lines"] for w in line.split()}
         in_window = [w for w in words if w[2] > 88 and w[0] < 190 and w[3] > 39 and w[1] < 96]
@@ -206,7 +201,11 @@ def test_recipient_block_sits_in_the_envelope_window(letters, batch, tmp_path):
 
 
 def test_split_pdf_gives_one_pdf_per_letter(letters, batch):
-    for splitter in (lambda: split_pdf(batch.pdf, batch.pages_per_letter), batch.split):
+    for splitter in (
+        lambda: split_pdf(batch.pdf, batch.pages_per_letter),
+        batch.split,
+        lambda: batch.split(method="weasyprint"),
+    ):
         parts = splitter()
         assert list(parts) == [l["reference"] for l in letters]
         for letter in letters:
@@ -350,3 +349,48 @@ def test_write_print_batch_refuses_an_empty_batch(tmp_path):
         write_print_batch(tmp_path, day=date(2024, 5, 20), organisation="CDAS-REDON",
                           postage="lrar", letters=[])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_split_methods(letters):
+    result = render_batch([LetterHtml(l["reference"], l["html"]) for l in letters[:2]])
+    assert set(result.split()) == {letters[0]["reference"], letters[1]["reference"]}
+    with pytest.raises(ValueError, match="keep_document"):
+        result.split(method="weasyprint")
+    with pytest.raises(ValueError, match="unknown"):
+        result.split(method="ghostscript")
+
+
+def _first_page_words(pdf: bytes, tmp_path: Path, page: int = 1):
+    path = tmp_path / "letter.pdf"
+    path.write_bytes(pdf)
+    out = subprocess.run(
+        ["pdftotext", "-f", str(page), "-l", str(page), "-bbox", str(path), "-"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return [
+        (float(x0) / MM, float(y0) / MM, float(x1) / MM, float(y1) / MM, word)
+        for x0, y0, x1, y1, word in re.findall(
+            r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>', out
+        )
+    ]
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+def test_a_full_six_line_block_of_38_characters_fits_the_window(tmp_path):
+    """The longest block the standard allows: 6 lines, none wrapped, all in the window."""
+    person = _person(
+        "Madame", "Marie-Christine", "De Rochefoucauld", "117 boulevard du Maréchal de Lattre de Tassigny",
+        "Chez M. et Mme Le Goff-Trémeur-Kermarec; Résidence Les Ajoncs du Grand Pré Vert; "
+        "Bâtiment C escalier 4 appartement 12",
+        "35560", "SAINT-NICOLAS-DE-REDON",
+    )
+    lines = person["address_lines"]
+    assert len(lines) == 6 and max(len(line) for line in lines) == 38
+    html = _render_letter(_renderer(), "invitation_1", person, "RL-000300", "RL-000300-INV1-L")
+    words = _first_page_words(render_pdf([html]), tmp_path)
+    block = [w for w in words if w[2] > 88 and w[0] < 190 and w[3] > 39 and w[1] < 96]
+    assert len({round(w[1], 1) for w in block}) == 6  # 6 lines: none wrapped
+    assert len(block) == sum(len(line.split()) for line in lines)
+    for x0, y0, x1, y1, word in block:
+        assert 99 <= x0 and x1 <= 187, (word, x0, x1)
+        assert 51 <= y0 and y1 <= 83, (word, y0, y1)
