@@ -138,11 +138,30 @@ def letters_reached(case: CaseState, step_ids) -> bool:
     return True
 
 
+def _appointment_scheduled(case: CaseState) -> bool:
+    return case.appointment_at is not None and (
+        case.phase == APPOINTMENT or (case.phase == PAUSED and case.paused_phase == APPOINTMENT))
+
+
 def _close(case: CaseState, outcome: str, now: dt.datetime) -> tuple[CaseState, list]:
+    # A closed case keeps no appointment: its slot is freed (the caller records "attended" itself).
+    freed = [AppointmentOutcome("cancelled")] if outcome != "attended" and _appointment_scheduled(case) else []
     case, actions = _cancel(case, f"case_closed:{outcome}")
+    actions = freed + actions
     case = _replace(case, status="closed", phase=CLOSED, outcome=outcome, closed_at=now, due_at=None,
                     hold_reason=None)
     return case, actions
+
+
+def _restart_at(case: CaseState, now: dt.datetime) -> dt.datetime:
+    """When a case opened to replace this one may start: not while a legitimate reason runs
+    (a pause, or a restart already waiting for the end of one)."""
+    at = now
+    if case.paused_until is not None and case.paused_until > at:
+        at = case.paused_until
+    if case.phase == ENTER and case.due_at is not None and case.due_at > at:
+        at = case.due_at
+    return at
 
 
 def _missed_check_at(appointment_at: dt.datetime, policy: Policy, cal: BusinessCalendar) -> dt.datetime:
@@ -153,6 +172,9 @@ def _plan_reminder(case: CaseState, appointment_at: dt.datetime, now: dt.datetim
                    cal: BusinessCalendar):
     d = policy.delays
     remind_day = cal.local_date(appointment_at) - _days(d.reminder_days_before)
+    while not cal.is_working_day(remind_day):
+        # Not pushed forward to the morning of the appointment (or after it): the working day before.
+        remind_day -= _days(1)
     at = cal.at(remind_day, d.reminder_time)
     if at < now:
         at = now
@@ -316,10 +338,12 @@ def _resume(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCale
     base = _replace(case, paused_until=None, paused_phase=None, paused_remaining=None)
     if phase == APPOINTMENT and case.appointment_at is not None and case.appointment_at <= until:
         # The appointment fell during the legitimate reason: it is not an absence.
+        outcome = [AppointmentOutcome("cancelled")]
         if case.appointment_kind == "convocation":
             closed, actions = _close(base, "restarted_after_legitimate_reason", now)
-            return closed, actions + [OpenCase(case.path, case.step, until, "legitimate_reason_over")]
-        return _after_booking_lost(base, now, policy, cal, reason="legitimate_reason_over")
+            return closed, outcome + actions + [OpenCase(case.path, case.step, until, "legitimate_reason_over")]
+        case2, actions = _after_booking_lost(base, now, policy, cal, reason="legitimate_reason_over")
+        return case2, outcome + actions
     due = None if remaining is None else until + dt.timedelta(seconds=remaining)
     if phase == ENTER and due is None:
         due = until
@@ -330,7 +354,7 @@ def _after_booking_lost(case: CaseState, now: dt.datetime, policy: Policy, cal: 
     """A voluntary booking is gone (cancelled, or fell in a pause): back to what the case was doing."""
     spec = _step(policy, case)
     case = _replace(case, appointment_at=None, appointment_kind=None)
-    if case.prebook_phase in (WAITING, ENTER, None) and spec.kind == "invite":
+    if case.prebook_phase in (WAITING, None) and spec.kind == "invite":
         due = now + _days(spec.respond_days)
         return _replace(case, phase=WAITING, due_at=due, respond_by=cal.local_date(due), prebook_phase=None,
                         prebook_due_at=None), []
@@ -349,7 +373,7 @@ def _missed(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCale
     actions += acts
     spec = _step(policy, case)
     if case.appointment_kind == "convocation" or spec.kind in ("invite", "task", "appointment"):
-        if case.prebook_phase in (REVIEW, AWAITING_RECEIPT, OBSERVATION, HELD):
+        if case.prebook_phase in (ENTER, REVIEW, AWAITING_RECEIPT, OBSERVATION, HELD):
             case2, acts = _after_booking_lost(case, now, policy, cal, reason)
             return case2, actions + acts
         case2, acts = _enter(case, spec.next, now, policy, cal, reason=reason)
@@ -377,9 +401,10 @@ def _on_rdv_booked(case, ev, now, policy, cal):
         raise EngineError("rdv_booked : la date du rendez-vous (--appointment-at) est obligatoire")
     prebook_phase, prebook_due = case.prebook_phase, case.prebook_due_at
     if case.phase == PAUSED:
-        # The person booked: the legitimate reason no longer stops them.
+        # The person booked: the legitimate reason no longer stops them; what was waiting resumes now.
+        due = None if case.paused_remaining is None else now + dt.timedelta(seconds=case.paused_remaining)
         case = _replace(case, phase=case.paused_phase or WAITING, paused_until=None, paused_phase=None,
-                        paused_remaining=None)
+                        paused_remaining=None, due_at=due)
     if case.phase != APPOINTMENT:
         prebook_phase, prebook_due = case.phase, case.due_at
     actions: list = []
@@ -390,14 +415,14 @@ def _on_rdv_booked(case, ev, now, policy, cal):
     count = case.appointment_count + 1
     case = _replace(case, phase=APPOINTMENT, appointment_at=ev.appointment_at, appointment_kind="booked",
                     appointment_count=count, prebook_phase=prebook_phase, prebook_due_at=prebook_due,
-                    hold_reason=None, due_at=_missed_check_at(ev.appointment_at, policy, cal))
+                    paused_until=None, due_at=_missed_check_at(ev.appointment_at, policy, cal))
     actions.append(RecordAppointment(ev.appointment_at, "booked", case.step))
     case, acts = _plan_reminder(case, ev.appointment_at, now, policy, cal)
     return case, actions + acts, ""
 
 
 def _on_rdv_attended(case, ev, now, policy, cal):
-    actions: list = [AppointmentOutcome("attended")] if case.phase == APPOINTMENT else []
+    actions: list = [AppointmentOutcome("attended")] if _appointment_scheduled(case) else []
     case, acts = _close(case, "attended", now)
     return case, actions + acts, ""
 
@@ -432,8 +457,9 @@ def _on_legitimate_reason(case, ev, now, policy, cal):
         until = max(case.paused_until or ev.until, ev.until)
         return _replace(case, paused_until=until, due_at=until), actions + [Flag("paused", "extended")], ""
     remaining = None if case.due_at is None else max(0.0, (case.due_at - now).total_seconds())
-    case = _replace(case, paused_phase=case.phase, paused_remaining=remaining, paused_until=ev.until,
-                    phase=PAUSED, due_at=ev.until)
+    until = max(ev.until, case.paused_until or ev.until)  # a held case may keep an earlier, longer one
+    case = _replace(case, paused_phase=case.phase, paused_remaining=remaining, paused_until=until,
+                    phase=PAUSED, due_at=until)
     return case, actions + [Flag("paused", "legitimate_reason")], ""
 
 
@@ -461,19 +487,21 @@ def _on_npai(case, ev, now, policy, cal):
     if phase == AWAITING_RECEIPT and case.receipt_on is None:
         blocked = True  # the LRAR itself came back: no receipt date
     if blocked:
+        # paused_until stays: a restart after the address update must wait for the legitimate reason.
         case = _replace(case, phase=HELD, hold_reason="npai", due_at=None, paused_phase=None,
-                        paused_until=None, paused_remaining=None)
+                        paused_remaining=None)
         actions.append(Flag("held", "npai"))
     return case, actions, ""
 
 
 def _on_address_updated(case, ev, now, policy, cal):
-    held_npai = case.phase == HELD and case.hold_reason in ("npai", "no_address", "letter_missing")
+    held_npai = case.hold_reason in ("npai", "no_address", "letter_missing") and (
+        case.phase == HELD or (case.phase == PAUSED and case.paused_phase == HELD))
     case = _replace(case, npai=False, has_address=True, address_version=case.address_version + 1)
     if held_npai:
         path = policy.path(case.path)
         closed, actions = _close(case, "restarted_after_address_update", now)
-        return closed, actions + [OpenCase(case.path, path.first.id, now, "address_updated")], ""
+        return closed, actions + [OpenCase(case.path, path.first.id, _restart_at(case, now), "address_updated")], ""
     return case, [Flag("address_updated")], ""
 
 
@@ -504,7 +532,8 @@ def _on_reoriented(case, ev, now, policy, cal):
     if ev.to == case.path:
         return case, [], "already on this path"
     closed, actions = _close(case, "reoriented", now)
-    return closed, actions + [OpenCase(ev.to, policy.path(ev.to).first.id, now, f"reoriented:{case.path}")], ""
+    return closed, actions + [OpenCase(ev.to, policy.path(ev.to).first.id, _restart_at(case, now),
+                                       f"reoriented:{case.path}")], ""
 
 
 def _on_review_decision(case, ev, now, policy, cal):
@@ -553,6 +582,11 @@ def _on_receipt(case, ev, now, policy, cal):
         end = cal.start_of_day(receipt + _days(spec.observation_days + 1))
         remaining = max(0.0, (end - now).total_seconds())
         return _replace(case, receipt_on=receipt, paused_phase=OBSERVATION, paused_remaining=remaining), [Flag("receipt", ev.type)], ""
+    if case.receipt_on is None and case.prebook_phase == AWAITING_RECEIPT and (
+            case.phase == APPOINTMENT or (case.phase == PAUSED and case.paused_phase == APPOINTMENT)):
+        # The person booked while the LRAR was on its way: the receipt still starts the period.
+        end = cal.start_of_day(receipt + _days(spec.observation_days + 1))
+        return _replace(case, receipt_on=receipt, prebook_phase=OBSERVATION, prebook_due_at=end), [Flag("receipt", ev.type)], ""
     return case, [], "receipt already known"
 
 

@@ -1,0 +1,650 @@
+"""Property-based tests of the pure engine: random lives, DESIGN.md's invariants.
+
+Each example draws a starting case (path, contact details, droit date) and a
+sequence of operations — let time pass (minutes to 20 days, or exactly to the
+case's next due moment), or apply a random event with plausible parameters —
+and runs it in the simulator (tests/engine_sim.py), which sends due messages
+in between. The checkers below read the simulator's logs only (steps entered
+with the message table at that moment, events applied, messages sent,
+closures), not the engine's own bookkeeping.
+
+The last tests feed deliberately broken engines / logs into the checkers to
+show they are not vacuous.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import holidays
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests.engine_sim import Applied, Closed, Sent, Sim, StepEntered
+from worker.calendar import BusinessCalendar
+from worker.domain import engine
+from worker.domain.model import (
+    EVENT_TYPES,
+    REVIEW_DECISIONS,
+    AppointmentOutcome,
+    Event,
+    RecordAppointment,
+)
+from worker.policy import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = load_config(ROOT / "config").policy
+CAL = BusinessCalendar()
+PARIS = ZoneInfo("Europe/Paris")
+UTC = dt.timezone.utc
+REACHED_STATUSES = {"sent", "dispatched", "delivered"}
+ORGS = {"cd": "CDAS-REDON", "ft": "FT-REDON", "ft_unregistered": "FT-REDON", "ml": "ML-REDON"}
+MAX_EXAMPLES = int(os.environ.get("ENGINE_PROPERTY_EXAMPLES", "1500"))
+
+
+# --- the checkers ------------------------------------------------------------------------------
+
+
+def _kind(path: str, step: str) -> str | None:
+    p = POLICY.path(path)
+    return p.step(step).kind if p.has(step) else None
+
+
+def _paths(sim) -> dict[int, str]:
+    return {o.case_id: o.path for o in sim.opened}
+
+
+def _case_log(sim, cid):
+    return [r for r in sim.log if getattr(r, "case_id", None) == cid]
+
+
+def check_review_relies_on_letters(sim) -> list[str]:
+    """sanction_review entered only if every step it relies on has a letter that reached the person."""
+    out = []
+    for e in sim.steps:
+        if _kind(e.path, e.step) != "review":
+            continue
+        for needed in POLICY.path(e.path).step(e.step).relies_on:
+            letters = [m for m in e.messages if m.step == needed and m.channel == "letter"]
+            if not any(m.status in REACHED_STATUSES for m in letters):
+                out.append(f"case {e.case_id}: {e.step} entered at {e.at} although the {needed} letter "
+                           f"did not reach ({[m.status for m in letters] or 'none'})")
+    return out
+
+
+def check_notice_after_proceed(sim) -> list[str]:
+    """pre_sanction_notice only after review_decision proceed applied while the case was in sanction_review."""
+    out = []
+    for e in sim.steps:
+        if _kind(e.path, e.step) != "notice":
+            continue
+        current = None
+        proceed = False
+        for r in _case_log(sim, e.case_id):
+            if r.n >= e.n:
+                break
+            if isinstance(r, StepEntered):
+                current, proceed = r.step, False
+            elif isinstance(r, Applied) and r.event.type == "review_decision" and r.event.decision == "proceed":
+                if current is not None and _kind(e.path, current) == "review":
+                    proceed = True
+        if not (current is not None and _kind(e.path, current) == "review" and proceed):
+            out.append(f"case {e.case_id}: {e.step} entered at {e.at} without review_decision proceed "
+                       f"during the review (last step entered: {current})")
+    return out
+
+
+def check_referral_after_observation(sim) -> list[str]:
+    """crsa_referral only once observation_days have run from a known receipt date."""
+    out = []
+    for e in sim.steps:
+        if _kind(e.path, e.step) != "referral":
+            continue
+        notice_entry = None
+        receipt = None
+        for r in _case_log(sim, e.case_id):
+            if r.n >= e.n:
+                break
+            if isinstance(r, StepEntered) and _kind(e.path, r.step) == "notice":
+                notice_entry, receipt = r, None
+            elif (isinstance(r, Applied) and r.event.type in ("ar_signed", "ar_unclaimed")
+                  and notice_entry is not None and receipt is None):
+                receipt = r.event.receipt_on or r.at.astimezone(PARIS).date()
+        if notice_entry is None or receipt is None:
+            out.append(f"case {e.case_id}: {e.step} entered at {e.at} without a known receipt date")
+            continue
+        days = POLICY.path(e.path).step(notice_entry.step).observation_days
+        end = dt.datetime.combine(receipt + dt.timedelta(days=days + 1), dt.time(0), tzinfo=PARIS)
+        if e.at < end:
+            out.append(f"case {e.case_id}: {e.step} entered at {e.at}, before the end of the observation "
+                       f"period ({end}, receipt {receipt})")
+    return out
+
+
+def _legitimate_windows(sim) -> list[tuple[int, dt.datetime, int]]:
+    """(start n, until, end n) of each legitimate reason: from the event to ``until``, for the person's
+    every case; it ends early only if the person books an appointment (the engine's rule)."""
+    windows = []
+    for a in sim.applied:
+        ev = a.event
+        if a.before.status != "active":
+            continue
+        if ev.type == "legitimate_reason" and ev.until is not None and ev.until > a.at:
+            windows.append([a.n, ev.until, None])
+        elif (ev.type == "review_decision" and ev.decision == "legitimate_reason" and a.before.phase == "review"
+              and ev.until is not None and ev.until > a.at):
+            windows.append([a.n, ev.until, None])
+    for w in windows:
+        for a in sim.applied:
+            if a.n > w[0] and a.at < w[1] and a.event.type == "rdv_booked" and any(
+                    isinstance(x, RecordAppointment) and x.kind == "booked" for x in a.actions):
+                w[2] = a.n
+                break
+    return [(s, u, e if e is not None else 10**12) for s, u, e in windows]
+
+
+def _booking_windows(sim) -> dict[int, list[tuple[int, int]]]:
+    """Per case, (start n, end n) of each voluntary booking: from its RecordAppointment to the next
+    appointment outcome, step change or closure of the case."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for cid in _paths(sim):
+        start = None
+        for r in _case_log(sim, cid):
+            action = getattr(r, "action", None)
+            ends = (isinstance(action, AppointmentOutcome) or isinstance(r, (StepEntered, Closed))
+                    or (isinstance(action, RecordAppointment)))
+            if start is not None and ends:
+                out.setdefault(cid, []).append((start, r.n))
+                start = None
+            if isinstance(action, RecordAppointment) and action.kind == "booked":
+                start = r.n
+        if start is not None:
+            out.setdefault(cid, []).append((start, 10**12))
+    return out
+
+
+def check_quiet_periods(sim) -> list[str]:
+    """Nothing sent during a legitimate reason, during a booking (but its reminder), after closure
+    (but the referral letter written as the case is referred)."""
+    out = []
+    paths = _paths(sim)
+    closed = {c.case_id: c for c in sim.closed}
+    legit = _legitimate_windows(sim)
+    booked = _booking_windows(sim)
+    reminder = POLICY.reminder.step
+    for s in sim.sent:
+        for start, until, end in legit:
+            if start < s.n < end and s.at < until:
+                out.append(f"case {s.case_id}: {s.step}/{s.channel} sent at {s.at} during a legitimate reason "
+                           f"(until {until})")
+        if s.step != reminder:
+            for start, end in booked.get(s.case_id, ()):
+                if start < s.n < end:
+                    out.append(f"case {s.case_id}: {s.step}/{s.channel} sent at {s.at} while an appointment "
+                               "is booked")
+        c = closed.get(s.case_id)
+        if c is not None and s.n > c.n and not (c.outcome == "crsa_referral"
+                                                and _kind(paths[s.case_id], s.step) == "referral"):
+            out.append(f"case {s.case_id}: {s.step}/{s.channel} sent at {s.at} after the case closed "
+                       f"({c.outcome} at {c.at})")
+    return out
+
+
+def check_once_per_step_channel(sim) -> list[str]:
+    seen: dict[tuple, Sent] = {}
+    out = []
+    for s in sim.sent:
+        key = (s.case_id, s.step, s.channel, s.seq) if s.step == POLICY.reminder.step else (
+            s.case_id, s.step, s.channel)
+        if key in seen:
+            out.append(f"case {s.case_id}: {s.step}/{s.channel} sent twice ({seen[key].at} and {s.at})")
+        seen[key] = s
+    return out
+
+
+def _fr_holidays(year: int):
+    return holidays.France(years=year)
+
+
+def _working(day: dt.date) -> bool:
+    return day.weekday() < 5 and day not in _fr_holidays(day.year)
+
+
+def _in_window(moment: dt.datetime) -> bool:
+    loc = moment.astimezone(PARIS)
+    return _working(loc.date()) and dt.time(9) <= loc.time() < dt.time(19)
+
+
+def _next_opening(moment: dt.datetime) -> dt.datetime:
+    if _in_window(moment):
+        return moment
+    loc = moment.astimezone(PARIS)
+    day = loc.date() if loc.time() < dt.time(9) else loc.date() + dt.timedelta(days=1)
+    while not _working(day):
+        day += dt.timedelta(days=1)
+    return dt.datetime.combine(day, dt.time(9), tzinfo=PARIS).astimezone(UTC)
+
+
+def check_sending_window(sim) -> list[str]:
+    out = []
+    for s in sim.sent:
+        if s.channel in ("sms", "email") and not _in_window(s.at):
+            out.append(f"case {s.case_id}: {s.step}/{s.channel} sent at {s.at.astimezone(PARIS)} "
+                       "(outside the sending window)")
+    return out
+
+
+def check_reminder_timing(sim) -> list[str]:
+    """The appointment reminder goes at 10:00 two days before (the working day before if that one is
+    not worked), or at the first opening of the window after a later booking — and never after the
+    appointment."""
+    out = []
+    records: dict[tuple[int, int], tuple] = {}
+    counts: dict[int, int] = {}
+    for a in sim.actions:
+        if isinstance(a.action, RecordAppointment):
+            counts[a.case_id] = counts.get(a.case_id, 0) + 1
+            records[(a.case_id, counts[a.case_id])] = (a.at, a.action.at)
+    for s in sim.sent:
+        if s.step != POLICY.reminder.step:
+            continue
+        booked_at, appointment = records[(s.case_id, s.seq)]
+        day = appointment.astimezone(PARIS).date() - dt.timedelta(days=2)
+        while not _working(day):
+            day -= dt.timedelta(days=1)
+        ideal = dt.datetime.combine(day, dt.time(10), tzinfo=PARIS).astimezone(UTC)
+        expected = ideal if ideal >= booked_at else _next_opening(booked_at)
+        late_ok = sim.lag > dt.timedelta(0) and expected <= s.at  # the scheduler ran late
+        if not (s.at == expected or late_ok) or s.at >= appointment:
+            out.append(f"case {s.case_id}: reminder {s.seq} sent at {s.at.astimezone(PARIS)}, expected "
+                       f"{expected.astimezone(PARIS)} (appointment {appointment.astimezone(PARIS)}, "
+                       f"booked {booked_at.astimezone(PARIS)})")
+    return out
+
+
+def check_first_step_at_once(sim) -> list[str]:
+    """Every case opened for a new droit enters its first step at creation; a late droit is flagged."""
+    out = []
+    first = sim.opened[0]
+    entries = [e for e in sim.steps if e.case_id == first.case_id]
+    if any(a.case_id == first.case_id and a.at <= first.at + sim.lag for a in sim.applied) \
+            or sim.now < first.at + sim.lag:
+        return out  # an event reached the case before the scheduler first ran (possible with a lag)
+    if not entries or entries[0].at != first.at + sim.lag or entries[0].step != POLICY.path(first.path).first.id:
+        out.append(f"case {first.case_id}: first step not entered at creation ({entries[:1]})")
+    target = POLICY.delays.first_invitation_target_days
+    late = first.at.astimezone(PARIS).date() > sim.droit_opened_on + dt.timedelta(days=target)
+    state = sim.states[first.case_id]
+    if state.late != late:
+        out.append(f"case {first.case_id}: late={state.late}, expected {late}")
+    if state.first_invitation_at is not None and _kind(first.path, POLICY.path(first.path).first.id) == "invite" \
+            and state.first_invitation_at != first.at + sim.lag:
+        out.append(f"case {first.case_id}: first invitation at {state.first_invitation_at}, opened {first.at}")
+    return out
+
+
+TIMED_PHASES = ("enter", "waiting", "appointment", "paused", "observation")
+AGENT_PHASES = ("review", "task", "held", "awaiting_receipt")  # receipt overdue: flagged to agents
+
+
+def check_no_case_silently_stuck(sim) -> list[str]:
+    """An active case either has a next due moment or waits for an agent who can see why."""
+    out = []
+    for cid, s in sim.states.items():
+        if s.status != "active":
+            continue
+        if s.phase in TIMED_PHASES and s.due_at is None:
+            out.append(f"case {cid}: phase {s.phase} without a due moment")
+        elif s.phase == "held" and not s.hold_reason:
+            out.append(f"case {cid}: held without a reason")
+        elif s.phase not in TIMED_PHASES + AGENT_PHASES:
+            out.append(f"case {cid}: active in phase {s.phase}")
+    return out
+
+
+def check_one_active_case(sim) -> list[str]:
+    """A person has at most one active case; a case opened by the engine replaces one it closed."""
+    out = []
+    active = [cid for cid, s in sim.states.items() if s.status == "active"]
+    if len(active) > 1:
+        out.append(f"several active cases: {active}")
+    closed_at = {c.case_id: c.n for c in sim.closed}
+    for o in sim.opened[1:]:
+        if o.from_case is None or o.from_case not in closed_at:
+            out.append(f"case {o.case_id} opened ({o.reason}) without closing case {o.from_case}")
+    return out
+
+
+CHECKS = (
+    check_one_active_case,
+    check_no_case_silently_stuck,
+    check_review_relies_on_letters,
+    check_notice_after_proceed,
+    check_referral_after_observation,
+    check_quiet_periods,
+    check_once_per_step_channel,
+    check_sending_window,
+    check_reminder_timing,
+    check_first_step_at_once,
+)
+
+
+def violations(sim) -> list[str]:
+    return [v for check in CHECKS for v in check(sim)]
+
+
+# --- the generator ----------------------------------------------------------------------------
+
+DAY = 86400.0
+
+starts = st.builds(
+    lambda days, minutes: dt.datetime(2024, 1, 1, tzinfo=UTC) + dt.timedelta(days=days, minutes=minutes),
+    st.integers(0, 3 * 365), st.integers(0, 24 * 60 - 1))
+
+EVENT_WEIGHTS = {
+    "rdv_booked": 3, "rdv_attended": 1, "rdv_missed": 2, "rdv_cancelled": 2, "legitimate_reason": 3, "npai": 2,
+    "address_updated": 2, "phone_updated": 1, "sms_failed": 1, "sms_opt_out": 1, "droit_closed": 1,
+    "reoriented": 1, "review_decision": 6, "phone_followup_done": 3, "ar_signed": 4, "ar_unclaimed": 2,
+}
+assert set(EVENT_WEIGHTS) == set(EVENT_TYPES)
+WEIGHTED_EVENTS = [t for t, w in EVENT_WEIGHTS.items() for _ in range(w)]
+
+advance_op = st.tuples(st.just("advance"), st.floats(60.0, 20 * DAY))
+to_due_op = st.tuples(st.just("to_due"), st.floats(0.0, 3600.0))
+event_op = st.tuples(
+    st.just("event"),
+    st.sampled_from(WEIGHTED_EVENTS),
+    st.fixed_dictionaries({
+        "ahead": st.floats(1.0, 20.0),          # rdv_booked: days ahead
+        "until": st.floats(1.0, 40.0),          # legitimate_reason / review_decision: days ahead
+        "decision": st.sampled_from(REVIEW_DECISIONS + ("proceed", "proceed")),
+        "to": st.sampled_from(sorted(POLICY.paths)),
+        "frac": st.floats(0.0, 1.0),            # ar_*: where between the LRAR send and now
+    }),
+)
+# "agent": the event an agent or the post would most plausibly record in the case's current phase
+# (review decision under review, call outcome for a phone task, AR for a registered letter): it
+# lets random lives reach the deep steps of the paths often enough.
+agent_op = st.tuples(st.just("agent"), event_op.map(lambda op: op[2]))
+ops = st.lists(st.one_of(advance_op, to_due_op, to_due_op, to_due_op, event_op, event_op, agent_op, agent_op),
+               min_size=1, max_size=40)
+
+lives = st.fixed_dictionaries({
+    "path": st.sampled_from(sorted(POLICY.paths)),
+    "start": starts,
+    "droit_days": st.integers(0, 60),
+    "has_phone": st.booleans(),
+    "has_email": st.booleans(),
+    "has_address": st.sampled_from([True, True, True, True, False]),
+    # the scheduler's delay (sweeps and relay running late, a worker down for a while)
+    "lag": st.sampled_from([0.0, 0.0, 0.0, 60.0, 3600.0, 6 * 3600.0, 2 * DAY]),
+    "ops": ops,
+})
+
+
+def _event_params(sim, type_: str, p: dict) -> dict | None:
+    now = sim.now
+    if type_ == "rdv_booked":
+        return {"appointment_at": now + dt.timedelta(days=p["ahead"])}
+    if type_ == "legitimate_reason":
+        return {"until": now + dt.timedelta(days=p["until"]), "reason": "hospitalisation"}
+    if type_ == "reoriented":
+        return {"to": p["to"]}
+    if type_ == "review_decision":
+        params = {"decision": p["decision"]}
+        if p["decision"] == "legitimate_reason":
+            params["until"] = now + dt.timedelta(days=p["until"])
+        return params
+    if type_ in ("ar_signed", "ar_unclaimed"):
+        cid = sim.case_id
+        lrar = [s for s in sim.sent if s.case_id == cid and s.postage == "lrar"]
+        if not lrar:
+            return None  # no registered letter left: nothing to acknowledge
+        sent_at = lrar[-1].at
+        at = sent_at + (now - sent_at) * p["frac"]
+        return {"receipt_on": at.astimezone(PARIS).date()}
+    return {}
+
+
+def _agent_event(sim, p: dict) -> str | None:
+    phase = sim.states[sim.case_id].phase
+    if phase == "review":
+        return "review_decision"
+    if phase == "task":
+        return "phone_followup_done"
+    if phase in ("awaiting_receipt", "paused"):
+        return "ar_unclaimed" if p["frac"] < 0.3 else "ar_signed"
+    if phase == "appointment":
+        return "rdv_missed" if p["frac"] < 0.7 else "rdv_attended"
+    if phase == "held":
+        return "address_updated" if p["frac"] < 0.6 else "rdv_booked"
+    return None
+
+
+def run_life(life, engine_module=engine) -> Sim:
+    start = life["start"]
+    droit = start.astimezone(PARIS).date() - dt.timedelta(days=life["droit_days"])
+    sim = Sim(POLICY, CAL, path=life["path"], organisation=ORGS[life["path"]], droit_opened_on=droit, start=start,
+              has_phone=life["has_phone"], has_email=life["has_email"], has_address=life["has_address"],
+              engine=engine_module, lag=dt.timedelta(seconds=life.get("lag", 0.0)))
+    for op in life["ops"]:
+        if op[0] == "advance":
+            sim.advance(dt.timedelta(seconds=op[1]))
+        elif op[0] == "to_due":
+            due = sim.states[sim.case_id].due_at
+            if due is not None and due > sim.now:
+                sim.advance_to(due + dt.timedelta(seconds=op[1]))
+            else:
+                sim.advance(dt.timedelta(seconds=60 + op[1]))
+        else:
+            if op[0] == "agent":
+                type_, p = _agent_event(sim, op[1]), op[1]
+                if type_ is None:
+                    continue
+            else:
+                _, type_, p = op
+            params = _event_params(sim, type_, p)
+            if params is not None:
+                sim.event(type_, **params)
+    sim.advance(dt.timedelta(days=1))  # let what is due now happen
+    return sim
+
+
+# --- the properties ----------------------------------------------------------------------------
+
+PROPERTY_SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@PROPERTY_SETTINGS
+@given(lives)
+def test_random_lives_keep_every_invariant(life):
+    sim = run_life(life)  # any exception (other than EngineError, never expected here) fails
+    entered = set(sim.entered())
+    for step in ("sanction_review", "pre_sanction_notice", "crsa_referral"):
+        if step in entered:
+            event(f"reached {step}")
+    event(f"cases opened: {min(len(sim.opened), 3)}")
+    if any(s.phase == "held" for s in sim.states.values()):
+        event("a case was held")
+    problems = violations(sim)
+    assert not problems, "\n".join(problems)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(sorted(POLICY.paths)), start=starts, droit_days=st.integers(16, 60),
+       has_phone=st.booleans(), has_email=st.booleans())
+def test_late_droit_is_invited_at_once_and_flagged(path, start, droit_days, has_phone, has_email):
+    droit = start.astimezone(PARIS).date() - dt.timedelta(days=droit_days)
+    sim = Sim(POLICY, CAL, path=path, organisation=ORGS[path], droit_opened_on=droit, start=start,
+              has_phone=has_phone, has_email=has_email)
+    first = sim.steps[0]
+    assert first.at == start and first.step == POLICY.path(path).first.id
+    assert sim.case.late is True
+    if POLICY.path(path).first.kind == "invite":
+        assert sim.case.first_invitation_at == start
+        assert [s.channel for s in sim.sent_for(first.step, "letter")] == ["letter"]
+        assert sim.sent_for(first.step, "letter")[0].at == start  # letters are not windowed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start=starts, droit_days=st.integers(0, 15))
+def test_timely_droit_is_not_late(start, droit_days):
+    droit = start.astimezone(PARIS).date() - dt.timedelta(days=droit_days)
+    sim = Sim(POLICY, CAL, droit_opened_on=droit, start=start)
+    assert sim.case.late is False and sim.steps[0].at == start
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(life=lives, bad_type=st.sampled_from(["legitimate_reason", "rdv_booked", "review_decision", "reoriented"]))
+def test_invalid_parameters_raise_engine_error_only(life, bad_type):
+    life = dict(life, ops=life["ops"][:8])
+    sim = run_life(life)
+    state = sim.state()
+    if state.status != "active":
+        return  # closed cases record any event and change nothing
+    bad = {"legitimate_reason": {}, "rdv_booked": {}, "review_decision": {"decision": "maybe"},
+           "reoriented": {"to": "nowhere"}}[bad_type]
+    with pytest.raises(engine.EngineError):
+        engine.apply(state, Event(bad_type, sim.now, **bad), sim.now, POLICY, CAL)
+
+
+# --- the checkers catch what they claim to catch ------------------------------------------------
+
+
+SILENT_CD = {"path": "cd", "start": dt.datetime(2024, 3, 4, 10, tzinfo=UTC), "droit_days": 3, "has_phone": True,
+             "has_email": True, "has_address": True, "ops": []}
+
+
+def _silent_to_review(engine_module=engine) -> Sim:
+    return run_life(dict(SILENT_CD, ops=[("advance", 45 * DAY)]), engine_module)
+
+
+def test_a_correct_run_has_no_violation_and_reaches_every_gate():
+    sim = run_life(dict(SILENT_CD, ops=[
+        ("advance", 45 * DAY),
+        ("event", "review_decision", {"decision": "proceed", "ahead": 1, "until": 1, "to": "cd", "frac": 0}),
+        ("advance", 2 * DAY),
+        ("event", "ar_signed", {"decision": "proceed", "ahead": 1, "until": 1, "to": "cd", "frac": 1.0}),
+        ("advance", 20 * DAY),
+    ]))
+    assert sim.entered() == ["invitation_1", "invitation_2", "convocation", "sanction_review",
+                             "pre_sanction_notice", "crsa_referral"]
+    assert violations(sim) == []
+
+
+def test_checker_catches_review_entered_on_a_returned_letter(monkeypatch):
+    """A broken engine that ignores returned letters enters sanction_review after an NPAI."""
+    monkeypatch.setattr(engine, "letters_reached", lambda case, steps: True)
+    sim = run_life(dict(SILENT_CD, ops=[("advance", 32 * DAY),
+                                        ("event", "npai", {}), ("advance", 15 * DAY)]))
+    assert "sanction_review" in sim.entered()
+    problems = check_review_relies_on_letters(sim)
+    assert problems and "convocation letter did not reach" in problems[0]
+
+
+def test_checker_catches_a_referral_before_the_observation_period_ends():
+    """A broken engine that counts the observation period from the day the LRAR was sent."""
+    real_decide, real_apply = engine.decide, engine.apply
+
+    def early_apply(case, event, now, policy, cal):
+        decision = real_apply(case, event, now, policy, cal)
+        if event.type in ("ar_signed", "ar_unclaimed") and decision.state.phase == "observation":
+            decision = dataclasses.replace(decision, state=dataclasses.replace(decision.state, due_at=now))
+        return decision
+
+    def early_decide(case, now, policy, cal):
+        if case.phase == "observation":
+            case = dataclasses.replace(case, receipt_on=cal.local_date(case.step_entered_at)
+                                       - dt.timedelta(days=10))
+        return real_decide(case, now, policy, cal)
+
+    class Broken:
+        pass
+
+    broken = Broken()
+    for name in ("new_case", "assign_slot", "send_verdict"):
+        setattr(broken, name, getattr(engine, name))
+    broken.decide, broken.apply = early_decide, early_apply
+    sim = run_life(dict(SILENT_CD, ops=[
+        ("advance", 45 * DAY),
+        ("event", "review_decision", {"decision": "proceed", "ahead": 1, "until": 1, "to": "cd", "frac": 0}),
+        ("advance", 2 * DAY),
+        ("event", "ar_signed", {"decision": "proceed", "ahead": 1, "until": 1, "to": "cd", "frac": 1.0}),
+        ("advance", 20 * DAY),
+    ]), broken)
+    assert "crsa_referral" in sim.entered()
+    problems = check_referral_after_observation(sim)
+    assert problems and "before the end of the observation period" in problems[0]
+
+
+def test_checker_catches_messages_outside_the_window(monkeypatch):
+    """A broken send_verdict that never defers sends the Saturday-night invitation SMS at once."""
+    real = engine.send_verdict
+
+    def never_defer(case, message, now, policy, cal):
+        v = real(case, message, now, policy, cal)
+        return "send" if v == "defer" else v
+
+    monkeypatch.setattr(engine, "send_verdict", never_defer)
+    monkeypatch.setattr(CAL.__class__, "next_send_slot", lambda self, moment: moment)
+    life = dict(SILENT_CD, start=dt.datetime(2024, 3, 9, 22, tzinfo=UTC))  # Saturday 23:00 in Paris
+    sim = run_life(life)
+    problems = check_sending_window(sim)
+    assert problems and all("outside the sending window" in p for p in problems)
+
+
+def test_checker_catches_sends_during_a_legitimate_reason_and_after_closure():
+    sim = run_life(dict(SILENT_CD, ops=[("advance", 3 * DAY)]))
+    until = sim.now + dt.timedelta(days=10)
+    sim.event("legitimate_reason", until=until, reason="hospitalisation")
+    assert check_quiet_periods(sim) == []
+    # Forge what a broken engine would have logged: a letter sent during the pause...
+    forged = Sent(n=10**9, case_id=1, step="invitation_2", channel="letter", seq=0, at=sim.now,
+                  postage="simple", case_status="active", case_step="invitation_1", case_phase="paused")
+    sim.log.append(forged)
+    sim.sent.append(forged)
+    assert any("legitimate reason" in p for p in check_quiet_periods(sim))
+    # ... and an SMS after the case closed.
+    sim.event("droit_closed")
+    late = dataclasses.replace(forged, n=10**9 + 1, step="invitation_1", channel="sms",
+                               at=until + dt.timedelta(days=1))
+    sim.log.append(late)
+    sim.sent.append(late)
+    assert any("after the case closed" in p for p in check_quiet_periods(sim))
+
+
+def test_checker_catches_a_notice_without_proceed_and_a_duplicate_send():
+    sim = _silent_to_review()
+    review = sim.entry("sanction_review")
+    forged = dataclasses.replace(review, n=10**9, step="pre_sanction_notice", from_step="sanction_review")
+    sim.log.append(forged)
+    sim.steps.append(forged)
+    assert check_notice_after_proceed(sim)
+    dup = dataclasses.replace(sim.sent[0], n=10**9 + 1)
+    sim.sent.append(dup)
+    assert check_once_per_step_channel(sim)
+
+
+def test_checker_catches_a_reminder_pushed_to_the_morning_of_the_appointment(monkeypatch):
+    """The engine's former rule: a reminder due on a weekend went on the next working morning."""
+    real_plan = engine._plan
+
+    def pushed_forward(case, appointment_at, now, policy, cal):
+        day = cal.local_date(appointment_at) - dt.timedelta(days=policy.delays.reminder_days_before)
+        at = cal.next_send_slot(max(cal.at(day, policy.delays.reminder_time), now))
+        if at >= appointment_at:
+            return case, []
+        return real_plan(case, policy.reminder.step, policy.reminder.channels, now, cal,
+                         seq=case.appointment_count, not_before=at)
+
+    monkeypatch.setattr(engine, "_plan_reminder", pushed_forward)
+    sim = run_life(dict(SILENT_CD, ops=[]))
+    sim.event("rdv_booked", appointment_at=dt.datetime(2024, 3, 11, 13, tzinfo=UTC))  # Monday 14:00
+    sim.advance(dt.timedelta(days=10))
+    problems = check_reminder_timing(sim)
+    assert problems and "expected 2024-03-08 10:00" in problems[0]
