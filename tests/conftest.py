@@ -121,3 +121,72 @@ def pytest_collection_modifyitems(items):
 
 
 # --- app fixtures below ---
+
+
+@pytest.fixture
+def relance_app(db_url, tmp_path):
+    """A migrated database on each backend and the process-wide app context
+    built on it (local channels, eager Celery, outbox/inbox under tmp_path/var).
+
+    Tasks (``worker.tasks.*``) use this context through ``get_app()``; it is
+    reset to None and the database engine disposed afterwards (so PostgreSQL
+    databases can be dropped)."""
+    from worker.app import build_app, set_app
+    from worker.celery_app import celery, configure
+    from worker.db import session as db_session
+    from worker.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "var", database_url=db_url, broker_url="memory://")
+    app = build_app(settings)
+    saved = {k: celery.conf[k] for k in ("broker_url", "task_always_eager")}
+    configure(settings)  # eager, in-process tasks (whatever RELANCE_BROKER_URL says)
+    db_session.upgrade(db_url)
+    set_app(app)
+    try:
+        yield app
+    finally:
+        set_app(None)
+        celery.conf.update(saved)
+        db_session.get_engine(db_url).dispose()
+        db_session.dispose_all()
+
+
+FLUX_COLUMNS = ("external_id", "nir", "last_name", "first_name", "birth_date", "sex", "address_line1",
+                "address_line2", "postcode", "city", "phone", "email", "droit_opened_on", "orientation",
+                "ft_registered", "organisation", "droits_devoirs")
+
+
+def make_nir(n: int, sex: int = 1) -> str:
+    """A syntactically valid NIR (13 digits + mod-97 key), distinct for each ``n``."""
+    body = f"{sex}850135{n % 1000000:06d}"
+    return body + f"{97 - int(body) % 97:02d}"
+
+
+@pytest.fixture
+def flux_writer(tmp_path):
+    """``write(rows, name="flux.csv") -> Path``: a UTF-8 CSV flux file of synthetic
+    people; each row is a dict of overrides on a complete CD person
+    (``external_id`` required)."""
+    import csv
+
+    def write(rows, name="flux.csv"):
+        path = tmp_path / "flux" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            out = csv.DictWriter(fh, fieldnames=FLUX_COLUMNS)
+            out.writeheader()
+            for i, row in enumerate(rows):
+                digits = "".join(c for c in row["external_id"] if c.isdigit()) or str(i)
+                full = {
+                    "nir": make_nir(int(digits) + i), "last_name": "Testeur", "first_name": f"Alix{i}",
+                    "birth_date": "1980-01-15", "sex": "F", "address_line1": f"{i + 1} rue des Tests",
+                    "address_line2": "", "postcode": "35600", "city": "REDON",
+                    "phone": f"06 12 34 {i // 100 % 100:02d} {i % 100:02d}",
+                    "email": f"alix{i}@example.org", "droit_opened_on": "2024-06-03", "orientation": "cd",
+                    "ft_registered": "false", "organisation": "CDAS-REDON", "droits_devoirs": "true",
+                }
+                full.update(row)
+                out.writerow(full)
+        return path
+
+    return write

@@ -104,17 +104,24 @@ def db_upgrade() -> None:
 
 @app.command()
 def ingest(file: Path = typer.Argument(..., help="Fichier de flux (CSV ou JSON Lines)"),
-           as_json: bool = typer.Option(False, "--json", help="Résultat en JSON")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="Résultat en JSON"),
+           now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601), comme pour tick")) -> None:
     """Intègre un fichier de flux : les lignes invalides sont rejetées avec leur motif."""
     from . import services
     from .flux import FluxFormatError
 
     ctx = _context()
+    if now is not None and not ctx.settings.local_channels:
+        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
+                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
+    # Simulated time must date the ingestion too: cases opened now are due now,
+    # and a later `tick --now` in the past would never see them.
+    moment = _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC)
     if not file.exists():
         raise CliError(f"fichier introuvable : {file}")
     _ensure_db(ctx)
     try:
-        report = services.ingest_file(ctx, file, dt.datetime.now(UTC), progress=_progress_printer("Lignes"))
+        report = services.ingest_file(ctx, file, moment, progress=_progress_printer("Lignes"))
     except FluxFormatError as exc:
         raise CliError(f"{file.name} : {exc}") from None
     if as_json:

@@ -73,7 +73,11 @@ def reconcile(app, now: dt.datetime | None = None) -> int:
 
 def cycle(app, now: dt.datetime | None = None) -> dict:
     """One full scheduler cycle (``relance tick``)."""
-    scan_inbox(app, now)
+    try:
+        scan_inbox(app, now)
+    except Exception as exc:  # noqa: BLE001 - a bad inbox file must not stop the invitations (eager: inline)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        log.error("inbox scan failed (%s: %s); sweeping and relaying all the same", type(exc).__name__, first)
     swept = sweep(app, now)
     relayed = relay(app, now)
     # Sends may have changed cases (a refused number): give them a second pass.
