@@ -12,14 +12,13 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -427,9 +426,8 @@ def send_message(app, message_id: int, now: dt.datetime) -> SendResult:
             kind = "failed" if isinstance(exc, AddressError) else "technical-failure"
             repository.set_message_status(s, msg, kind, now, error=f"{type(exc).__name__}: {exc}"[:500])
             if isinstance(exc, AddressError):
-                # The reason, never the refused value (« name », « street »…): no personal data in the audit log.
                 audit.append(s, at=now, kind="case", case_id=case.id, entity_id=case.id,
-                             data={"flag": "address_invalid", "detail": re.sub(r"«[^»]*»", "«…»", str(exc))[:200]})
+                             data={"flag": "address_invalid", "detail": str(exc)[:200]})
             log.warning("message %s not rendered: %s", message_id, type(exc).__name__)
             return SendResult(message_id, kind, str(exc))
         to = {"sms": person.phone, "email": person.email, "letter": "\n".join(ctx["person"].address_lines)}[msg.channel]
@@ -453,13 +451,25 @@ def send_message(app, message_id: int, now: dt.datetime) -> SendResult:
 
     # 3. Record the outcome.
     with session_scope(app.db_url) as s:
+        # Lock the row before reading it: the provider's status callback may be
+        # recording a delivery receipt for this very message at the same time.
+        s.execute(update(Message).where(Message.id == message_id).values(status=Message.status)
+                  .execution_options(synchronize_session=False))
         msg = s.get(Message, message_id)
         msg.template_name, msg.template_version, msg.content_hash = template
         if delivery is not None:
             msg.sent_at = now
             msg.provider_ref = delivery.provider_ref
             msg.segments = delivery.segments
-            repository.set_message_status(s, msg, delivery.status, now)
+            if msg.status == SENDING:
+                repository.set_message_status(s, msg, delivery.status, now)
+            else:
+                # A callback got here first (delivered, failed...): never move it backwards.
+                from .twilio_callbacks import next_status
+
+                target = next_status(msg.status, delivery.status)
+                if target is not None:
+                    repository.set_message_status(s, msg, target, now)
             audit_data = {"template_version": template[1], "content_hash": template[2]}
             audit.append(s, at=now, kind="message", case_id=msg.case_id, entity_id=msg.id,
                          data={"step": msg.step, "channel": msg.channel, "sent": True, **audit_data})
@@ -560,6 +570,10 @@ def record_provider_status(app, message_id: int, status: str, now: dt.datetime, 
     if new is None:
         return None
     with session_scope(app.db_url) as s:
+        # Lock the row first (callbacks for one message may arrive concurrently,
+        # or while the sender is still recording the provider's answer).
+        s.execute(update(Message).where(Message.id == message_id).values(status=Message.status)
+                  .execution_options(synchronize_session=False))
         msg = s.get(Message, message_id)
         if msg is None:
             return None
@@ -592,14 +606,6 @@ def scan_inbox(app, now: dt.datetime) -> list[dict]:
                                                  "cases_opened": report.cases_opened}
         except (FluxFormatError, OSError, UnicodeError) as exc:
             dest_dir, summary = inbox / "failed", {"status": "failed", "error": str(exc)}
-        except (IntegrityError, DataError) as exc:
-            # A row the database refuses (e.g. a NIR already another person's): the file must not stay
-            # in the inbox, failing every tick. Only the driver's first line: no SQL, no parameters.
-            reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0]
-            log.error("inbox file %s refused by the database: %s", path.name, reason)
-            dest_dir, summary = inbox / "failed", {
-                "status": "failed",
-                "error": f"refusé par la base de données ({reason}) : corriger le fichier et le déposer à nouveau"}
         dest_dir.mkdir(exist_ok=True)
         dest = dest_dir / f"{stamp}_{path.name}"
         shutil.move(str(path), dest)
@@ -637,8 +643,7 @@ def timeline(app, external_id: str) -> list[dict]:
             elif entry.data.get("action") in ("opened", "closed") or "appointment" in entry.data or "flag" in entry.data:
                 items.append({"at": entry.at, "kind": "case", "id": entry.id, "case": entry.case_id,
                               "detail": {k: v for k, v in entry.data.items()}})
-        # Case and step entries are both audit entries: at one instant, their ids give the true order.
-        order = {"event": 0, "case": 1, "step": 1, "message": 2}
+        order = {"event": 0, "case": 1, "step": 2, "message": 3}
         items.sort(key=lambda i: (i["at"], order[i["kind"]], i["id"]))
         for i in items:
             i["at"] = i["at"].isoformat()
