@@ -12,13 +12,14 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -426,8 +427,9 @@ def send_message(app, message_id: int, now: dt.datetime) -> SendResult:
             kind = "failed" if isinstance(exc, AddressError) else "technical-failure"
             repository.set_message_status(s, msg, kind, now, error=f"{type(exc).__name__}: {exc}"[:500])
             if isinstance(exc, AddressError):
+                # The reason, never the refused value (« name », « street »…): no personal data in the audit log.
                 audit.append(s, at=now, kind="case", case_id=case.id, entity_id=case.id,
-                             data={"flag": "address_invalid", "detail": str(exc)[:200]})
+                             data={"flag": "address_invalid", "detail": re.sub(r"«[^»]*»", "«…»", str(exc))[:200]})
             log.warning("message %s not rendered: %s", message_id, type(exc).__name__)
             return SendResult(message_id, kind, str(exc))
         to = {"sms": person.phone, "email": person.email, "letter": "\n".join(ctx["person"].address_lines)}[msg.channel]
@@ -606,6 +608,14 @@ def scan_inbox(app, now: dt.datetime) -> list[dict]:
                                                  "cases_opened": report.cases_opened}
         except (FluxFormatError, OSError, UnicodeError) as exc:
             dest_dir, summary = inbox / "failed", {"status": "failed", "error": str(exc)}
+        except (IntegrityError, DataError) as exc:
+            # A row the database refuses (e.g. a NIR already another person's): the file must not stay
+            # in the inbox, failing every tick. Only the driver's first line: no SQL, no parameters.
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0]
+            log.error("inbox file %s refused by the database: %s", path.name, reason)
+            dest_dir, summary = inbox / "failed", {
+                "status": "failed",
+                "error": f"refusé par la base de données ({reason}) : corriger le fichier et le déposer à nouveau"}
         dest_dir.mkdir(exist_ok=True)
         dest = dest_dir / f"{stamp}_{path.name}"
         shutil.move(str(path), dest)
@@ -643,7 +653,8 @@ def timeline(app, external_id: str) -> list[dict]:
             elif entry.data.get("action") in ("opened", "closed") or "appointment" in entry.data or "flag" in entry.data:
                 items.append({"at": entry.at, "kind": "case", "id": entry.id, "case": entry.case_id,
                               "detail": {k: v for k, v in entry.data.items()}})
-        order = {"event": 0, "case": 1, "step": 2, "message": 3}
+        # Case and step entries are both audit entries: at one instant, their ids give the true order.
+        order = {"event": 0, "case": 1, "step": 1, "message": 2}
         items.sort(key=lambda i: (i["at"], order[i["kind"]], i["id"]))
         for i in items:
             i["at"] = i["at"].isoformat()
