@@ -5,6 +5,8 @@ in-process; with a Redis URL they go to real workers.
 """
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from kombu import Queue
 
@@ -45,6 +47,10 @@ def configure(settings=None) -> Celery:
         task_reject_on_worker_lost=False,
         broker_transport_options={"visibility_timeout": 3600},
         broker_connection_retry_on_startup=True,
+        # Broker connection lost (Redis restarted): running sends finish and record their
+        # outcome in the database (Celery 6 would cancel them by default, leaving them
+        # "sending"); their unacknowledged messages may come back and are no-ops then.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_serializer="json",
         accept_content=["json"],
         timezone="UTC",
@@ -58,3 +64,6 @@ def configure(settings=None) -> Celery:
 
 
 configure()
+
+# The twilio client logs every request's headers at INFO: noise in the workers' logs.
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)

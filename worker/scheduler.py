@@ -22,10 +22,42 @@ from .db.session import session_scope
 
 log = logging.getLogger("relance.scheduler")
 UTC = dt.timezone.utc
+INTERVAL_SECONDS = 60
 LEASE_SECONDS = 90
 
+# Tuning knobs read from the environment by the scheduler only (not Settings):
+# the period of the scan/sweep/relay jobs (reconcile runs every 5 periods) and
+# the leader lease (default 1.5 periods: a leader renews it at every run; when
+# it dies, another scheduler takes over once the lease has expired).
+# Production keeps the defaults; the end-to-end tests shorten both.
+INTERVAL_ENV = "RELANCE_SCHEDULER_INTERVAL_SECONDS"
+LEASE_ENV = "RELANCE_SCHEDULER_LEASE_SECONDS"
 
-def acquire_lease(app, name: str, owner: str, now: dt.datetime, seconds: int = LEASE_SECONDS) -> bool:
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} : nombre de secondes attendu, reçu {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} : doit être strictement positif, reçu {raw!r}")
+    return value
+
+
+def timing_from_env() -> tuple[float, float]:
+    """(interval, lease) in seconds; the lease must outlast the interval."""
+    interval = _env_seconds(INTERVAL_ENV, INTERVAL_SECONDS)
+    lease = _env_seconds(LEASE_ENV, LEASE_SECONDS * interval / INTERVAL_SECONDS)
+    if lease <= interval:
+        raise ValueError(f"{LEASE_ENV} ({lease:g} s) doit dépasser {INTERVAL_ENV} ({interval:g} s) : "
+                         "sinon le bail expire entre deux passages et les planificateurs se le disputent")
+    return interval, lease
+
+
+def acquire_lease(app, name: str, owner: str, now: dt.datetime, seconds: float = LEASE_SECONDS) -> bool:
     """Take or renew a named lease; True if ``owner`` holds it now."""
     expires = now + dt.timedelta(seconds=seconds)
     with session_scope(app.db_url) as s:
@@ -48,16 +80,23 @@ def release_lease(app, name: str, owner: str) -> None:
 
 
 class LeaderScheduler:
-    def __init__(self, app, owner: str | None = None):
+    def __init__(self, app, owner: str | None = None, *, interval_seconds: float | None = None,
+                 lease_seconds: float | None = None):
         self.app = app
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        interval, lease = timing_from_env()
+        if interval_seconds is not None:
+            interval, lease = interval_seconds, LEASE_SECONDS * interval_seconds / INTERVAL_SECONDS
+        self.interval, self.lease = interval, lease_seconds or lease
+        if self.lease <= self.interval:
+            raise ValueError("the scheduler lease must outlast the job interval")
         self.scheduler = BlockingScheduler(timezone=app.settings.timezone,
                                            job_defaults={"coalesce": True, "max_instances": 1,
                                                          "misfire_grace_time": 30})
 
     def is_leader(self) -> bool:
         try:
-            return acquire_lease(self.app, "scheduler", self.owner, dt.datetime.now(UTC))
+            return acquire_lease(self.app, "scheduler", self.owner, dt.datetime.now(UTC), self.lease)
         except Exception:  # noqa: BLE001 - database down: not the leader for now, retry later
             log.warning("scheduler lease check failed (database unreachable?)")
             return False
@@ -75,17 +114,18 @@ class LeaderScheduler:
 
     def add_jobs(self) -> None:
         add = self.scheduler.add_job
-        add(self._guarded("scan_inbox", jobs.scan_inbox), "interval", seconds=60, id="scan_inbox")
-        add(self._guarded("sweep", jobs.sweep), "interval", seconds=60, id="sweep")
-        add(self._guarded("relay", jobs.relay), "interval", seconds=60, id="relay")
-        add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=300, id="reconcile")
+        every = self.interval
+        add(self._guarded("scan_inbox", jobs.scan_inbox), "interval", seconds=every, id="scan_inbox")
+        add(self._guarded("sweep", jobs.sweep), "interval", seconds=every, id="sweep")
+        add(self._guarded("relay", jobs.relay), "interval", seconds=every, id="relay")
+        add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=5 * every, id="reconcile")
         add(self._guarded("retention", _retention), "cron", hour=3, minute=30, id="retention")
         for name, trigger, fn in extra_jobs(self.app):
             add(self._guarded(name, fn), trigger=trigger, id=name)
 
     def run(self) -> None:
         self.add_jobs()
-        log.info("scheduler started")
+        log.info("scheduler started (jobs every %g s, lease %g s)", self.interval, self.lease)
         try:
             self.scheduler.start()
         finally:
