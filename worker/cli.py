@@ -336,6 +336,23 @@ def flower(port: int = typer.Option(5555, "--port"), address: str = typer.Option
                   f"--basic-auth={ctx.settings.flower_user}:{ctx.settings.flower_password}"])
 
 
+_USAGE_FR = (
+    ("No such option: ", "option inconnue : "),
+    ("No such command ", "commande inconnue : "),
+    ("Missing argument ", "argument manquant : "),
+    ("Missing option ", "option manquante : "),
+    ("Invalid value for ", "valeur invalide pour "),
+    ("Got unexpected extra argument", "argument en trop"),
+    ("requires an argument", "attend une valeur"),
+)
+
+
+def _french_usage(message: str) -> str:
+    for en, fr in _USAGE_FR:
+        message = message.replace(en, fr)
+    return message
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -352,14 +369,11 @@ def main() -> None:
         typer.echo("Interrompu.", err=True)
         sys.exit(130)
     except Exception as exc:  # click usage errors and the unexpected: one line, no traceback
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            typer.echo(f"Erreur : {exc.format_message()}", err=True)
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.ClickException):
-            typer.echo(f"Erreur : {exc.format_message()}", err=True)
-            sys.exit(exc.exit_code)
+        # typer may ship its own copy of click: recognise its exceptions by class name.
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in names and hasattr(exc, "format_message"):
+            typer.echo(f"Erreur : {_french_usage(exc.format_message())}", err=True)
+            sys.exit(2 if "UsageError" in names else getattr(exc, "exit_code", 1))
         logging.getLogger("relance").debug("unexpected error", exc_info=True)
         typer.echo(f"Erreur inattendue : {type(exc).__name__}: {_one_line(exc)}", err=True)
         sys.exit(1)
