@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from . import queues
 from .settings import get_settings
@@ -22,6 +22,10 @@ celery = Celery("relance", include=[
 def configure(settings=None) -> Celery:
     settings = settings or get_settings()
     eager = settings.eager
+    # Reconfiguring (tests, the demo) must not keep producers bound to the previous
+    # broker, nor queues/routes computed from the previous configuration.
+    celery.close()
+    celery.__dict__.pop("amqp", None)
     celery.conf.update(
         # kombu wants a host even for the in-memory transport.
         broker_url="memory://localhost/" if eager else settings.broker_url,
@@ -30,7 +34,8 @@ def configure(settings=None) -> Celery:
         task_always_eager=eager,
         task_eager_propagates=True,
         task_default_queue=queues.CASES,
-        task_queues=[Queue(q) for q in queues.ALL],
+        # One direct exchange per queue: a task routed to a queue reaches that queue only.
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in queues.ALL],
         task_routes={
             "relance.ingest.*": {"queue": queues.INGEST},
             "relance.cases.*": {"queue": queues.CASES},
