@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -131,7 +132,9 @@ class Case(Base):
     person: Mapped[Person] = relationship(back_populates="cases")
     messages: Mapped[list["Message"]] = relationship(back_populates="case", order_by="Message.id")
 
-    __table_args__ = (Index("ix_cases_due", "status", "due_at"),)
+    # The sweep's claim: active cases by due moment (partial: closed cases left out).
+    __table_args__ = (Index("ix_cases_due_active", "due_at", postgresql_where=text("status = 'active'"),
+                            sqlite_where=text("status = 'active'")),)
     # Optimistic concurrency: two writers of one case cannot both win.
     __mapper_args__ = {"version_id_col": version}
 
