@@ -168,6 +168,8 @@ def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt
     """Record an event and apply it to the person's active case, once."""
     if type not in EVENT_TYPES:
         raise ServiceError(f"type d'événement inconnu : {type} (attendu : {', '.join(EVENT_TYPES)})")
+    if type == "reoriented" and (not to or to not in app.policy.paths):
+        raise ServiceError(f"reoriented : parcours inconnu {to!r} (attendu : {', '.join(app.policy.paths)})")
     payload = {"until": until, "appointment_at": appointment_at, "decision": decision, "to": to,
                "reason_given": bool(reason), "receipt_on": receipt_on, "message_id": message_id}
     payload = {k: v for k, v in payload.items() if v not in (None, False)}
@@ -340,7 +342,9 @@ def send_message(app, message_id: int, now: dt.datetime) -> SendResult:
             from .postal import AddressError
 
             kind = "failed" if isinstance(exc, AddressError) else "technical-failure"
-            repository.set_message_status(s, msg, kind, now, error=f"{type(exc).__name__}: {exc}"[:500])
+            # The reason, never the refused value (« name », « street »…).
+            masked = re.sub(r"«[^»]*»", "«…»", str(exc))
+            repository.set_message_status(s, msg, kind, now, error=f"{type(exc).__name__}: {masked}"[:500])
             if isinstance(exc, AddressError):
                 # The reason, never the refused value (« name », « street »…): no personal data in the audit log.
                 audit.append(s, at=now, kind="case", case_id=case.id, entity_id=case.id,
@@ -533,6 +537,10 @@ def scan_inbox(app, now: dt.datetime) -> list[dict]:
                 "error": f"refusé par la base de données ({reason}) : corriger le fichier et le déposer à nouveau"}
         dest_dir.mkdir(exist_ok=True)
         dest = dest_dir / f"{stamp}_{path.name}"
+        n = 1
+        while dest.exists():  # the same name twice within a second: never overwrite
+            n += 1
+            dest = dest_dir / f"{stamp}-{n}_{path.name}"
         shutil.move(str(path), dest)
         dest.with_name(dest.name + ".report.json").write_text(
             json.dumps({"file": path.name, "at": now.isoformat(), **summary}, ensure_ascii=False, indent=2),
@@ -565,7 +573,8 @@ def timeline(app, external_id: str) -> list[dict]:
                 items.append({"at": entry.at, "kind": "step", "id": entry.id, "case": entry.case_id,
                               "step": entry.data.get("to_step"), "from": entry.data.get("from_step"),
                               "reason": entry.data.get("reason")})
-            elif entry.data.get("action") in ("opened", "closed") or "appointment" in entry.data or "flag" in entry.data:
+            elif entry.data.get("action") in ("opened", "closed") or "appointment" in entry.data \
+                    or "appointment_outcome" in entry.data or "flag" in entry.data:
                 items.append({"at": entry.at, "kind": "case", "id": entry.id, "case": entry.case_id,
                               "detail": {k: v for k, v in entry.data.items()}})
         # Case and step entries are both audit entries: at one instant, their ids give the true order.

@@ -49,7 +49,12 @@ def test_upgrade_is_idempotent(relance_app):
 
     upgrade(relance_app.db_url)  # already at head: nothing to do, no error
     with session_scope(relance_app.db_url) as s:
-        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        from alembic.script import ScriptDirectory
+
+        from worker.db.session import alembic_config
+
+        head = ScriptDirectory.from_config(alembic_config(relance_app.db_url)).get_current_head()
+        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head
 
 
 # --- the NIR is stored only as a keyed hash ----------------------------------------------------------
