@@ -357,11 +357,18 @@ class TemplateRenderer:
                 return
             source = self._source(current)
             seen[current] = source
-            try:
-                ast = self.env.parse(source, current)
-            except jinja2.TemplateSyntaxError as exc:
-                raise TemplateError(current, f"syntax error line {exc.lineno}: {exc.message}") from exc
-            for ref in meta.find_referenced_templates(ast):
+            # Parsing is the costly part: remember each source's references (sources are re-read,
+            # so an edited template is re-parsed).
+            cache = self.__dict__.setdefault("_refs_cache", {})
+            refs = cache.get((current, source))
+            if refs is None:
+                try:
+                    ast = self.env.parse(source, current)
+                except jinja2.TemplateSyntaxError as exc:
+                    raise TemplateError(current, f"syntax error line {exc.lineno}: {exc.message}") from exc
+                refs = list(meta.find_referenced_templates(ast))
+                cache[(current, source)] = refs
+            for ref in refs:
                 if ref is None:
                     raise TemplateError(current, "dynamic extends/include cannot be versioned")
                 visit(ref)
