@@ -279,6 +279,11 @@ def _ingest_chunk(s: Session, app, prepared: list[tuple], now: dt.datetime, repo
             pending.append((known, item))
             report.accepted += 1
             continue
+        owner = by_nir.get(nh) if nh else None
+        if owner is not None and owner is not known:
+            # The file gives this person a NIR that is another stored person's: reject the row alone.
+            report.rejected.append(_nir_conflict(row))
+            continue
         if known.fingerprint == fp and known.external_id == row.external_id:
             report.unchanged += 1
             continue
@@ -452,10 +457,21 @@ def upsert_row(s: Session, app, row: FluxRow, now: dt.datetime, report: IngestRe
         report.accepted += 1
         open_case_if_needed(s, app, person, now, report)
         return
+    if nir_hash and person.nir_hash != nir_hash:
+        owner = s.execute(select(Person.id).where(Person.nir_hash == nir_hash)).scalar()
+        if owner is not None and owner != person.id:
+            report.rejected.append(_nir_conflict(row))
+            return
     if person.fingerprint == fp and person.external_id == row.external_id:
         report.unchanged += 1
         return
     _update_person(s, app, person, row, fp, nir_hash, now, report)
+
+
+def _nir_conflict(row: FluxRow) -> dict:
+    return {"line": row.line, "external_id": row.external_id, "field": "nir",
+            "reason": "NIR déjà attribué à une autre personne connue (autre matricule) : ligne ignorée, "
+                      "à vérifier avec la CAF"}
 
 
 __all__ = ["IngestReport", "ingest_file", "fingerprint", "upsert_row", "open_case_if_needed", "CHUNK_ROWS",

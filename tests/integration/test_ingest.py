@@ -300,8 +300,6 @@ def test_a_file_the_database_refuses_does_not_block_the_scheduler(relance_app, f
         assert [r["line"] for r in report["rejected"]] == [2]
 
 
-@pytest.mark.xfail(reason="ingestion bug: a row whose NIR is already another stored person's raises "
-                          "IntegrityError for the whole chunk instead of rejecting that row", strict=True)
 def test_a_row_whose_nir_belongs_to_another_person_is_rejected(relance_app, flux_writer):
     app = relance_app
     conflict = _two_people_then_a_conflict(app, flux_writer)
