@@ -167,7 +167,7 @@ def row_fingerprint(row: FluxRow) -> str:
 #
 # worker.contact.normalize_phone is the reference, but libphonenumber's parse +
 # validation costs ~40-100 µs a number, most of a 100 000-row file's time. The
-# usual French writings ("06 12 34 56 78", "06.12.34.56.78", "+33612345678",
+# usual French writings (ten digits in pairs separated by spaces or dots, or +33 and nine digits,
 # "0033 6 ...") are recognised here and checked against libphonenumber's own FR
 # metadata (same rule as is_valid_number: the general pattern and one type
 # pattern match); anything else, or any number not valid in metropolitan France
