@@ -253,12 +253,10 @@ def _notice_context(s: Session, app, case: Case) -> SimpleNamespace:
                            observation_days=notice.observation_days if notice else 10)
 
 
-_MONTHS = ["janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre", "octobre",
-           "novembre", "décembre"]
-
-
 def _fr_date(d: dt.date) -> str:
-    return f"{d.day} {_MONTHS[d.month - 1]} {d.year}"
+    from .rendering import date_fr
+
+    return date_fr(d)
 
 
 def build_context(s: Session, app, msg: Message, case: Case, person: Person, now: dt.datetime) -> dict:

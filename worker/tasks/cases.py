@@ -17,11 +17,9 @@ def advance(case_id: int, now_iso: str | None = None) -> list[int]:
 @celery.task(name="relance.cases.apply_event", acks_late=True, reject_on_worker_lost=True)
 def apply_event(external_id: str, type: str, now_iso: str | None = None, idempotency_key: str | None = None,
                 **fields) -> dict:
-    from ._common import parse_now as _p
-
     for key in ("until", "appointment_at"):
         if fields.get(key):
-            fields[key] = _p(fields[key])
+            fields[key] = parse_now(fields[key])
     if fields.get("receipt_on"):
         import datetime as dt
 
