@@ -442,37 +442,11 @@ def open_case_if_needed(s: Session, app, person: Person, now: dt.datetime, repor
     report.cases_opened += 1
 
 
-def upsert_row(s: Session, app, row: FluxRow, now: dt.datetime, report: IngestReport) -> None:
-    """One row on its own, through the ORM (the former per-row path)."""
-    fp = fingerprint(row)
-    nir_hash = app.nir_hash(row.nir)
-    person = s.execute(select(Person).where(Person.external_id == row.external_id)).scalar()
-    if person is None and nir_hash:
-        person = s.execute(select(Person).where(Person.nir_hash == nir_hash)).scalar()
-    if person is None:
-        person = Person(external_id=row.external_id, nir_hash=nir_hash, fingerprint=fp, extra=dict(row.extra),
-                        created_at=now, updated_at=now, **{f: getattr(row, f) for f in PERSON_FIELDS})
-        s.add(person)
-        s.flush()
-        report.accepted += 1
-        open_case_if_needed(s, app, person, now, report)
-        return
-    if nir_hash and person.nir_hash != nir_hash:
-        owner = s.execute(select(Person.id).where(Person.nir_hash == nir_hash)).scalar()
-        if owner is not None and owner != person.id:
-            report.rejected.append(_nir_conflict(row))
-            return
-    if person.fingerprint == fp and person.external_id == row.external_id:
-        report.unchanged += 1
-        return
-    _update_person(s, app, person, row, fp, nir_hash, now, report)
-
-
 def _nir_conflict(row: FluxRow) -> dict:
     return {"line": row.line, "external_id": row.external_id, "field": "nir",
             "reason": "NIR déjà attribué à une autre personne connue (autre matricule) : ligne ignorée, "
                       "à vérifier avec la CAF"}
 
 
-__all__ = ["IngestReport", "ingest_file", "fingerprint", "upsert_row", "open_case_if_needed", "CHUNK_ROWS",
+__all__ = ["IngestReport", "ingest_file", "fingerprint", "open_case_if_needed", "CHUNK_ROWS",
            "PERSON_FIELDS", "ADDRESS_FIELDS"]

@@ -13,12 +13,8 @@ import socket
 import uuid
 
 from apscheduler.schedulers.blocking import BlockingScheduler
-from sqlalchemy import insert, update
-from sqlalchemy.exc import IntegrityError
-
 from . import jobs
-from .db.models import Lock
-from .db.session import session_scope
+from .leases import acquire_lease, release_lease
 
 log = logging.getLogger("relance.scheduler")
 UTC = dt.timezone.utc
@@ -55,28 +51,6 @@ def timing_from_env() -> tuple[float, float]:
         raise ValueError(f"{LEASE_ENV} ({lease:g} s) doit dépasser {INTERVAL_ENV} ({interval:g} s) : "
                          "sinon le bail expire entre deux passages et les planificateurs se le disputent")
     return interval, lease
-
-
-def acquire_lease(app, name: str, owner: str, now: dt.datetime, seconds: float = LEASE_SECONDS) -> bool:
-    """Take or renew a named lease; True if ``owner`` holds it now."""
-    expires = now + dt.timedelta(seconds=seconds)
-    with session_scope(app.db_url) as s:
-        res = s.execute(update(Lock).where(Lock.name == name, (Lock.owner == owner) | (Lock.expires_at < now))
-                        .values(owner=owner, expires_at=expires).execution_options(synchronize_session=False))
-        if res.rowcount == 1:
-            return True
-    try:
-        with session_scope(app.db_url) as s:
-            s.execute(insert(Lock).values(name=name, owner=owner, expires_at=expires))
-        return True
-    except IntegrityError:
-        return False
-
-
-def release_lease(app, name: str, owner: str) -> None:
-    with session_scope(app.db_url) as s:
-        s.execute(update(Lock).where(Lock.name == name, Lock.owner == owner)
-                  .values(expires_at=dt.datetime(1970, 1, 1, tzinfo=UTC)))
 
 
 class LeaderScheduler:

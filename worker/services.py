@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import socket
+import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 from sqlalchemy import bindparam, literal_column, or_, select, update
@@ -35,6 +36,7 @@ from .db.models import AuditEntry, Case, InboundEvent, Message, Person
 from .db.session import session_scope
 from .domain import engine
 from .domain.model import EVENT_TYPES, PENDING, SENDING, Event, MessageView
+from .leases import acquire_lease, release_lease
 
 log = logging.getLogger("relance.services")
 
@@ -51,14 +53,7 @@ class ServiceError(Exception):
 # --- ingestion ------------------------------------------------------------------------------
 # In chunks, in worker/ingestion.py; these names stay importable from here.
 
-from .ingestion import (  # noqa: E402,F401 - re-exported
-    ADDRESS_FIELDS,
-    PERSON_FIELDS,
-    IngestReport,
-    ingest_file,
-    open_case_if_needed as _open_case_if_needed,
-    upsert_row as _upsert_row,
-)
+from .ingestion import IngestReport, ingest_file  # noqa: E402,F401 - re-exported
 
 
 # --- advancing cases ---------------------------------------------------------------------------
@@ -510,7 +505,31 @@ def record_provider_status(app, message_id: int, status: str, now: dt.datetime, 
 # --- inbox -----------------------------------------------------------------------------------------
 
 
+INBOX_LEASE = "inbox"
+# Longer than any flux file takes to ingest; only matters if a worker dies (or loses the
+# database) mid-scan: the next scans then wait for the lease to expire.
+INBOX_LEASE_SECONDS = 10 * 60
+
+
 def scan_inbox(app, now: dt.datetime) -> list[dict]:
+    """Ingest the inbox, one scan at a time: the scheduler enqueues a scan every run while a
+    file is waiting, so a long file would otherwise be read by two workers at once. The lease
+    runs on the real clock (it is about live processes, not business time)."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not acquire_lease(app, INBOX_LEASE, owner, dt.datetime.now(dt.timezone.utc), INBOX_LEASE_SECONDS):
+        log.info("inbox scan skipped: another worker is scanning it")
+        return []
+    try:
+        return _scan_inbox(app, now)
+    finally:
+        try:
+            release_lease(app, INBOX_LEASE, owner)
+        except Exception:  # noqa: BLE001 - database gone: the lease expires by itself
+            log.warning("inbox lease not released (database unreachable?): it expires in %d s",
+                        INBOX_LEASE_SECONDS)
+
+
+def _scan_inbox(app, now: dt.datetime) -> list[dict]:
     """Ingest each file dropped in the inbox; move it to done/ or failed/ with a report beside it."""
     from .flux import FluxFormatError
 

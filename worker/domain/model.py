@@ -6,7 +6,7 @@ Plain frozen dataclasses, no I/O. The repository turns database rows into a
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Message statuses (GOV.UK Notify's lifecycle, plus letter states).
 PENDING = "pending"
