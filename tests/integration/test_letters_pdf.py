@@ -166,11 +166,17 @@ def test_each_letter_first_page_has_its_address_block_once(letters, batch):
         assert lines[0] not in others
 
 
-def test_page_footer_carries_the_letter_reference_and_its_own_page_numbers(letters, batch):
+def test_every_page_carries_the_letter_reference_and_later_pages_their_number(letters, batch):
+    """The first page has the reference in its header (and no page margin
+    boxes); each later page has "Réf. <reference>" and its own page number."""
     pages = _pages_text(batch.pdf)
+    assert any(count > 1 for _first, count in batch.pages_per_letter.values())
     for letter in letters:
         first, count = batch.pages_per_letter[letter["reference"]]
-        for n in range(count):
+        text = _norm(pages[first - 1])
+        assert f"Réf. : {letter['reference']} — Dossier {letter['case_reference']}" in text
+        assert "Page 1" not in text
+        for n in range(1, count):
             text = _norm(pages[first - 1 + n])
             assert f"Réf. {letter['reference']}" in text
             assert f"Page {n + 1}" in text
@@ -213,7 +219,9 @@ def test_split_pdf_gives_one_pdf_per_letter(letters, batch):
             assert len(reader.pages) == batch.pages_per_letter[letter["reference"]][1]
             first_page = _norm(reader.pages[0].extract_text())
             assert letter["person"]["address_lines"][0] in first_page
-            assert f"Réf. {letter['reference']}" in first_page
+            assert f"Réf. : {letter['reference']}" in first_page
+            # the letterhead and footer, drawn from the batch's layer, came along
+            assert "Protection de vos données" in first_page
 
 
 def test_split_pdf_rejects_a_range_outside_the_pdf(batch):
@@ -234,10 +242,22 @@ def test_render_pdf_one_and_several(letters):
 
 def test_combine_letters_keeps_styles_once_and_marks_each_section(letters):
     combined = combine_letters([l["html"] for l in letters])
-    assert combined.count("<style>") == 1
+    assert combined.count("letter.css") <= 1 and combined.count("@page letter:nth(1 of letter)") == 1
     for i in range(len(letters)):
         assert combined.count(f'id="relance-letter-{i}"') == 1
     assert combined.count('<section id="relance-letter-') == len(letters)
+    # the layer elements left the letters for one section per distinct layer, after them
+    head, body = combined.split("</head>", 1)
+    letters_part, layers_part = body.split('<section class="letter relance-layer"', 1)
+    assert "data-layer" not in letters_part
+    assert "Protection de vos données" not in letters_part
+    layers = combined.count('<section class="letter relance-layer" id="relance-layer-')
+    assert 1 <= layers < len(letters)
+    assert layers_part.count('class="letterhead" data-layer') == layers
+    # without layers, each letter keeps its own
+    plain = combine_letters([l["html"] for l in letters], layers=False)
+    assert "relance-layer" not in plain
+    assert plain.count('class="footer" data-layer') == len(letters)
 
 
 def test_combine_letters_accepts_fragments_and_replaces_ids():
@@ -394,3 +414,90 @@ def test_a_full_six_line_block_of_38_characters_fits_the_window(tmp_path):
     for x0, y0, x1, y1, word in block:
         assert 99 <= x0 and x1 <= 187, (word, x0, x1)
         assert 51 <= y0 and y1 <= 83, (word, y0, y1)
+
+
+# --------------------------------------------------------------------------- #
+# Layers: what every letter of an organisation shares is rendered once
+# --------------------------------------------------------------------------- #
+
+
+def _raster(pdf: bytes, page: int) -> bytes:
+    return subprocess.run(
+        ["pdftoppm", "-r", "50", "-gray", "-f", str(page), "-l", str(page), "-"],
+        input=pdf, capture_output=True, check=True,
+    ).stdout
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="poppler-utils not installed")
+def test_a_letter_of_the_batch_prints_exactly_as_the_letter_alone(letters, batch):
+    """The layered batch (letterhead and footer drawn from one form XObject per
+    organisation) gives, page by page, the same pixels as the letter rendered
+    on its own by plain WeasyPrint."""
+    import weasyprint
+
+    for letter in letters:
+        first, count = batch.pages_per_letter[letter["reference"]]
+        alone = weasyprint.HTML(string=letter["html"]).write_pdf()
+        assert len(PdfReader(io.BytesIO(alone)).pages) == count, letter["reference"]
+        for n in range(count):
+            assert _raster(batch.pdf, first + n) == _raster(alone, n + 1), (letter["reference"], n + 1)
+
+
+def test_the_batch_pdf_holds_one_form_per_distinct_layer(letters, batch):
+    reader = PdfReader(io.BytesIO(batch.pdf))
+    forms = set()
+    for page in reader.pages:
+        xobjects = page["/Resources"].get("/XObject", {})
+        forms |= {name for name in xobjects if name.startswith("/RelanceLayer")}
+    organisations = {re.search(r'class="org-name">([^<]*)<', l["html"]).group(1) for l in letters}
+    assert len(organisations) >= 2
+    # one layer per organisation and footer wording, far fewer than the letters
+    assert len(organisations) <= len(forms) < len(letters)
+    # each letter's first page draws its layer once; later pages draw none
+    for letter in letters:
+        first, count = batch.pages_per_letter[letter["reference"]]
+        content = reader.pages[first - 1].get_contents().get_data()
+        assert len(re.findall(rb"/RelanceLayer\d+ Do", content)) == 1
+        for n in range(1, count):
+            assert b"/RelanceLayer" not in reader.pages[first - 1 + n].get_contents().get_data()
+    # the layer pages themselves are gone: no named destination leads to them
+    assert len(reader.pages) == batch.page_count
+    names = reader.trailer["/Root"].get("/Names", {}).get("/Dests", {}).get("/Names", [])
+    assert not any(str(name).startswith("relance-layer-") for name in names[::2])
+
+
+def test_identical_letters_share_one_layer_and_the_same_letter_twice_is_not_merged(letters):
+    html = letters[0]["html"]
+    result = render_batch([LetterHtml("A", html), LetterHtml("B", html.replace(letters[0]["reference"], "B"))])
+    assert result.pages_per_letter == {"A": (1, 1), "B": (2, 1)}
+    texts = _pages_text(result.pdf)
+    assert all("Protection de vos données" in text for text in texts)
+    assert "Réf. : B" in _norm(texts[1]) and "Réf. : B" not in _norm(texts[0])
+
+
+def test_layer_elements_are_taken_out_whole():
+    from worker.letters_pdf import _take_layer
+
+    body = (
+        '<section class="letter"><div data-layer class="a"><div>x<div>y</div></div><img src="i.png"></div>'
+        '<p data-layer-note="no">stays</p><hr data-layer><p>text</p>'
+        "<footer class='f' data-layer=\"\"><p>z</p></footer></section>"
+    )
+    kept, layer = _take_layer(body)
+    assert kept == '<section class="letter"><p data-layer-note="no">stays</p><p>text</p></section>'
+    assert layer == (
+        '<div data-layer class="a"><div>x<div>y</div></div><img src="i.png"></div>\n'
+        "<hr data-layer>\n<footer class='f' data-layer=\"\"><p>z</p></footer>"
+    )
+    assert _take_layer("<p>nothing</p>") == ("<p>nothing</p>", "")
+    with pytest.raises(ValueError, match="balise de fin"):
+        _take_layer("<div data-layer><p>never closed</p>")
+
+
+def test_a_layer_element_in_the_flow_that_fills_a_page_is_refused(letters):
+    from worker.letters_pdf import LetterRenderError
+
+    long_layer = '<div data-layer class="note">' + "<p>Texte qui occupe la page.</p>" * 200 + "</div>"
+    html = letters[0]["html"].replace('<main class="body">', long_layer + '<main class="body">')
+    with pytest.raises(LetterRenderError, match="data-layer"):
+        render_batch([LetterHtml("A", html)])
