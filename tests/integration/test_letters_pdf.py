@@ -51,6 +51,10 @@ PEOPLE = (
     ("Monsieur", "Nicolas", "Saint-Jalmes", "117 avenue du Général de Gaulle", None, "56350", "ALLAIRE"),
     ("Madame", "Nathalie", "Le Goff", "3 place de l'Église", None, "35550", "PIPRIAC"),
 )
+LONG_PERSON = (
+    "Monsieur", "Jean-Baptiste", "Le Bihan-Kerouédan", "12 chemin de la Grée", "Résidence du Parc",
+    "35600", "SAINTE-MARIE",
+)
 
 
 def _person(civility, first, last, line1, line2, postcode, city):
@@ -89,12 +93,14 @@ def _renderer():
     return renderer if all(renderer.has(step, "letter") for step in STEPS) else None
 
 
-def _render_letter(renderer, step: str, person: dict, case_reference: str, reference: str) -> str:
+def _render_letter(
+    renderer, step: str, person: dict, case_reference: str, reference: str, *, long: bool = False
+) -> str:
     if renderer is None:  # pragma: no cover - templates not written yet
         return _minimal_letter(reference, person)
     from tests.template_samples import sample_context
 
-    context = sample_context(step)
+    context = sample_context(step, long=long)
     context["person"] = person
     context["case"] = dict(context["case"], reference=case_reference)
     context["message"] = {"reference": reference}
@@ -103,16 +109,19 @@ def _render_letter(renderer, step: str, person: dict, case_reference: str, refer
 
 @pytest.fixture(scope="module")
 def letters() -> list[dict]:
-    """[{reference, case_reference, step, person, html}] for one letter per template."""
+    """[{reference, case_reference, step, person, html}] for one letter per
+    template, then a pre-sanction notice with long values (on two pages)."""
     renderer = _renderer()
     out = []
-    for i, (step, person_row) in enumerate(zip(STEPS, PEOPLE)):
+    rows = list(zip(STEPS, PEOPLE, [False] * len(STEPS))) + [("pre_sanction_notice", LONG_PERSON, True)]
+    for i, (step, person_row, long) in enumerate(rows):
         person = _person(*person_row)
         case_reference = f"RL-{200 + i:06d}"
         reference = f"{case_reference}-{step[:4].upper()}-L"
+        html = _render_letter(renderer, step, person, case_reference, reference, long=long)
         out.append(
             {"reference": reference, "case_reference": case_reference, "step": step,
-             "person": person, "html": _render_letter(renderer, step, person, case_reference, reference)}
+             "person": person, "html": html}
         )
     return out
 
@@ -501,3 +510,28 @@ def test_a_layer_element_in_the_flow_that_fills_a_page_is_refused(letters):
     html = letters[0]["html"].replace('<main class="body">', long_layer + '<main class="body">')
     with pytest.raises(LetterRenderError, match="data-layer"):
         render_batch([LetterHtml("A", html)])
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+@pytest.mark.parametrize("step", STEPS)
+def test_each_letter_fits_one_sheet_and_its_footer_stays_on_the_paper(step, tmp_path):
+    """With ordinary values every letter is one page (one sheet in the
+    envelope); with long values at most two, and the first page's footer (in
+    its bottom margin) ends at least 10 mm above the paper's edge."""
+    import weasyprint
+
+    from tests.template_samples import sample_context
+
+    renderer = _renderer()
+    ordinary = renderer.render(step, "letter", sample_context(step)).html
+    assert len(weasyprint.HTML(string=ordinary).render().pages) == 1
+    long_html = renderer.render(step, "letter", sample_context(step, long=True)).html
+    pdf = weasyprint.HTML(string=long_html).write_pdf()
+    assert len(PdfReader(io.BytesIO(pdf)).pages) <= 2
+    words = _first_page_words(pdf, tmp_path)
+    footer = [w for w in words if w[1] > 265]
+    assert any("cnil" in w[4] for w in footer), "the data-protection notice is in the first page's footer"
+    assert max(w[3] for w in footer) <= 287
+    # and the text of the letter never reaches the footer
+    text_bottom = max(w[3] for w in words if w[1] <= 265)
+    assert text_bottom < min(w[1] for w in footer)
