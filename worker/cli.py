@@ -25,6 +25,8 @@ letters_app = typer.Typer(no_args_is_help=True, help="Courriers : lots d'impress
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(letters_app, name="letters")
+email_app = typer.Typer(no_args_is_help=True, help="E-mails : avis de non-remise (bounces).")
+app.add_typer(email_app, name="email")
 
 
 class CliError(Exception):
@@ -289,6 +291,35 @@ def letters_returns(file: Path = typer.Argument(..., help="Fichier des retours (
                f"{len(report['rejected'])} lignes rejetées.")
     for r in report["rejected"]:
         typer.echo(f"  ligne {r['line']} : {r['reason']}")
+
+
+@email_app.command("bounces")
+def email_bounces(paths: Optional[list[Path]] = typer.Argument(
+        None, help="Avis de non-remise : fichiers .eml, ou dossiers Maildir (par défaut RELANCE_BOUNCE_MAILDIR)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Enregistre les e-mails revenus en non-remise : e-mail marqué en échec, adresse signalée, courriers maintenus."""
+    from . import bounces
+
+    ctx = _context()
+    _ensure_db(ctx)
+    now = dt.datetime.now(UTC)
+    if not paths:
+        if ctx.settings.bounce_maildir is None:
+            raise CliError("aucun fichier indiqué et RELANCE_BOUNCE_MAILDIR n'est pas défini")
+        paths = [ctx.settings.bounce_maildir]
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise CliError(f"introuvable : {', '.join(missing)}")
+    report = bounces.record_paths(ctx, paths, now)
+    if as_json:
+        typer.echo(json.dumps(report, ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"{report['applied']} non-remises enregistrées, {report['duplicates']} déjà connues, "
+               f"{len(report['ignored'])} sans effet, {len(report['rejected'])} fichiers rejetés.")
+    for item in report["ignored"]:
+        typer.echo(f"  sans effet : {item['file']} : {item['reason']}")
+    for item in report["rejected"]:
+        typer.echo(f"  rejeté : {item['file']} : {item['reason']}")
 
 
 @app.command()

@@ -34,6 +34,16 @@ def scan_inbox(app, now: dt.datetime | None = None) -> None:
         task.apply_async(args=[_iso(now)])
 
 
+def scan_bounces(app, now: dt.datetime | None = None) -> None:
+    """Enqueue a scan of the bounce Maildir when a notice is waiting in ``new/``."""
+    from .tasks.email import scan_bounces as task
+
+    maildir = app.settings.bounce_maildir
+    new = maildir / "new" if maildir is not None else None
+    if new is not None and new.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in new.iterdir()):
+        task.apply_async(args=[_iso(now)])
+
+
 def sweep(app, now: dt.datetime | None = None) -> int:
     """Enqueue an ``advance`` task for every due case (in batches, claimed)."""
     from .tasks.cases import advance
@@ -78,6 +88,10 @@ def cycle(app, now: dt.datetime | None = None) -> dict:
     except Exception as exc:  # noqa: BLE001 - a bad inbox file must not stop the invitations (eager: inline)
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         log.error("inbox scan failed (%s: %s); sweeping and relaying all the same", type(exc).__name__, first)
+    try:
+        scan_bounces(app, now)
+    except Exception as exc:  # noqa: BLE001 - same: the bounces wait for the next cycle
+        log.error("bounce scan failed (%s); sweeping and relaying all the same", type(exc).__name__)
     swept = sweep(app, now)
     relayed = relay(app, now)
     # Sends may have changed cases (a refused number): give them a second pass.

@@ -90,6 +90,7 @@ class LeaderScheduler:
         add = self.scheduler.add_job
         every = self.interval
         add(self._guarded("scan_inbox", jobs.scan_inbox), "interval", seconds=every, id="scan_inbox")
+        add(self._guarded("scan_bounces", jobs.scan_bounces), "interval", seconds=every, id="scan_bounces")
         add(self._guarded("sweep", jobs.sweep), "interval", seconds=every, id="sweep")
         add(self._guarded("relay", jobs.relay), "interval", seconds=every, id="relay")
         add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=5 * every, id="reconcile")

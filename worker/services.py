@@ -448,6 +448,51 @@ def mark_email_unusable(app, case_id: int, now: dt.datetime) -> None:
                      data={"flag": "email_unusable"})
 
 
+_MESSAGE_REFERENCE_RE = re.compile(r"RL-(\d{6,})-(\d{7,})")
+
+
+def record_email_bounce(app, *, reference: str | None, message_id: str | None, status: str | None,
+                        now: dt.datetime) -> str:
+    """A permanent bounce came back for an e-mail the SMTP server had accepted.
+
+    The message (found by its ``X-Relance-Reference``, else by its SMTP
+    ``Message-ID``) becomes ``failed`` and the person's e-mail unusable (pending
+    e-mails cancelled; letters carry on), as for a refusal at sending time.
+    Returns ``"applied"``, ``"duplicate"`` (already failed), ``"unknown"`` or
+    a French reason why nothing changed.
+    """
+    with session_scope(app.db_url) as s:
+        msg = None
+        match = _MESSAGE_REFERENCE_RE.fullmatch((reference or "").strip().upper())
+        if match:
+            msg = s.get(Message, int(match.group(2)))
+            if msg is not None and msg.case_id != int(match.group(1)):
+                msg = None
+        if msg is None and message_id:
+            msg = s.execute(select(Message).where(Message.channel == "email",
+                                                  Message.provider_ref == message_id.strip())).scalars().first()
+        if msg is None:
+            return "unknown"
+        if msg.channel != "email":
+            return f"la référence {msg.reference} n'est pas un e-mail ({msg.channel})"
+        if msg.status == "failed":
+            return "duplicate"
+        if msg.status not in ("sent", "delivered"):
+            return f"e-mail {msg.reference} au statut {msg.status} : non-remise non appliquée"
+        repository.set_message_status(s, msg, "failed", now, error=f"non-remise (bounce {status or '5.0.0'})")
+        case_id = msg.case_id
+    mark_email_unusable(app, case_id, now)
+    return "applied"
+
+
+def scan_bounces(app, now: dt.datetime) -> dict:
+    """Record the bounces waiting in ``RELANCE_BOUNCE_MAILDIR`` (nothing if unset)."""
+    from .bounces import empty_report, scan_maildir
+
+    maildir = app.settings.bounce_maildir
+    return empty_report() if maildir is None else scan_maildir(app, maildir, now)
+
+
 def due_messages(app, now: dt.datetime, limit: int,
                  requeue_after: dt.timedelta = dt.timedelta(minutes=5)) -> list[tuple[int, str]]:
     """The relay: (id, channel) of pending messages that are due and not recently enqueued."""

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     smtp_from_name: str | None = None
     smtp_timeout: float = 30.0
     smtp_verify_tls: bool = True
+    # Maildir where the mail server delivers the bounces sent to smtp_from_address
+    # (delivery status notifications); scanned with the inbox. Unset: no scan.
+    bounce_maildir: Path | None = None
 
     # --- letters and print batches ----------------------------------------------
     letters_dir: Path | None = None  # default: <outbox>/letters (shared between machines)

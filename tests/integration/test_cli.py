@@ -235,3 +235,41 @@ def test_audit_verify_detects_tampering(cli, flux_writer):
     con.close()
     line = cli.fails("audit", "verify")
     assert f"n° {target}" in line
+
+
+def test_email_bounces_by_hand(cli, flux_writer):
+    from email.message import EmailMessage
+
+    from tests.fakes.dsn import postfix_dsn
+
+    eid = "CAF35-0006101"
+    path = flux_writer([{"external_id": eid, "droit_opened_on": "2024-05-27", "email": "lea.morel@example.net"}])
+    cli.run("db", "upgrade")
+    cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
+    cli.run("tick", "--now", "2024-06-03T10:00")
+    [(message_id, case_id, status)] = _sql(cli, "SELECT id, case_id, status FROM messages WHERE channel = 'email'")
+    assert status == "sent"
+    original = EmailMessage()
+    original["From"] = "relance@example.org"
+    original["To"] = "lea.morel@example.net"
+    original["Subject"] = "Votre RSA"
+    original["Message-ID"] = "<local@example.org>"
+    original["X-Relance-Reference"] = f"RL-{case_id:06d}-{message_id:07d}"
+    original.set_content("Bonjour")
+    notice = cli.cwd / "bounce.eml"
+    notice.write_bytes(postfix_dsn(original.as_bytes(), "lea.morel@example.net"))
+    junk = cli.cwd / "junk.eml"
+    junk.write_bytes(b"Subject: hello\r\n\r\nnot a report\r\n")
+
+    out = cli.run("email", "bounces", str(notice), str(junk)).stdout
+    assert out.splitlines()[0] == "1 non-remises enregistrées, 0 déjà connues, 0 sans effet, 1 fichiers rejetés."
+    assert "rejeté : junk.eml : pas un avis de non-remise" in out
+    assert _sql(cli, "SELECT status FROM messages WHERE id = ?", message_id) == [("failed",)]
+    assert _sql(cli, "SELECT email_status FROM persons") == [("failed",)]
+    assert "lea.morel" not in out
+    assert cli.json("email", "bounces", str(notice), "--json") == {
+        "applied": 0, "duplicates": 1, "ignored": [], "rejected": []}
+    assert notice.exists()  # a file given by hand stays where it is
+
+    assert "RELANCE_BOUNCE_MAILDIR" in cli.fails("email", "bounces")
+    assert "nowhere.eml" in cli.fails("email", "bounces", str(cli.cwd / "nowhere.eml"))

@@ -29,6 +29,7 @@ import uvicorn
 from sqlalchemy import select
 
 from tests.fakes.fake_twilio import FakeTwilio
+from tests.fakes.dsn import postfix_dsn
 from tests.fakes.smtp_server import FakeSmtpServer
 from worker import audit, jobs, services
 from worker.api import create_app
@@ -158,6 +159,7 @@ def running_world(db_url: str, tmp_path: Path):
         twilio_sender_id=SENDER_ID, twilio_api_base_url=fake.url, public_base_url=api.url,
         email_backend="smtp", smtp_host=smtp.host, smtp_port=smtp.port, smtp_security="none",
         smtp_from_address="relance@cd35.example.org", smtp_timeout=5.0,
+        bounce_maildir=tmp_path / "bounces",
     )
     app = build_app(settings)
     configure(settings)  # eager Celery: the tasks run inline, through the real channels
@@ -466,3 +468,60 @@ def test_refused_email_address_flags_the_email_and_letters_carry_on(sqlite_world
     assert [m.status for m in w.messages(CD_WITH_EMAIL, "sms", step="invitation_2")] == ["delivered"]
     assert not [r for r in w.smtp.messages if person.email in r.rcpt_tos]
     w.assert_each_sms_sent_once()
+
+
+def _drop_bounce(w: World, name: str, raw: bytes) -> Path:
+    new = w.app.settings.bounce_maildir / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    (new / name).write_bytes(raw)
+    return new / name
+
+
+def test_a_bounce_after_acceptance_flags_the_email_and_letters_carry_on(sqlite_world):
+    """The SMTP server accepted the e-mail (sent); the destination refused it later
+    and the relay's delivery status notification lands in the bounce Maildir."""
+    w = sqlite_world
+    _ingest(w)
+    w.cycle(NOW)
+    person = w.person(CD_WITH_EMAIL)
+    [email] = w.messages(CD_WITH_EMAIL, "email")
+    assert email.status == "sent"
+    [received] = [r for r in w.smtp.messages if person.email in r.rcpt_tos]
+    maildir = w.app.settings.bounce_maildir
+
+    _drop_bounce(w, "1717405200.M1P1.mx", postfix_dsn(received.raw, person.email))
+    _drop_bounce(w, "1717405201.M2P1.mx", postfix_dsn(received.raw, person.email, action="delayed",
+                                                         status="4.4.7", diagnostic="X-Postfix; timeout"))
+    other = next(r for r in w.smtp.messages if person.email not in r.rcpt_tos)
+    unknown = other.raw.replace(other.message["X-Relance-Reference"].encode(), b"RL-999999-9999999")
+    unknown = unknown.replace(other.message["Message-ID"].encode(), b"<nobody@elsewhere.example>")
+    _drop_bounce(w, "1717405202.M3P1.mx", postfix_dsn(unknown, "x@example.net"))
+    (maildir / "new" / "1717405203.M4P1.mx").write_bytes(b"Subject: hello\r\n\r\nnot a report\r\n")
+
+    w.cycle(NOW + dt.timedelta(hours=1))  # the scheduler's cycle scans the Maildir
+
+    email = w.message(email.id)
+    assert email.status == "failed" and "5.1.1" in email.error
+    assert w.person(CD_WITH_EMAIL).email_status == "failed"
+    assert w.case(CD_WITH_EMAIL).email_unusable
+    others = [m for m in w.messages(channel="email") if m.id != email.id]
+    assert others and all(m.status == "sent" for m in others)  # one bounce, one message
+    assert not list((maildir / "new").iterdir())
+    assert sorted(p.name for p in (maildir / "cur").iterdir()) == [
+        "1717405200.M1P1.mx:2,S", "1717405201.M2P1.mx:2,S", "1717405202.M3P1.mx:2,F", "1717405203.M4P1.mx:2,F"]
+    statuses = [(i["channel"], i["status"]) for i in services.timeline(w.app, CD_WITH_EMAIL)
+                if i["kind"] == "message" and i.get("channel") == "email"]
+    assert ("email", "failed") in statuses
+
+    # the same notice again changes nothing
+    _drop_bounce(w, "1717405300.M5P1.mx", postfix_dsn(received.raw, person.email))
+    assert services.scan_bounces(w.app, NOW + dt.timedelta(hours=2)) == {
+        "applied": 0, "duplicates": 1, "ignored": [], "rejected": []}
+
+    # next step: letters and SMS, no e-mail to the bounced address
+    w.cycle(_next_step_time(w, CD_WITH_EMAIL))
+    assert w.case(CD_WITH_EMAIL).step == "invitation_2"
+    assert [m.status for m in w.messages(CD_WITH_EMAIL, "letter", step="invitation_2")] == ["sent"]
+    assert [m.status for m in w.messages(CD_WITH_EMAIL, "sms", step="invitation_2")] == ["delivered"]
+    assert all(m.status != "sent" for m in w.messages(CD_WITH_EMAIL, "email", step="invitation_2"))
+    assert len([r for r in w.smtp.messages if person.email in r.rcpt_tos]) == 1
