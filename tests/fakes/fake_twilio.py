@@ -164,6 +164,7 @@ class FakeTwilio:
         auth_token: str = DEFAULT_AUTH_TOKEN,
         *,
         host: str = "127.0.0.1",
+        port: int = 0,
         retry_after: str | None = "1",
         callback_delay: float = 0.0,
         callback_retries: int = 3,
@@ -173,6 +174,7 @@ class FakeTwilio:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.host = host
+        self._port = port  # 0: any free port
         self.retry_after = retry_after
         self.callback_delay = callback_delay
         self.callback_retries = callback_retries
@@ -199,7 +201,7 @@ class FakeTwilio:
         if self._server is not None:
             return self
         handler = type("FakeTwilioHandler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer((self.host, 0), handler)
+        self._server = ThreadingHTTPServer((self.host, self._port), handler)
         self._server.daemon_threads = True
         self._stopping = False
         self._server_thread = threading.Thread(
