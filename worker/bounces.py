@@ -46,6 +46,7 @@ class Bounce:
     message_id: str | None  # its Message-ID, with angle brackets
     action: str  # failed | delayed | delivered | relayed | expanded
     status: str | None  # e.g. "5.1.1"
+    recipient: str | None = None  # Final-Recipient (the address that bounced)
 
     @property
     def permanent(self) -> bool:
@@ -96,6 +97,8 @@ def parse_bounce(raw: bytes) -> Bounce:
     action = (chosen.get("Action") or "").strip().lower() or "unknown"
     match = _STATUS_RE.search(chosen.get("Status") or "")
     status = ".".join(match.groups()) if match else None
+    final = (chosen.get("Final-Recipient") or chosen.get("Original-Recipient") or "").strip()
+    recipient = final.split(";", 1)[-1].strip().strip("<>") or None
     returned = _headers_of_returned_message(message)
     reference = message_id = None
     if returned is not None:
@@ -103,7 +106,8 @@ def parse_bounce(raw: bytes) -> Bounce:
         message_id = (returned.get("Message-ID") or "").strip() or None
     if reference is None and message_id is None:
         raise NotABounce("avis sans les en-têtes du message d'origine (X-Relance-Reference, Message-ID)")
-    return Bounce(reference=reference, message_id=message_id, action=action, status=status)
+    return Bounce(reference=reference, message_id=message_id, action=action, status=status,
+                  recipient=recipient)
 
 
 def _move(path: Path, maildir: Path, flag: str) -> None:
@@ -127,7 +131,7 @@ def record_file(app, raw: bytes, now: dt.datetime) -> tuple[str, str]:
     if not bounce.permanent:
         return "ignored", f"{bounce.action} {bounce.status or ''}".strip()
     outcome = services.record_email_bounce(app, reference=bounce.reference, message_id=bounce.message_id,
-                                           status=bounce.status, now=now)
+                                           status=bounce.status, recipient=bounce.recipient, now=now)
     log.info("bounce %s: %s (%s)", bounce.reference or "?", outcome, bounce.status)
     if outcome in ("applied", "duplicate"):
         return outcome, bounce.reference or bounce.message_id or ""

@@ -452,12 +452,14 @@ _MESSAGE_REFERENCE_RE = re.compile(r"RL-(\d{6,})-(\d{7,})")
 
 
 def record_email_bounce(app, *, reference: str | None, message_id: str | None, status: str | None,
-                        now: dt.datetime) -> str:
+                        now: dt.datetime, recipient: str | None = None) -> str:
     """A permanent bounce came back for an e-mail the SMTP server had accepted.
 
     The message (found by its ``X-Relance-Reference``, else by its SMTP
     ``Message-ID``) becomes ``failed`` and the person's e-mail unusable (pending
-    e-mails cancelled; letters carry on), as for a refusal at sending time.
+    e-mails cancelled; letters carry on), as for a refusal at sending time,
+    unless the address that bounced (``recipient``, when the notice gives it)
+    is no longer the person's: then only the message is marked.
     Returns ``"applied"``, ``"duplicate"`` (already failed), ``"unknown"`` or
     a French reason why nothing changed.
     """
@@ -481,7 +483,10 @@ def record_email_bounce(app, *, reference: str | None, message_id: str | None, s
             return f"e-mail {msg.reference} au statut {msg.status} : non-remise non appliquée"
         repository.set_message_status(s, msg, "failed", now, error=f"non-remise (bounce {status or '5.0.0'})")
         case_id = msg.case_id
-    mark_email_unusable(app, case_id, now)
+        current = s.get(Person, s.get(Case, case_id).person_id).email
+        same_address = recipient is None or current is None or current.strip().lower() == recipient.strip().lower()
+    if same_address:
+        mark_email_unusable(app, case_id, now)
     return "applied"
 
 

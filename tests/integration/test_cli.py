@@ -84,6 +84,15 @@ def _sql(cli: Cli, query: str, *params):
         con.close()
 
 
+def _sql_write(cli: Cli, query: str, *params) -> None:
+    con = sqlite3.connect(cli.db)
+    try:
+        con.execute(query, params)
+        con.commit()
+    finally:
+        con.close()
+
+
 def test_db_upgrade_then_ingest_json(cli):
     assert cli.run("db", "upgrade").stdout.strip() == "Base à jour."
     assert cli.db.exists()
@@ -270,6 +279,13 @@ def test_email_bounces_by_hand(cli, flux_writer):
     assert cli.json("email", "bounces", str(notice), "--json") == {
         "applied": 0, "duplicates": 1, "ignored": [], "rejected": []}
     assert notice.exists()  # a file given by hand stays where it is
+
+    # a bounce for an address the person no longer has marks the message, not the new address
+    _sql_write(cli, "UPDATE persons SET email = 'lea.morel@nouveau.example', email_status = 'ok'")
+    _sql_write(cli, "UPDATE messages SET status = 'sent' WHERE id = ?", message_id)
+    assert cli.json("email", "bounces", str(notice), "--json")["applied"] == 1
+    assert _sql(cli, "SELECT status FROM messages WHERE id = ?", message_id) == [("failed",)]
+    assert _sql(cli, "SELECT email_status FROM persons") == [("ok",)]
 
     assert "RELANCE_BOUNCE_MAILDIR" in cli.fails("email", "bounces")
     assert "nowhere.eml" in cli.fails("email", "bounces", str(cli.cwd / "nowhere.eml"))

@@ -63,3 +63,7 @@ def test_a_report_without_delivery_status_is_refused():
     raw = postfix_dsn(_original(), "p@example.net").replace(b"message/delivery-status", b"text/plain")
     with pytest.raises(NotABounce, match="delivery-status"):
         parse_bounce(raw)
+
+
+def test_the_address_that_bounced_is_read_from_the_report():
+    assert parse_bounce(postfix_dsn(_original(), "personne@example.net")).recipient == "personne@example.net"
