@@ -27,6 +27,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(letters_app, name="letters")
 email_app = typer.Typer(no_args_is_help=True, help="E-mails : avis de non-remise (bounces).")
 app.add_typer(email_app, name="email")
+messages_app = typer.Typer(no_args_is_help=True, help="Messages : liste par statut, remise en envoi après vérification.")
+app.add_typer(messages_app, name="messages")
 
 
 class CliError(Exception):
@@ -320,6 +322,52 @@ def email_bounces(paths: Optional[list[Path]] = typer.Argument(
         typer.echo(f"  sans effet : {item['file']} : {item['reason']}")
     for item in report["rejected"]:
         typer.echo(f"  rejeté : {item['file']} : {item['reason']}")
+
+
+@messages_app.command("list")
+def messages_list(status: Optional[str] = typer.Option(None, "--status", help="ex. technical-failure, failed, pending"),
+                  channel: Optional[str] = typer.Option(None, "--channel", help="sms, email ou letter"),
+                  since: Optional[str] = typer.Option(None, "--since", help="Changés depuis (AAAA-MM-JJ ou ISO 8601)"),
+                  limit: int = typer.Option(50, "--limit", min=1, max=10000),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Liste les derniers messages (par date de changement de statut), sans donnée personnelle."""
+    from .message_ops import list_messages
+
+    ctx = _context()
+    _ensure_db(ctx)
+    if channel is not None and channel not in ("sms", "email", "letter"):
+        raise CliError(f"--channel : canal inconnu {channel!r} (sms, email ou letter)")
+    rows = list_messages(ctx, status=status, channel=channel, since=_parse_dt(since, "--since", ctx), limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
+        return
+    if not rows:
+        typer.echo("Aucun message.")
+    for r in rows:
+        when = r["status_at"].isoformat()[:16].replace("T", " ") if r["status_at"] else "-"
+        typer.echo(f"{r['id']:>8}  {r['reference']}  {r['step']:<20} {r['channel']:<6} {r['status']:<18} {when}"
+                   f"{'  (' + r['error'] + ')' if r['error'] else ''}")
+
+
+@messages_app.command("retry")
+def messages_retry(ids: list[int] = typer.Argument(..., help="Identifiants des messages (relance messages list)"),
+                   reason: str = typer.Option(..., "--reason", help="Ce qui a été vérifié chez le fournisseur")) -> None:
+    """Remet en envoi des messages en technical-failure, après vérification qu'ils ne sont pas partis."""
+    from .message_ops import MessageOpsError, requeue_message
+
+    ctx = _context()
+    _ensure_db(ctx)
+    refused = []
+    for message_id in ids:
+        try:
+            done = requeue_message(ctx, message_id, reason=reason, now=dt.datetime.now(UTC))
+        except MessageOpsError as exc:
+            refused.append(str(exc))
+            continue
+        typer.echo(f"{done['reference']} ({done['step']}, {done['channel']}) remis en envoi : "
+                   "parti au prochain relais, dans la plage d'envoi.")
+    if refused:
+        raise CliError(" ; ".join(refused))
 
 
 @app.command()

@@ -289,3 +289,23 @@ def test_email_bounces_by_hand(cli, flux_writer):
 
     assert "RELANCE_BOUNCE_MAILDIR" in cli.fails("email", "bounces")
     assert "nowhere.eml" in cli.fails("email", "bounces", str(cli.cwd / "nowhere.eml"))
+
+
+def test_messages_list_and_retry(cli, flux_writer):
+    eid = "CAF35-0006201"
+    path = flux_writer([{"external_id": eid, "droit_opened_on": "2024-05-27", "email": "noe.caron@example.net"}])
+    cli.run("db", "upgrade")
+    cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
+    cli.run("tick", "--now", "2024-06-03T10:00")
+    rows = cli.json("messages", "list", "--status", "sent", "--json")
+    assert sorted(r["channel"] for r in rows) == ["email", "letter", "sms"]
+    assert all(r["reference"].startswith("RL-") and r["step"] == "invitation_1" for r in rows)
+    text = cli.run("messages", "list").stdout
+    [(phone,)] = _sql(cli, "SELECT phone FROM persons")
+    assert "invitation_1" in text and "noe.caron" not in text and phone and phone not in text
+    assert cli.run("messages", "list", "--status", "technical-failure").stdout.strip() == "Aucun message."
+    sms = next(r for r in rows if r["channel"] == "sms")
+    line = cli.fails("messages", "retry", str(sms["id"]), "--reason", "vérifié")
+    assert "statut sent" in line and "technical-failure" in line
+    assert "canal inconnu" in cli.fails("messages", "list", "--channel", "fax")
+    assert _sql(cli, "SELECT count(*) FROM messages WHERE status = 'pending'") == [(0,)]

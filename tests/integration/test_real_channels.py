@@ -36,7 +36,7 @@ from worker.api import create_app
 from worker.app import build_app, set_app
 from worker.celery_app import configure
 from worker.db import session as db_session
-from worker.db.models import Case, Message, Person
+from worker.db.models import AuditEntry, Case, Message, Person
 from worker.db.session import session_scope
 from worker.settings import PROJECT_ROOT, Settings
 
@@ -525,3 +525,57 @@ def test_a_bounce_after_acceptance_flags_the_email_and_letters_carry_on(sqlite_w
     assert [m.status for m in w.messages(CD_WITH_EMAIL, "sms", step="invitation_2")] == ["delivered"]
     assert all(m.status != "sent" for m in w.messages(CD_WITH_EMAIL, "email", step="invitation_2"))
     assert len([r for r in w.smtp.messages if person.email in r.rcpt_tos]) == 1
+
+
+def test_ops_put_a_technical_failure_back_in_the_outbox_once_checked(sqlite_world):
+    """An SMS Twilio refused with an unknown error is listed for ops; once they
+    have checked it did not go out, `requeue` sends it again, through the claim."""
+    from worker.message_ops import MessageOpsError, list_messages, requeue_message
+
+    w = sqlite_world
+    _ingest(w)
+    phone = w.person(CD_PERSON).phone
+    w.fake.set_rule(phone, "unknown")
+    w.cycle(NOW)
+    [msg] = w.messages(CD_PERSON, "sms")
+    listed = list_messages(w.app, status="technical-failure")
+    assert [r["id"] for r in listed] == [msg.id]
+    assert listed[0]["reference"] == msg.reference and "99999" in listed[0]["error"]
+    assert phone not in str(listed)
+
+    with pytest.raises(MessageOpsError, match="motif"):
+        requeue_message(w.app, msg.id, reason=" ", now=NOW)
+    [delivered] = [m for m in w.messages(channel="sms") if m.status == "delivered"][:1]
+    with pytest.raises(MessageOpsError, match="statut delivered"):
+        requeue_message(w.app, delivered.id, reason="vérifié", now=NOW)
+    with pytest.raises(MessageOpsError, match="inconnu"):
+        requeue_message(w.app, 987654, reason="vérifié", now=NOW)
+
+    w.fake.clear_rule(phone)
+    later = NOW + dt.timedelta(hours=1)
+    done = requeue_message(w.app, msg.id, reason="absent des journaux Twilio", now=later)
+    assert done["status"] == "pending"
+    w.cycle(later)
+    assert w.message(msg.id).status == "delivered"
+    assert len(w.requests_to(phone)) == 2  # refused once (not accepted), then accepted once
+    w.assert_each_sms_sent_once()
+    with session_scope(w.app.db_url) as s:
+        notes = [e.data for e in s.execute(select(AuditEntry).where(AuditEntry.entity_id == msg.id,
+                                                                    AuditEntry.kind == "message")).scalars()]
+    assert any(n.get("reason") == "requeued_by_ops" and n.get("note") == "absent des journaux Twilio" for n in notes)
+
+
+def test_a_technical_failure_of_a_step_the_case_has_left_is_not_requeued(sqlite_world):
+    from worker.message_ops import MessageOpsError, requeue_message
+
+    w = sqlite_world
+    _ingest(w)
+    phone = w.person(CD_PERSON).phone
+    w.fake.set_rule(phone, "unknown")
+    w.cycle(NOW)
+    [msg] = w.messages(CD_PERSON, "sms")
+    w.cycle(_next_step_time(w, CD_PERSON))
+    assert w.case(CD_PERSON).step == "invitation_2"
+    with pytest.raises(MessageOpsError, match="étape invitation_2"):
+        requeue_message(w.app, msg.id, reason="vérifié", now=NOW + dt.timedelta(days=20))
+    assert w.message(msg.id).status == "technical-failure"
