@@ -84,6 +84,14 @@ def _sql(cli: Cli, query: str, *params):
         con.close()
 
 
+def _one_invited(cli: Cli, flux_writer, eid: str, email: str) -> None:
+    """One person with an e-mail, ingested and invited (letter, SMS, e-mail) on 3 June 2024."""
+    path = flux_writer([{"external_id": eid, "droit_opened_on": "2024-05-27", "email": email}])
+    cli.run("db", "upgrade")
+    cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
+    cli.run("tick", "--now", "2024-06-03T10:00")
+
+
 def _sql_write(cli: Cli, query: str, *params) -> None:
     con = sqlite3.connect(cli.db)
     try:
@@ -251,11 +259,7 @@ def test_email_bounces_by_hand(cli, flux_writer):
 
     from tests.fakes.dsn import postfix_dsn
 
-    eid = "CAF35-0006101"
-    path = flux_writer([{"external_id": eid, "droit_opened_on": "2024-05-27", "email": "lea.morel@example.net"}])
-    cli.run("db", "upgrade")
-    cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
-    cli.run("tick", "--now", "2024-06-03T10:00")
+    _one_invited(cli, flux_writer, "CAF35-0006101", "lea.morel@example.net")
     [(message_id, case_id, status)] = _sql(cli, "SELECT id, case_id, status FROM messages WHERE channel = 'email'")
     assert status == "sent"
     original = EmailMessage()
@@ -292,11 +296,7 @@ def test_email_bounces_by_hand(cli, flux_writer):
 
 
 def test_messages_list_and_retry(cli, flux_writer):
-    eid = "CAF35-0006201"
-    path = flux_writer([{"external_id": eid, "droit_opened_on": "2024-05-27", "email": "noe.caron@example.net"}])
-    cli.run("db", "upgrade")
-    cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
-    cli.run("tick", "--now", "2024-06-03T10:00")
+    _one_invited(cli, flux_writer, "CAF35-0006201", "noe.caron@example.net")
     rows = cli.json("messages", "list", "--status", "sent", "--json")
     assert sorted(r["channel"] for r in rows) == ["email", "letter", "sms"]
     assert all(r["reference"].startswith("RL-") and r["step"] == "invitation_1" for r in rows)

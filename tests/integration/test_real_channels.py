@@ -210,6 +210,17 @@ def _next_step_time(world: World, external_id: str) -> dt.datetime:
     return slot
 
 
+def _first_sms_refused(w: World, kind: str) -> tuple[str, Message]:
+    """Ingest, make Twilio answer ``kind`` to CD_PERSON's number, run a cycle:
+    (that number, CD_PERSON's SMS)."""
+    _ingest(w)
+    phone = w.person(CD_PERSON).phone
+    w.fake.set_rule(phone, kind)
+    w.cycle(NOW)
+    [msg] = w.messages(CD_PERSON, "sms")
+    return phone, msg
+
+
 # --- done when -----------------------------------------------------------------------------------------
 
 
@@ -392,11 +403,7 @@ def test_unusable_number_flags_the_phone_and_letters_carry_on(sqlite_world, kind
 
 def test_opt_out_is_recorded(sqlite_world):
     w = sqlite_world
-    _ingest(w)
-    phone = w.person(CD_PERSON).phone
-    w.fake.set_rule(phone, "opt_out")
-    w.cycle(NOW)
-    [msg] = w.messages(CD_PERSON, "sms")
+    phone, msg = _first_sms_refused(w, "opt_out")
     assert msg.status == "failed" and "21610" in msg.error
     assert w.person(CD_PERSON).phone_status == "opted_out"
     assert w.case(CD_PERSON).sms_opt_out
@@ -409,11 +416,7 @@ def test_opt_out_is_recorded(sqlite_world):
 
 def test_unknown_twilio_error_is_a_visible_technical_failure_not_retried(sqlite_world):
     w = sqlite_world
-    _ingest(w)
-    phone = w.person(CD_PERSON).phone
-    w.fake.set_rule(phone, "unknown")
-    w.cycle(NOW)
-    [msg] = w.messages(CD_PERSON, "sms")
+    phone, msg = _first_sms_refused(w, "unknown")
     assert msg.status == "technical-failure"
     assert "99999" in msg.error and "Twilio error" in msg.error
     assert phone not in msg.error  # Twilio's text is never kept
@@ -533,11 +536,7 @@ def test_ops_put_a_technical_failure_back_in_the_outbox_once_checked(sqlite_worl
     from worker.message_ops import MessageOpsError, list_messages, requeue_message
 
     w = sqlite_world
-    _ingest(w)
-    phone = w.person(CD_PERSON).phone
-    w.fake.set_rule(phone, "unknown")
-    w.cycle(NOW)
-    [msg] = w.messages(CD_PERSON, "sms")
+    phone, msg = _first_sms_refused(w, "unknown")
     listed = list_messages(w.app, status="technical-failure")
     assert [r["id"] for r in listed] == [msg.id]
     assert listed[0]["reference"] == msg.reference and "99999" in listed[0]["error"]
@@ -569,11 +568,7 @@ def test_a_technical_failure_of_a_step_the_case_has_left_is_not_requeued(sqlite_
     from worker.message_ops import MessageOpsError, requeue_message
 
     w = sqlite_world
-    _ingest(w)
-    phone = w.person(CD_PERSON).phone
-    w.fake.set_rule(phone, "unknown")
-    w.cycle(NOW)
-    [msg] = w.messages(CD_PERSON, "sms")
+    phone, msg = _first_sms_refused(w, "unknown")
     w.cycle(_next_step_time(w, CD_PERSON))
     assert w.case(CD_PERSON).step == "invitation_2"
     with pytest.raises(MessageOpsError, match="étape invitation_2"):
