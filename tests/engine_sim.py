@@ -52,6 +52,7 @@ from worker.domain.model import (
     NeedSlot,
     OpenCase,
     PlanMessage,
+    ReplanMessage,
     RecordAppointment,
     ReferToCommission,
     StepChanged,
@@ -270,6 +271,11 @@ class Sim:
                     raise SimError(f"case {cid}: second message planned for {action}")
                 rows.append(SimMessage(next(self._msg_ids), cid, action.step, action.channel, action.seq, PENDING,
                                        action.not_before, before.address_version, self.now, action.postage))
+            elif isinstance(action, ReplanMessage):
+                [m] = [m for m in rows if (m.step, m.channel, m.seq) == (action.step, action.channel, action.seq)]
+                if m.status != CANCELLED:
+                    raise SimError(f"case {cid}: {action} for a message that is {m.status}")
+                m.status, m.reason, m.not_before = PENDING, None, action.not_before
             elif isinstance(action, CancelPending):
                 for m in rows:
                     if m.status == PENDING and (not action.channel or m.channel == action.channel) \

@@ -27,6 +27,7 @@ from .domain.model import (
     NeedSlot,
     OpenCase,
     PlanMessage,
+    ReplanMessage,
     RecordAppointment,
     ReferToCommission,
     StepChanged,
@@ -120,6 +121,16 @@ def persist(session: Session, app, case: Case, decision: Decision, now: dt.datet
             audit.append(session, at=now, kind="message", case_id=case.id, entity_id=msg.id,
                          data={"step": msg.step, "channel": msg.channel, "seq": msg.seq, "status": PENDING,
                                "not_before": msg.not_before, "cause": cause})
+        elif isinstance(action, ReplanMessage):
+            msg = session.execute(select(Message).where(
+                Message.case_id == case.id, Message.step == action.step, Message.channel == action.channel,
+                Message.seq == action.seq, Message.status == "cancelled")).scalar_one()
+            msg.status, msg.status_at, msg.not_before = PENDING, now, action.not_before
+            msg.cancel_reason = msg.enqueued_at = msg.claimed_at = None
+            planned.append(msg.id)
+            audit.append(session, at=now, kind="message", case_id=case.id, entity_id=msg.id,
+                         data={"step": msg.step, "channel": msg.channel, "seq": msg.seq, "status": PENDING,
+                               "not_before": msg.not_before, "cause": cause, "reason": "replanned"})
         elif isinstance(action, CancelPending):
             q = select(Message).where(Message.case_id == case.id, Message.status == PENDING)
             if action.channel:

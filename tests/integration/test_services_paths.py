@@ -423,6 +423,35 @@ def test_rdv_booked_then_attended_closes_the_case(app, flux_writer):
     assert_outbox_matches_db(app)
 
 
+def test_a_reminder_cancelled_by_a_short_pause_is_sent_after_it(app, flux_writer):
+    """Booked for 27 June; a legitimate reason from 14 to 20 June cancels the planned reminder;
+    the pause ends before the appointment: the same reminder message is pending again and goes
+    on 25 June at 10:00, once."""
+    eid = "CAF35-0009411"
+    path = flux_writer([{"external_id": eid}])
+    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    with freeze_time(local(2024, 6, 10, 10)) as clock:
+        cycle_at(app, clock, local(2024, 6, 10, 10))
+        services.apply_event(app, external_id=eid, type="rdv_booked", now=local(2024, 6, 12, 15),
+                             appointment_at=local(2024, 6, 27, 14))
+        services.apply_event(app, external_id=eid, type="legitimate_reason", now=local(2024, 6, 14, 9),
+                             until=local(2024, 6, 20, 9))
+        case = case_of(app, eid)
+        reminder = the(messages_of(app, case.id), "rdv_reminder", "sms")
+        assert (case.phase, reminder.status) == ("paused", "cancelled")
+        cycle_at(app, clock, local(2024, 6, 20, 9, 5))
+        case = case_of(app, eid)
+        assert case.phase == "appointment"
+        assert case.due_at > local(2024, 6, 27, 14).astimezone(UTC)  # the absence check, after the appointment
+        again = the(messages_of(app, case.id), "rdv_reminder", "sms")
+        assert (again.id, again.status) == (reminder.id, "pending")
+        assert again.not_before == local(2024, 6, 25, 10).astimezone(UTC)
+        cycle_at(app, clock, local(2024, 6, 25, 10))
+        assert the(messages_of(app, case.id), "rdv_reminder", "sms").status == "sent"
+        assert [m["reference"] for m in outbox_sms(app)].count(reminder.reference) == 1
+    assert_outbox_matches_db(app)
+
+
 def test_npai_on_convocation_holds_then_address_update_restarts(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009501"}])
     services.ingest_file(app, path, local(2024, 6, 10, 8))

@@ -37,6 +37,7 @@ from worker.domain.model import (
     NeedSlot,
     OpenCase,
     PlanMessage,
+    ReplanMessage,
     RecordAppointment,
     ReferToCommission,
     StepChanged,
@@ -489,6 +490,47 @@ def test_appointment_falling_in_a_pause_is_not_an_absence():
     assert any(a.action == AppointmentOutcome("cancelled") for a in s.actions if a.case_id == 1)
     assert s.entered(2) == ["convocation"] and s.entry("convocation", 2).at == until
     assert "sanction_review" not in s.entered()
+
+
+def test_a_pause_ending_before_the_appointment_gives_its_reminder_back():
+    s = sim()
+    s.advance(days=3)
+    appt = paris(2024, 3, 27, 14, 30)  # Wednesday: reminder Monday 25 at 10:00
+    s.event("rdv_booked", appointment_at=appt)
+    missed_check = s.case.due_at
+    s.event("legitimate_reason", until=paris(2024, 3, 15, 9))  # a week off, long before the appointment
+    (reminder,) = s.messages(step="rdv_reminder")
+    assert reminder.status == "cancelled"
+    s.advance_to(paris(2024, 3, 15, 9))
+    assert s.case.phase == APPOINTMENT and s.case.paused_until is None
+    assert any(a.action == ReplanMessage("rdv_reminder", "sms", 1, paris(2024, 3, 25, 10)) for a in s.actions)
+    # the absence check stays tied to the appointment, not shifted by the pause
+    assert s.case.due_at == missed_check
+    s.advance_to(appt)
+    (sent,) = s.sent_for("rdv_reminder")
+    assert sent.seq == 1 and local(sent.at) == dt.datetime(2024, 3, 25, 10)
+
+
+def test_a_pause_ending_after_the_reminder_time_sends_it_at_the_next_opening():
+    s = sim()
+    s.advance(days=3)
+    appt = paris(2024, 3, 27, 14, 30)
+    s.event("rdv_booked", appointment_at=appt)
+    s.event("legitimate_reason", until=paris(2024, 3, 26, 7))  # until Tuesday 7:00, after Monday 10:00
+    s.advance_to(appt)
+    (sent,) = s.sent_for("rdv_reminder")
+    assert local(sent.at) == dt.datetime(2024, 3, 26, 9)  # Tuesday, the window's opening
+    assert sent.at < appt
+
+
+def test_a_pause_covering_the_appointment_gives_no_reminder():
+    s = sim()
+    s.advance(days=3)
+    appt = paris(2024, 3, 27, 14, 30)
+    s.event("rdv_booked", appointment_at=appt)
+    s.event("legitimate_reason", until=appt + DAY)
+    s.advance_to(appt + 2 * DAY)
+    assert s.sent_for("rdv_reminder") == []
 
 
 def test_booking_during_a_pause_ends_it():

@@ -32,7 +32,9 @@ from worker.domain.model import (
     REVIEW_DECISIONS,
     AppointmentOutcome,
     Event,
+    Flag,
     RecordAppointment,
+    ReplanMessage,
 )
 from worker.policy import load_config
 
@@ -240,19 +242,24 @@ def check_sending_window(sim) -> list[str]:
 
 def check_reminder_timing(sim) -> list[str]:
     """The appointment reminder goes at 10:00 two days before (the working day before if that one is
-    not worked), or at the first opening of the window after a later booking — and never after the
-    appointment."""
+    not worked), or at the first opening of the window after a later booking (or after the end of a
+    legitimate reason that cancelled it) — and never after the appointment."""
     out = []
     records: dict[tuple[int, int], tuple] = {}
     counts: dict[int, int] = {}
+    resumes: dict[int, list[dt.datetime]] = {}
     for a in sim.actions:
         if isinstance(a.action, RecordAppointment):
             counts[a.case_id] = counts.get(a.case_id, 0) + 1
             records[(a.case_id, counts[a.case_id])] = (a.at, a.action.at)
+        elif isinstance(a.action, Flag) and a.action.name == "resumed" and a.action.detail == "appointment":
+            resumes.setdefault(a.case_id, []).append(a.at)
     for s in sim.sent:
         if s.step != POLICY.reminder.step:
             continue
         booked_at, appointment = records[(s.case_id, s.seq)]
+        # planned at the booking, or planned again when a pause ended before the appointment
+        booked_at = max([booked_at] + [r for r in resumes.get(s.case_id, ()) if booked_at <= r <= s.at])
         day = appointment.astimezone(PARIS).date() - dt.timedelta(days=2)
         while not _working(day):
             day -= dt.timedelta(days=1)
@@ -648,3 +655,28 @@ def test_checker_catches_a_reminder_pushed_to_the_morning_of_the_appointment(mon
     sim.advance(dt.timedelta(days=10))
     problems = check_reminder_timing(sim)
     assert problems and "expected 2024-03-08 10:00" in problems[0]
+
+
+def _booked_then_paused_before_the_appointment() -> Sim:
+    sim = run_life(dict(SILENT_CD, ops=[]))
+    sim.event("rdv_booked", appointment_at=dt.datetime(2024, 3, 27, 13, 30, tzinfo=UTC))  # Wednesday 14:30
+    sim.event("legitimate_reason", until=dt.datetime(2024, 3, 15, 8, tzinfo=UTC), reason="hospitalisation")
+    sim.advance(dt.timedelta(days=25))
+    return sim
+
+
+def test_checker_follows_a_reminder_given_back_after_a_pause_and_catches_a_late_one(monkeypatch):
+    sim = _booked_then_paused_before_the_appointment()
+    assert [s.seq for s in sim.sent if s.step == POLICY.reminder.step] == [1]
+    assert check_reminder_timing(sim) == [] and check_quiet_periods(sim) == []
+
+    real = engine._plan_reminder
+
+    def late(case, appointment_at, now, policy, cal, *, revive=False):
+        case, actions = real(case, appointment_at, now, policy, cal, revive=revive)
+        return case, [dataclasses.replace(a, not_before=a.not_before + dt.timedelta(hours=3))
+                      if isinstance(a, ReplanMessage) else a for a in actions]
+
+    monkeypatch.setattr(engine, "_plan_reminder", late)
+    problems = check_reminder_timing(_booked_then_paused_before_the_appointment())
+    assert problems and "expected 2024-03-25 10:00" in problems[0]

@@ -58,6 +58,7 @@ from .model import (
     PlanMessage,
     RecordAppointment,
     ReferToCommission,
+    ReplanMessage,
     StepChanged,
 )
 
@@ -169,7 +170,9 @@ def _missed_check_at(appointment_at: dt.datetime, policy: Policy, cal: BusinessC
 
 
 def _plan_reminder(case: CaseState, appointment_at: dt.datetime, now: dt.datetime, policy: Policy,
-                   cal: BusinessCalendar):
+                   cal: BusinessCalendar, *, revive: bool = False):
+    """Plan the appointment's reminder; with ``revive``, a reminder of this
+    appointment cancelled by a legitimate reason is planned again."""
     d = policy.delays
     remind_day = cal.local_date(appointment_at) - _days(d.reminder_days_before)
     while not cal.is_working_day(remind_day):
@@ -181,8 +184,19 @@ def _plan_reminder(case: CaseState, appointment_at: dt.datetime, now: dt.datetim
     at = cal.next_send_slot(at)
     if at >= appointment_at:
         return case, []
-    return _plan(case, policy.reminder.step, policy.reminder.channels, now, cal, seq=case.appointment_count,
-                 not_before=at)
+    step, seq = policy.reminder.step, case.appointment_count
+    revived: list = []
+    if revive:
+        msgs = []
+        for m in case.messages:
+            if (m.step == step and m.seq == seq and m.status == CANCELLED
+                    and m.channel in policy.reminder.channels and channel_usable(case, m.channel)):
+                revived.append(ReplanMessage(step, m.channel, seq, at))
+                m = dataclasses.replace(m, status=PENDING)
+            msgs.append(m)
+        case = _replace(case, messages=tuple(msgs))
+    case, planned = _plan(case, step, policy.reminder.channels, now, cal, seq=seq, not_before=at)
+    return case, revived + planned
 
 
 # --- creation ----------------------------------------------------------------------
@@ -347,6 +361,13 @@ def _resume(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCale
     due = None if remaining is None else until + dt.timedelta(seconds=remaining)
     if phase == ENTER and due is None:
         due = until
+    if phase == APPOINTMENT and case.appointment_at is not None:
+        # The appointment still stands, after the pause: its absence check stays tied to it,
+        # and its reminder (cancelled with everything planned when the pause began) is wanted again.
+        due = _missed_check_at(case.appointment_at, policy, cal)
+        resumed, actions = _plan_reminder(_replace(base, phase=phase, due_at=due), case.appointment_at, now,
+                                          policy, cal, revive=True)
+        return resumed, [Flag("resumed", phase)] + actions
     return _replace(base, phase=phase, due_at=due), [Flag("resumed", phase)]
 
 

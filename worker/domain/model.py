@@ -131,6 +131,20 @@ class PlanMessage:
 
 
 @dataclass(frozen=True)
+class ReplanMessage:
+    """A message cancelled earlier is wanted again (same step, channel and seq): back to pending.
+
+    The appointment reminder cancelled by a legitimate reason, when the pause
+    ends before the appointment it was for.
+    """
+
+    step: str
+    channel: str
+    seq: int
+    not_before: dt.datetime
+
+
+@dataclass(frozen=True)
 class CancelPending:
     reason: str
     channel: str | None = None  # only this channel; None = all
@@ -188,6 +202,7 @@ class Flag:
 
 Action = (
     PlanMessage
+    | ReplanMessage
     | CancelPending
     | StepChanged
     | MarkReturned
