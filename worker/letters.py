@@ -40,7 +40,6 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import re
 import unicodedata
 import uuid
 from collections import defaultdict
@@ -63,7 +62,6 @@ STALE_CLAIM = dt.timedelta(minutes=30)
 RETURN_OUTCOMES = ("npai", "ar_signed", "ar_unclaimed")
 # Statuses of a letter that actually left (the mail room can only report on those).
 _LEFT = frozenset({SENT, DISPATCHED, "delivered", "returned"})
-_REFERENCE_RE = re.compile(r"RL-(\d{6,})-(\d{7,})")
 
 __all__ = ["Batch", "BatchError", "produce_batches", "daily_print_batch", "process_returns"]
 
@@ -406,8 +404,8 @@ def process_returns(app, path: Path, now: dt.datetime) -> dict:
         if not reference:
             reject("référence manquante")
             continue
-        match = _REFERENCE_RE.fullmatch(reference)
-        if match is None:
+        ids = Message.parse_reference(reference)
+        if ids is None:
             reject(f"référence invalide « {reference[:40]} » (attendu : RL-000123-0000456, imprimée sur le courrier)")
             continue
         if outcome not in RETURN_OUTCOMES:
@@ -420,7 +418,7 @@ def process_returns(app, path: Path, now: dt.datetime) -> dict:
         if on > today:
             reject(f"date {_fr(on)} dans le futur")
             continue
-        case_id, message_id = int(match.group(1)), int(match.group(2))
+        case_id, message_id = ids
         with session_scope(app.db_url) as s:
             found = s.execute(select(Message, Person.external_id).join(Case, Case.id == Message.case_id)
                               .join(Person, Person.id == Case.person_id)

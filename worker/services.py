@@ -448,9 +448,6 @@ def mark_email_unusable(app, case_id: int, now: dt.datetime) -> None:
                      data={"flag": "email_unusable"})
 
 
-_MESSAGE_REFERENCE_RE = re.compile(r"RL-(\d{6,})-(\d{7,})")
-
-
 def record_email_bounce(app, *, reference: str | None, message_id: str | None, status: str | None,
                         now: dt.datetime, recipient: str | None = None) -> str:
     """A permanent bounce came back for an e-mail the SMTP server had accepted.
@@ -465,10 +462,10 @@ def record_email_bounce(app, *, reference: str | None, message_id: str | None, s
     """
     with session_scope(app.db_url) as s:
         msg = None
-        match = _MESSAGE_REFERENCE_RE.fullmatch((reference or "").strip().upper())
-        if match:
-            msg = s.get(Message, int(match.group(2)))
-            if msg is not None and msg.case_id != int(match.group(1)):
+        ids = Message.parse_reference(reference)
+        if ids is not None:
+            msg = s.get(Message, ids[1])
+            if msg is not None and msg.case_id != ids[0]:
                 msg = None
         if msg is None and message_id:
             msg = s.execute(select(Message).where(Message.channel == "email",
@@ -477,17 +474,22 @@ def record_email_bounce(app, *, reference: str | None, message_id: str | None, s
             return "unknown"
         if msg.channel != "email":
             return f"la référence {msg.reference} n'est pas un e-mail ({msg.channel})"
-        if msg.status == "failed":
-            return "duplicate"
-        if msg.status not in ("sent", "delivered"):
-            return f"e-mail {msg.reference} au statut {msg.status} : non-remise non appliquée"
-        repository.set_message_status(s, msg, "failed", now, error=f"non-remise (bounce {status or '5.0.0'})")
+        person = s.get(Person, s.get(Case, msg.case_id).person_id)
+        same_address = (recipient is None or person.email is None
+                        or person.email.strip().lower() == recipient.strip().lower())
+        # a crash after marking the message and before flagging the address: the rerun finishes the job
+        flag = same_address and person.email_status != "failed"
         case_id = msg.case_id
-        current = s.get(Person, s.get(Case, case_id).person_id).email
-        same_address = recipient is None or current is None or current.strip().lower() == recipient.strip().lower()
-    if same_address:
+        if msg.status == "failed":
+            outcome = "duplicate"
+        elif msg.status in ("sent", "delivered", "technical-failure"):  # a bounce proves it left
+            repository.set_message_status(s, msg, "failed", now, error=f"non-remise (bounce {status or '5.0.0'})")
+            outcome = "applied"
+        else:
+            return f"e-mail {msg.reference} au statut {msg.status} : non-remise non appliquée"
+    if flag:
         mark_email_unusable(app, case_id, now)
-    return "applied"
+    return outcome
 
 
 def scan_bounces(app, now: dt.datetime) -> dict:

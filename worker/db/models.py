@@ -7,6 +7,7 @@ returned as aware UTC by :class:`UTCDateTime`.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from sqlalchemy import (
     JSON,
@@ -31,6 +32,9 @@ UTC = dt.timezone.utc
 # SQLite only auto-increments INTEGER PRIMARY KEY columns.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
+
+
+MESSAGE_REFERENCE_RE = re.compile(r"RL-(\d{6,})-(\d{7,})")  # see Message.reference
 
 class UTCDateTime(TypeDecorator):
     impl = DateTime
@@ -198,6 +202,12 @@ class Message(Base):
     @property
     def reference(self) -> str:
         return f"RL-{self.case_id:06d}-{self.id:07d}"
+
+    @staticmethod
+    def parse_reference(text: str | None) -> tuple[int, int] | None:
+        """(case id, message id) of a reference printed or sent by :attr:`reference`, else None."""
+        match = MESSAGE_REFERENCE_RE.fullmatch((text or "").strip().upper())
+        return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 class InboundEvent(Base):
