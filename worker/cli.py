@@ -154,6 +154,9 @@ def tick(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé 
     result = jobs.cycle(ctx, moment)
     typer.echo(f"Cycle terminé : {result['swept']} dossiers traités, {result['relayed']} messages envoyés "
                f"ou reprogrammés, {result['stuck']} messages bloqués signalés.")
+    if result.get("orientation"):
+        typer.echo(f"{result['orientation']} dossiers non orientés signalés : échéance des 6 semaines proche "
+                   "ou dépassée (relance orientation).")
 
 
 @app.command()
@@ -368,6 +371,30 @@ def messages_retry(ids: list[int] = typer.Argument(..., help="Identifiants des m
                    "parti au prochain relais, dans la plage d'envoi.")
     if refused:
         raise CliError(" ; ".join(refused))
+
+
+@app.command()
+def orientation(as_json: bool = typer.Option(False, "--json"),
+                now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Dossiers en attente d'orientation et leur échéance légale de 6 semaines (CASF D262-65-2)."""
+    from .orientation import report
+
+    ctx = _context()
+    _ensure_db(ctx)
+    moment = _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC)
+    waiting = report(ctx, moment)
+    if as_json:
+        typer.echo(json.dumps([w.as_json() for w in waiting], ensure_ascii=False, indent=2))
+        return
+    if not waiting:
+        typer.echo("Aucun dossier en attente d'orientation.")
+        return
+    typer.echo(f"{len(waiting)} dossiers en attente d'orientation (échéance : 6 semaines après réception du flux) :")
+    for w in waiting:
+        left = f"J-{w.days_left}" if w.days_left >= 0 else f"dépassée de {-w.days_left} j"
+        typer.echo(f"  {w.case_reference}  {w.external_id}  reçu le {w.received_on:%d/%m/%Y}, "
+                   f"échéance le {w.deadline:%d/%m/%Y} ({left}){'  [signalé]' if w.flagged else ''}"
+                   f"  étape {w.step or '-'}")
 
 
 @app.command()

@@ -181,6 +181,10 @@ def _summary(app, world: World, days: int, out: Path, elapsed: float) -> str:
                            .where(Case.first_invitation_at.is_not(None), Case.id.in_(first_cases))).all()
         appts = s.execute(select(Appointment.kind, Appointment.status, func.count())
                           .group_by(Appointment.kind, Appointment.status)).all()
+        unoriented = s.execute(select(func.count()).select_from(Person)
+                               .where(Person.orientation.is_(None), Person.droits_devoirs.is_(True))).scalar_one()
+        flagged = s.execute(select(func.count()).select_from(Person)
+                            .where(Person.orientation_flagged_for.is_not(None))).scalar_one()
         result = audit.verify(s)
     lines.append(f"Démonstration : {days} jours simulés à partir du {START:%d/%m/%Y} "
                  f"({elapsed:.1f} s), graine fixe.")
@@ -205,6 +209,10 @@ def _summary(app, world: World, days: int, out: Path, elapsed: float) -> str:
                      f"{statistics.median(waits):.0f} j, maximum {max(waits)} j ; {late} dossiers sur {len(delays)} "
                      f"reçus après l'objectif de {app.policy.delays.first_invitation_target_days} jours "
                      "(invités dès réception).")
+    lines.append(f"Orientation : {unoriented} personnes encore sans orientation ; {flagged} signalées à "
+                 f"{app.policy.delays.orientation_warning_days} jours ou moins de l'échéance des "
+                 f"{app.policy.delays.orientation_deadline_days} jours sans avoir été orientées "
+                 "(relance orientation).")
     lines.append("Rendez-vous : " + ", ".join(f"{k}/{st} {n}" for k, st, n in sorted(appts)))
     lines.append("Dossiers clos : " + ", ".join(f"{o} {n}" for o, n in sorted(outcomes, key=lambda x: -x[1])))
     lines.append("Dossiers en cours : " + ", ".join(f"{st}/{ph} {n}" for ph, st, n in sorted(active, key=lambda x: -x[2])))

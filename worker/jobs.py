@@ -81,6 +81,13 @@ def reconcile(app, now: dt.datetime | None = None) -> int:
     return services.reconcile_stuck(app, _now(now))
 
 
+def watch_orientation(app, now: dt.datetime | None = None) -> int:
+    """Flag the unoriented cases near their 6-week deadline (:mod:`worker.orientation`)."""
+    from .orientation import watch
+
+    return len(watch(app, _now(now)))
+
+
 def cycle(app, now: dt.datetime | None = None) -> dict:
     """One full scheduler cycle (``relance tick``)."""
     try:
@@ -98,4 +105,5 @@ def cycle(app, now: dt.datetime | None = None) -> dict:
     swept += sweep(app, now)
     relayed += relay(app, now)
     stuck = reconcile(app, now)
-    return {"swept": swept, "relayed": relayed, "stuck": stuck}
+    orientation = watch_orientation(app, now)
+    return {"swept": swept, "relayed": relayed, "stuck": stuck, "orientation": orientation}

@@ -309,3 +309,20 @@ def test_messages_list_and_retry(cli, flux_writer):
     assert "statut sent" in line and "technical-failure" in line
     assert "canal inconnu" in cli.fails("messages", "list", "--channel", "fax")
     assert _sql(cli, "SELECT count(*) FROM messages WHERE status = 'pending'") == [(0,)]
+
+
+def test_orientation_report(cli, flux_writer):
+    path = flux_writer([{"external_id": "CAF35-0006301", "orientation": ""},
+                        {"external_id": "CAF35-0006302", "orientation": "cd"}])
+    cli.run("db", "upgrade")
+    assert cli.run("orientation").stdout.strip() == "Aucun dossier en attente d'orientation."
+    cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
+    out = cli.run("tick", "--now", "2024-07-08T10:00").stdout
+    assert "1 dossiers non orientés signalés" in out
+    [row] = cli.json("orientation", "--json", "--now", "2024-07-08T10:00")
+    assert (row["external_id"], row["deadline"], row["days_left"], row["flagged"]) == (
+        "CAF35-0006301", "2024-07-15", 7, True)
+    text = cli.run("orientation", "--now", "2024-07-20T10:00").stdout
+    assert "échéance le 15/07/2024 (dépassée de 5 j)  [signalé]" in text and "CAF35-0006302" not in text
+    assert "Testeur" not in text
+    assert "--now" in cli.fails("orientation", "--now", "demain")

@@ -86,6 +86,8 @@ class Person(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     last_contact_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # the droit whose 6-week orientation deadline was flagged (worker/orientation.py)
+    orientation_flagged_for: Mapped[dt.date | None] = mapped_column(Date)
 
     cases: Mapped[list["Case"]] = relationship(back_populates="person", order_by="Case.id")
 

@@ -1,0 +1,55 @@
+"""The 6-week orientation deadline (CASF D262-65-2): worker/orientation.py on
+SQLite and PostgreSQL, through the scheduler cycle and the CLI's report."""
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from tests.conftest import make_nir
+from worker import jobs, services
+from worker.orientation import report, watch
+
+PARIS = ZoneInfo("Europe/Paris")
+RECEIVED = dt.datetime(2024, 6, 3, 8, 0, tzinfo=PARIS)  # the flux arrives: deadline 15 July 2024
+NOT_ORIENTED, ORIENTED, REORIENTED, ATTENDED = "CAF35-0009601", "CAF35-0009602", "CAF35-0009603", "CAF35-0009604"
+
+
+def _day(n: int, hour: int = 10) -> dt.datetime:
+    return (RECEIVED + dt.timedelta(days=n)).replace(hour=hour)
+
+
+def _flux(flux_writer):
+    rows = [{"external_id": eid, "nir": make_nir(9601 + i), "orientation": "" if eid != ORIENTED else "cd"}
+            for i, eid in enumerate((NOT_ORIENTED, ORIENTED, REORIENTED, ATTENDED))]
+    return flux_writer(rows)
+
+
+def test_unoriented_cases_are_flagged_once_a_week_before_the_deadline(relance_app, flux_writer):
+    app = relance_app
+    services.ingest_file(app, _flux(flux_writer), RECEIVED)
+    jobs.cycle(app, _day(0))  # invitations
+    services.apply_event(app, external_id=REORIENTED, type="reoriented", to="ft", now=_day(10))
+    services.apply_event(app, external_id=ATTENDED, type="rdv_booked", now=_day(5),
+                         appointment_at=_day(12, 14))
+    services.apply_event(app, external_id=ATTENDED, type="rdv_attended", now=_day(12, 15))
+
+    waiting = report(app, _day(20))
+    assert [(w.external_id, w.deadline, w.days_left, w.flagged) for w in waiting] == [
+        (NOT_ORIENTED, dt.date(2024, 7, 15), 22, False)]
+    assert watch(app, _day(34)) == []  # 8 days left: not yet
+
+    result = jobs.cycle(app, _day(35))  # 7 days left: the scheduler's cycle flags it
+    assert result["orientation"] == 1
+    [item] = [i for i in services.timeline(app, NOT_ORIENTED)
+              if i["kind"] == "case" and i["detail"].get("flag") == "orientation_deadline"]
+    assert item["detail"]["deadline"] == "2024-07-15" and item["detail"]["days_left"] == 7
+    assert watch(app, _day(36)) == [] and jobs.cycle(app, _day(50))["orientation"] == 0  # once
+    [late] = report(app, _day(50))
+    assert (late.external_id, late.days_left, late.flagged) == (NOT_ORIENTED, -8, True)
+    for eid in (ORIENTED, REORIENTED, ATTENDED):
+        assert not [i for i in services.timeline(app, eid)
+                    if i["kind"] == "case" and i["detail"].get("flag") == "orientation_deadline"]
+
+    # once oriented, the person leaves the report
+    services.apply_event(app, external_id=NOT_ORIENTED, type="reoriented", to="cd", now=_day(51))
+    assert report(app, _day(52)) == []
