@@ -198,7 +198,7 @@ def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, 
 @app.command()
 def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """Tout ce qui est arrivé aux dossiers d'une personne, dans l'ordre."""
-    from . import services
+    from . import describe, services
 
     ctx = _context()
     _ensure_db(ctx)
@@ -209,17 +209,22 @@ def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Optio
     if as_json:
         typer.echo(json.dumps(items, ensure_ascii=False, indent=2, default=str))
         return
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(ctx.settings.timezone)
     for i in items:
-        when = i["at"][:16].replace("T", " ")
+        when = describe.local_time(i["at"], tz)
         if i["kind"] == "message":
-            typer.echo(f"{when}  message  {i['step']:<20} {i['channel']:<6} {i['status']}"
+            channel = describe.CHANNELS.get(i["channel"], i["channel"])
+            status = describe.MESSAGE_STATUSES.get(i["status"], i["status"])
+            typer.echo(f"{when}  message  {i['step']:<20} {channel:<8} {status}"
                        f"{'  (' + i['detail'] + ')' if i.get('detail') else ''}")
         elif i["kind"] == "event":
-            typer.echo(f"{when}  événement {i['type']:<19} {i['status']}")
+            typer.echo(f"{when}  événement {i['type']:<19} {describe.EVENT_STATUSES.get(i['status'], i['status'])}")
         elif i["kind"] == "step":
             typer.echo(f"{when}  étape    {i['step']:<20} ({i.get('reason')})")
         else:
-            typer.echo(f"{when}  dossier  {json.dumps(i['detail'], ensure_ascii=False, default=str)}")
+            typer.echo(f"{when}  dossier  {describe.case_entry(i['detail'], tz)}")
 
 
 @audit_app.command("verify")

@@ -182,6 +182,11 @@ def test_tick_event_timeline_are_dated_by_simulated_time(cli, flux_writer):
     # The text form of the timeline.
     text = cli.run("timeline", eid).stdout
     assert "invitation_1" in text and "rdv_booked" in text
+    # for agents: French, and the territory's time (10:00 in Paris, 08:00 UTC)
+    assert "03/06/2024 10:00  message  invitation_1         courrier envoyé" in text
+    assert "05/06/2024 09:30  événement rdv_booked          appliqué" in text
+    assert "dossier  ouvert : parcours cd, étape invitation_1" in text
+    assert "rendez-vous pris par la personne pour le 12/06/2024 14:00" in text
 
     # Agents' mistakes: one clear line each.
     lines = cli.fails_all(("event", "legitimate_reason", eid), ("event", "foo", eid),

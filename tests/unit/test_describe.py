@@ -1,0 +1,49 @@
+"""The timeline's audit entries, in French for agents (worker.describe)."""
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from worker.describe import case_entry, local_time
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+@pytest.mark.parametrize("detail, expected", [
+    ({"action": "opened", "path": "cd", "start_step": "invitation_1", "reason": "flux", "late": True,
+      "due_at": "2024-06-03T08:00:00+00:00"},
+     "ouvert : parcours cd, étape invitation_1 (motif : flux, hors délai)"),
+    ({"action": "closed", "outcome": "attended"}, "clos : rendez-vous honoré"),
+    ({"action": "closed", "outcome": "crsa_referral"}, "clos : transmis à la commission RSA"),
+    ({"action": "continued_in", "case": 42, "reason": "address_updated"},
+     "suite dans le dossier RL-000042 (motif : address_updated)"),
+    ({"appointment": "convocation", "step": "convocation", "at": "2024-06-10T08:30:00+00:00"},
+     "rendez-vous fixé par convocation pour le 10/06/2024 10:30 (étape convocation)"),
+    ({"appointment_outcome": "missed"}, "rendez-vous manqué"),
+    ({"commission_session": "2024-07-04"}, "inscrit à la commission RSA du 04/07/2024"),
+    ({"commission_session": "none configured"}, "à inscrire à une commission RSA : aucune séance configurée"),
+    ({"flag": "late", "detail": "first invitation after the target"},
+     "signalé : première invitation après l'objectif de 15 jours"),
+    ({"flag": "held", "detail": "no_slot"}, "signalé : en attente d'une décision d'agent (no_slot)"),
+    ({"flag": "email_unusable"}, "signalé : e-mail inutilisable : courriers maintenus"),
+    ({"flag": "orientation_deadline", "deadline": "2024-07-15", "days_left": 7},
+     "non orienté : échéance des 6 semaines le 15/07/2024 (J-7)"),
+    ({"flag": "orientation_deadline", "deadline": "2024-07-15", "days_left": -3},
+     "non orienté : échéance des 6 semaines le 15/07/2024 (dépassée de 3 j)"),
+])
+def test_known_entries_read_as_french_sentences(detail, expected):
+    assert case_entry(detail, PARIS) == expected
+
+
+def test_an_unknown_entry_is_shown_as_it_is():
+    assert case_entry({"flag": "something_new", "detail": "x"}, PARIS) == '{"flag": "something_new", "detail": "x"}'
+    assert case_entry({"other": 1}) == '{"other": 1}'
+
+
+def test_times_are_shown_in_the_territory_time_zone():
+    assert local_time("2024-01-15T08:30:00+00:00", PARIS) == "15/01/2024 09:30"
+    assert local_time("2024-07-15T08:30:00+00:00", PARIS) == "15/07/2024 10:30"
+    assert local_time(dt.datetime(2024, 7, 15, 8, 30, tzinfo=dt.timezone.utc).isoformat(), None) == "15/07/2024 08:30"
+    assert local_time("pas une date", PARIS) == "pas une date"

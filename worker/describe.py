@@ -1,0 +1,110 @@
+"""What the audit log says about a case, in French, for agents (``relance timeline``).
+
+The audit entries are data (English keys, codes); agents read sentences.
+:func:`case_entry` turns the known shapes into one line; anything else is
+shown as it is (JSON), never hidden.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+OUTCOMES = {
+    "attended": "rendez-vous honoré",
+    "crsa_referral": "transmis à la commission RSA",
+    "droit_closed": "droit clos",
+    "legitimate_reason": "motif légitime retenu après examen",
+    "reoriented": "réorienté (suite dans un nouveau dossier)",
+    "restarted_after_address_update": "repris après changement d'adresse (nouveau dossier)",
+    "restarted_after_legitimate_reason": "repris après le motif légitime (nouveau dossier)",
+    "review_closed": "classé après examen",
+}
+
+MESSAGE_STATUSES = {
+    "pending": "prévu", "sending": "en cours d'envoi", "sent": "envoyé", "dispatched": "remis à La Poste",
+    "delivered": "remis", "returned": "revenu (NPAI)", "failed": "échec", "technical-failure": "échec technique",
+    "cancelled": "annulé",
+}
+CHANNELS = {"letter": "courrier", "sms": "SMS", "email": "e-mail"}
+EVENT_STATUSES = {"received": "reçu", "applied": "appliqué", "ignored": "sans effet", "rejected": "rejeté"}
+
+APPOINTMENT_OUTCOMES = {"attended": "honoré", "missed": "manqué", "cancelled": "annulé"}
+
+FLAGS = {
+    "late": "première invitation après l'objectif de 15 jours",
+    "paused": "en pause : motif légitime",
+    "resumed": "reprise après le motif légitime",
+    "held": "en attente d'une décision d'agent",
+    "npai": "adresse inutilisable (NPAI) : appel et recherche CAF",
+    "receipt": "accusé de réception enregistré",
+    "receipt_overdue": "accusé de réception attendu et non reçu",
+    "task": "tâche pour un agent",
+    "review": "à examiner par un agent",
+    "sms_failed": "numéro inutilisable : courriers maintenus",
+    "sms_opt_out": "opposition aux SMS enregistrée",
+    "phone_updated": "numéro mis à jour",
+    "address_updated": "adresse mise à jour",
+    "email_unusable": "e-mail inutilisable : courriers maintenus",
+    "address_invalid": "adresse impropre à un courrier",
+    "orientation_deadline": "non orienté",
+}
+
+
+def _date_fr(value) -> str:
+    try:
+        day = dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return str(value)
+    return f"{day:%d/%m/%Y}"
+
+
+# Flags whose detail only repeats, in English, what the French label says.
+_PLAIN_FLAGS = frozenset({"late", "npai"})
+
+
+def local_time(value, tz: dt.tzinfo | None) -> str:
+    """``JJ/MM/AAAA HH:MM`` in ``tz`` (the territory's time zone) of an ISO date-time."""
+    try:
+        moment = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if tz is not None and moment.tzinfo is not None:
+        moment = moment.astimezone(tz)
+    return f"{moment:%d/%m/%Y %H:%M}"
+
+
+def case_entry(detail: dict, tz: dt.tzinfo | None = None) -> str:
+    """One French line for an audit entry of kind ``case`` (date-times shown in ``tz``)."""
+    if not isinstance(detail, dict):
+        return str(detail)
+    action = detail.get("action")
+    if action == "opened":
+        late = ", hors délai" if detail.get("late") else ""
+        return (f"ouvert : parcours {detail.get('path')}, étape {detail.get('start_step')} "
+                f"(motif : {detail.get('reason')}{late})")
+    if action == "closed":
+        outcome = detail.get("outcome")
+        return f"clos : {OUTCOMES.get(outcome, outcome)}"
+    if action == "continued_in":
+        return f"suite dans le dossier RL-{int(detail.get('case', 0)):06d} (motif : {detail.get('reason')})"
+    if "appointment" in detail:
+        kind = {"booked": "pris par la personne", "convocation": "fixé par convocation"}.get(
+            detail["appointment"], detail["appointment"])
+        return f"rendez-vous {kind} pour le {local_time(detail.get('at'), tz)} (étape {detail.get('step')})"
+    if "appointment_outcome" in detail:
+        status = detail["appointment_outcome"]
+        return f"rendez-vous {APPOINTMENT_OUTCOMES.get(status, status)}"
+    if "commission_session" in detail:
+        session = detail["commission_session"]
+        if session == "none configured":
+            return "à inscrire à une commission RSA : aucune séance configurée"
+        return f"inscrit à la commission RSA du {_date_fr(session)}"
+    flag = detail.get("flag")
+    if flag == "orientation_deadline":
+        days = int(detail.get("days_left", 0))
+        left = f"J-{days}" if days >= 0 else f"dépassée de {-days} j"
+        return f"non orienté : échéance des 6 semaines le {_date_fr(detail.get('deadline'))} ({left})"
+    if flag in FLAGS:
+        extra = None if flag in _PLAIN_FLAGS else detail.get("detail")
+        return f"signalé : {FLAGS[flag]}" + (f" ({extra})" if extra else "")
+    return json.dumps(detail, ensure_ascii=False, default=str)
