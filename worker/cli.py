@@ -222,7 +222,7 @@ def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Optio
         elif i["kind"] == "event":
             typer.echo(f"{when}  événement {i['type']:<19} {describe.EVENT_STATUSES.get(i['status'], i['status'])}")
         elif i["kind"] == "step":
-            typer.echo(f"{when}  étape    {i['step']:<20} ({i.get('reason')})")
+            typer.echo(f"{when}  étape    {i['step']:<20} ({describe.reason(i.get('reason'))})")
         else:
             typer.echo(f"{when}  dossier  {describe.case_entry(i['detail'], tz)}")
 

@@ -28,6 +28,24 @@ MESSAGE_STATUSES = {
 CHANNELS = {"letter": "courrier", "sms": "SMS", "email": "e-mail"}
 EVENT_STATUSES = {"received": "reçu", "applied": "appliqué", "ignored": "sans effet", "rejected": "rejeté"}
 
+REASONS = {
+    "flux": "flux",
+    "start": "début",
+    "no_response": "sans réponse",
+    "rdv_missed": "rendez-vous manqué",
+    "rdv_cancelled": "rendez-vous annulé",
+    "legitimate_reason_over": "fin du motif légitime",
+    "observation_period_over": "fin du délai d'observations",
+    "phone_followup_done": "appel de suivi fait",
+    "no_attendance_recorded": "présence non enregistrée",
+    "no_receipt": "accusé de réception non reçu",
+    "npai": "courrier revenu (NPAI)",
+    "address_updated": "nouvelle adresse",
+    "reoriented": "réorientation",
+    "review_decision:proceed": "décision de l'agent : poursuivre",
+    "review_decision:legitimate_reason": "décision de l'agent : motif légitime",
+}
+
 APPOINTMENT_OUTCOMES = {"attended": "honoré", "missed": "manqué", "cancelled": "annulé"}
 
 FLAGS = {
@@ -62,6 +80,18 @@ def _date_fr(value) -> str:
 _PLAIN_FLAGS = frozenset({"late", "npai"})
 
 
+def reason(code) -> str:
+    """A step change's or a case opening's reason, in French (the code itself if unknown)."""
+    text = str(code)
+    if text in REASONS:
+        return REASONS[text]
+    if text.startswith("handoff:"):
+        return f"transmis après l'étape {text.split(':', 1)[1]}"
+    if text.startswith("reoriented"):
+        return "réorientation"
+    return text
+
+
 def local_time(value, tz: dt.tzinfo | None) -> str:
     """``JJ/MM/AAAA HH:MM`` in ``tz`` (the territory's time zone) of an ISO date-time."""
     try:
@@ -81,12 +111,12 @@ def case_entry(detail: dict, tz: dt.tzinfo | None = None) -> str:
     if action == "opened":
         late = ", hors délai" if detail.get("late") else ""
         return (f"ouvert : parcours {detail.get('path')}, étape {detail.get('start_step')} "
-                f"(motif : {detail.get('reason')}{late})")
+                f"(motif : {reason(detail.get('reason'))}{late})")
     if action == "closed":
         outcome = detail.get("outcome")
         return f"clos : {OUTCOMES.get(outcome, outcome)}"
     if action == "continued_in":
-        return f"suite dans le dossier RL-{int(detail.get('case', 0)):06d} (motif : {detail.get('reason')})"
+        return f"suite dans le dossier RL-{int(detail.get('case', 0)):06d} (motif : {reason(detail.get('reason'))})"
     if "appointment" in detail:
         kind = {"booked": "pris par la personne", "convocation": "fixé par convocation"}.get(
             detail["appointment"], detail["appointment"])

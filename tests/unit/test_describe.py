@@ -18,7 +18,7 @@ PARIS = ZoneInfo("Europe/Paris")
     ({"action": "closed", "outcome": "attended"}, "clos : rendez-vous honoré"),
     ({"action": "closed", "outcome": "crsa_referral"}, "clos : transmis à la commission RSA"),
     ({"action": "continued_in", "case": 42, "reason": "address_updated"},
-     "suite dans le dossier RL-000042 (motif : address_updated)"),
+     "suite dans le dossier RL-000042 (motif : nouvelle adresse)"),
     ({"appointment": "convocation", "step": "convocation", "at": "2024-06-10T08:30:00+00:00"},
      "rendez-vous fixé par convocation pour le 10/06/2024 10:30 (étape convocation)"),
     ({"appointment_outcome": "missed"}, "rendez-vous manqué"),
@@ -47,3 +47,12 @@ def test_times_are_shown_in_the_territory_time_zone():
     assert local_time("2024-07-15T08:30:00+00:00", PARIS) == "15/07/2024 10:30"
     assert local_time(dt.datetime(2024, 7, 15, 8, 30, tzinfo=dt.timezone.utc).isoformat(), None) == "15/07/2024 08:30"
     assert local_time("pas une date", PARIS) == "pas une date"
+
+
+def test_reasons_read_as_french_and_unknown_codes_stay_visible():
+    from worker.describe import reason
+
+    assert reason("no_response") == "sans réponse"
+    assert reason("handoff:ft_report") == "transmis après l'étape ft_report"
+    assert reason("review_decision:legitimate_reason") == "décision de l'agent : motif légitime"
+    assert reason("something_new") == "something_new"
