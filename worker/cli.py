@@ -379,6 +379,36 @@ def messages_retry(ids: list[int] = typer.Argument(..., help="Identifiants des m
 
 
 @app.command()
+def agenda(org: Optional[str] = typer.Option(None, "--org", help="Code de l'organisation (ex. CDAS-REDON)"),
+           as_json: bool = typer.Option(False, "--json"),
+           now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Les dossiers qui attendent un agent : décisions, tâches, blocages, orientation, commission."""
+    from .agenda import SECTIONS, agenda as build
+
+    ctx = _context()
+    _ensure_db(ctx)
+    if org is not None and org not in ctx.territory.organisations:
+        raise CliError(f"--org : organisation inconnue {org!r} (voir config/territory.yaml)")
+    items = build(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC), organisation=org)
+    if as_json:
+        typer.echo(json.dumps([i.as_json() for i in items], ensure_ascii=False, indent=2))
+        return
+    if not items:
+        typer.echo("Rien n'attend un agent.")
+        return
+    current = None
+    for item in items:
+        if (item.organisation, item.section) != current:
+            if current is None or current[0] != item.organisation:
+                typer.echo(f"{item.organisation}")
+            typer.echo(f"  {SECTIONS[item.section]} :")
+            current = (item.organisation, item.section)
+        since = f"depuis le {item.since:%d/%m/%Y}" if item.since and item.section != "commission" else ""
+        typer.echo(f"    {item.case_reference}  {item.external_id}  {item.step or '-'}  {since}".rstrip()
+                   + f"\n      → {item.todo}")
+
+
+@app.command()
 def orientation(as_json: bool = typer.Option(False, "--json"),
                 now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
     """Dossiers en attente d'orientation et leur échéance légale de 6 semaines (CASF D262-65-2)."""

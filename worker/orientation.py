@@ -38,6 +38,7 @@ class Waiting:
     case_id: int
     case_reference: str
     external_id: str
+    organisation: str
     step: str | None
     received_on: dt.date  # the day the flux first brought this droit
     deadline: dt.date
@@ -72,7 +73,8 @@ def _waiting(session, app, today: dt.date) -> list[tuple[Waiting, Person, Case]]
         received_on = app.calendar.local_date(received_at)
         deadline = received_on + dt.timedelta(days=delays.orientation_deadline_days)
         out.append((Waiting(
-            case_id=case.id, case_reference=case.reference, external_id=person.external_id, step=case.step,
+            case_id=case.id, case_reference=case.reference, external_id=person.external_id,
+            organisation=case.organisation, step=case.step,
             received_on=received_on, deadline=deadline, days_left=(deadline - today).days,
             flagged=person.orientation_flagged_for == case.droit_opened_on,
         ), person, case))

@@ -331,3 +331,22 @@ def test_orientation_report(cli, flux_writer):
     assert "échéance le 15/07/2024 (dépassée de 5 j)  [signalé]" in text and "CAF35-0006302" not in text
     assert "Testeur" not in text
     assert "--now" in cli.fails("orientation", "--now", "demain")
+
+
+def test_agenda(cli, flux_writer):
+    path = flux_writer([{"external_id": "CAF35-0006401", "orientation": "ft", "ft_registered": "false",
+                         "organisation": "FT-REDON"}])
+    cli.run("db", "upgrade")
+    assert cli.run("agenda").stdout.strip() == "Rien n'attend un agent."
+    cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
+    cli.run("tick", "--now", "2024-06-03T10:00")
+    cli.run("tick", "--now", "2024-06-18T10:00")  # 15 days: the phone follow-up
+    text = cli.run("agenda", "--now", "2024-06-18T10:00").stdout
+    assert text.splitlines()[:2] == ["FT-REDON", "  Tâches :"]
+    assert "CAF35-0006401  phone_followup  depuis le 18/06/2024" in text
+    assert "→ appel de suivi (phone_followup), puis relance event phone_followup_done CAF35-0006401" in text
+    assert "Testeur" not in text
+    [item] = cli.json("agenda", "--json", "--org", "FT-REDON", "--now", "2024-06-18T10:00")
+    assert (item["section"], item["since"]) == ("task", "2024-06-18")
+    assert cli.json("agenda", "--json", "--org", "CDAS-REDON") == []
+    assert "CDAS-NULLEPART" in cli.fails("agenda", "--org", "CDAS-NULLEPART")
