@@ -18,7 +18,7 @@ commission session.
 
 :func:`agenda` returns them as :class:`Item` (case reference, external id,
 organisation, since when, what to do: in French). ``relance agenda`` prints
-them; the agents' daily digest will send them. No name and no contact detail:
+them; the agents' daily digest (:mod:`worker.digests`) sends them. No name and no contact detail:
 agents find the person by the external id in their own tools.
 """
 from __future__ import annotations

@@ -65,6 +65,10 @@ def build_app(settings: Settings | None = None) -> AppContext:
         )
     except ValueError as exc:
         raise ConfigError("environnement", "RELANCE_SMS_WINDOW_START/END", str(exc)) from None
+    try:
+        parse_hhmm(settings.digest_time)
+    except ValueError as exc:
+        raise ConfigError("environnement", "RELANCE_DIGEST_TIME", str(exc)) from None
     # Real channels are validated at start-up, not at the first send.
     try:
         if settings.sms_backend == "twilio":

@@ -27,6 +27,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(letters_app, name="letters")
 email_app = typer.Typer(no_args_is_help=True, help="E-mails : avis de non-remise (bounces).")
 app.add_typer(email_app, name="email")
+digests_app = typer.Typer(no_args_is_help=True, help="Bulletins quotidiens des agents.")
+app.add_typer(digests_app, name="digests")
 messages_app = typer.Typer(no_args_is_help=True, help="Messages : liste par statut, remise en envoi après vérification.")
 app.add_typer(messages_app, name="messages")
 
@@ -154,6 +156,8 @@ def tick(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé 
     result = jobs.cycle(ctx, moment)
     typer.echo(f"Cycle terminé : {result['swept']} dossiers traités, {result['relayed']} messages envoyés "
                f"ou reprogrammés, {result['stuck']} messages bloqués signalés.")
+    if result.get("digests"):
+        typer.echo(f"{result['digests']} bulletins d'agents produits.")
     if result.get("orientation"):
         typer.echo(f"{result['orientation']} dossiers non orientés signalés : échéance des 6 semaines proche "
                    "ou dépassée (relance orientation).")
@@ -406,6 +410,25 @@ def agenda(org: Optional[str] = typer.Option(None, "--org", help="Code de l'orga
         since = f"depuis le {item.since:%d/%m/%Y}" if item.since and item.section != "commission" else ""
         typer.echo(f"    {item.case_reference}  {item.external_id}  {item.step or '-'}  {since}".rstrip()
                    + f"\n      → {item.todo}")
+
+
+@digests_app.command("send")
+def digests_send(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)"),
+                 force: bool = typer.Option(False, "--force", help="Même avant l'heure ou un jour non ouvré")) -> None:
+    """Produit (et envoie par e-mail avec le SMTP) les bulletins du jour non encore faits."""
+    from .digests import send_due
+
+    ctx = _context()
+    _ensure_db(ctx)
+    results = send_due(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC), force=force)
+    if not results:
+        typer.echo("Aucun bulletin : rien n'attend un agent, ou pas encore l'heure "
+                   f"({ctx.settings.digest_time}, jours ouvrés ; --force pour passer outre).")
+    labels = {"written": "écrit", "sent": "envoyé", "partly-sent": "envoyé en partie (voir .error)",
+              "failed": "non envoyé (voir .error)", "retry": "échec temporaire : réessayé au prochain passage",
+              "already": "déjà fait"}
+    for r in results:
+        typer.echo(f"{r.organisation} : {r.cases} dossiers, {labels.get(r.status, r.status)} ({r.path})")
 
 
 @app.command()

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from . import audit, jobs, services
-from .db.models import Appointment, Case, Message, Person
+from .db.models import Appointment, AuditEntry, Case, Message, Person
 from .db.session import dispose_all, session_scope, upgrade
 from .settings import PROJECT_ROOT, Settings
 
@@ -185,6 +185,8 @@ def _summary(app, world: World, days: int, out: Path, elapsed: float) -> str:
                                .where(Person.orientation.is_(None), Person.droits_devoirs.is_(True))).scalar_one()
         flagged = s.execute(select(func.count()).select_from(Person)
                             .where(Person.orientation_flagged_for.is_not(None))).scalar_one()
+        digests = s.execute(select(func.count()).select_from(AuditEntry)
+                            .where(AuditEntry.kind == "digest")).scalar_one()
         result = audit.verify(s)
     lines.append(f"Démonstration : {days} jours simulés à partir du {START:%d/%m/%Y} "
                  f"({elapsed:.1f} s), graine fixe.")
@@ -213,6 +215,8 @@ def _summary(app, world: World, days: int, out: Path, elapsed: float) -> str:
                  f"{app.policy.delays.orientation_warning_days} jours ou moins de l'échéance des "
                  f"{app.policy.delays.orientation_deadline_days} jours sans avoir été orientées "
                  "(relance orientation).")
+    lines.append(f"Bulletins quotidiens des agents : {digests} (un par organisation et jour ouvré où un dossier "
+                 f"les attend) : {app.settings.digests}")
     lines.append("Rendez-vous : " + ", ".join(f"{k}/{st} {n}" for k, st, n in sorted(appts)))
     lines.append("Dossiers clos : " + ", ".join(f"{o} {n}" for o, n in sorted(outcomes, key=lambda x: -x[1])))
     lines.append("Dossiers en cours : " + ", ".join(f"{st}/{ph} {n}" for ph, st, n in sorted(active, key=lambda x: -x[2])))

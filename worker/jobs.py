@@ -81,6 +81,13 @@ def reconcile(app, now: dt.datetime | None = None) -> int:
     return services.reconcile_stuck(app, _now(now))
 
 
+def digests(app, now: dt.datetime | None = None) -> int:
+    """The agents' daily digests, once a working day from RELANCE_DIGEST_TIME (:mod:`worker.digests`)."""
+    from .digests import send_due
+
+    return sum(1 for r in send_due(app, _now(now)) if r.status != "already")
+
+
 def watch_orientation(app, now: dt.datetime | None = None) -> int:
     """Flag the unoriented cases near their 6-week deadline (:mod:`worker.orientation`)."""
     from .orientation import watch
@@ -106,4 +113,9 @@ def cycle(app, now: dt.datetime | None = None) -> dict:
     relayed += relay(app, now)
     stuck = reconcile(app, now)
     orientation = watch_orientation(app, now)
-    return {"swept": swept, "relayed": relayed, "stuck": stuck, "orientation": orientation}
+    try:
+        digested = digests(app, now)
+    except Exception as exc:  # noqa: BLE001 - the digests wait for the next cycle; the cases went on
+        log.error("digests failed (%s)", type(exc).__name__)
+        digested = 0
+    return {"swept": swept, "relayed": relayed, "stuck": stuck, "orientation": orientation, "digests": digested}

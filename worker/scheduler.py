@@ -95,6 +95,7 @@ class LeaderScheduler:
         add(self._guarded("relay", jobs.relay), "interval", seconds=every, id="relay")
         add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=5 * every, id="reconcile")
         add(self._guarded("orientation", jobs.watch_orientation), "interval", seconds=60 * every, id="orientation")
+        add(self._guarded("digests", jobs.digests), "interval", seconds=5 * every, id="digests")
         add(self._guarded("retention", _retention), "cron", hour=3, minute=30, id="retention")
         for name, trigger, fn in extra_jobs(self.app):
             add(self._guarded(name, fn), trigger=trigger, id=name)

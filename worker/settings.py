@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     print_batch_dir: Path | None = None  # default: <outbox>/print (shared between machines)
     print_batch_time: str = "16:00"  # local time of the daily print batch (working days)
 
+    # --- agents' daily digests -------------------------------------------------------
+    digests_dir: Path | None = None  # default: <outbox>/digests
+    digest_time: str = "08:00"  # local time from which the day's digests go (working days)
+
     # --- HTTP API and Flower ---------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -112,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def print_dir(self) -> Path:
         return self.print_batch_dir or self.outbox / "print"
+
+    @property
+    def digests(self) -> Path:
+        return self.digests_dir or self.outbox / "digests"
 
     @property
     def api_key_list(self) -> list[str]:

@@ -340,7 +340,12 @@ def test_agenda(cli, flux_writer):
     assert cli.run("agenda").stdout.strip() == "Rien n'attend un agent."
     cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
     cli.run("tick", "--now", "2024-06-03T10:00")
-    cli.run("tick", "--now", "2024-06-18T10:00")  # 15 days: the phone follow-up
+    out = cli.run("tick", "--now", "2024-06-18T10:00").stdout  # 15 days: the phone follow-up
+    assert "1 bulletins d'agents produits." in out  # a working day, after 08:00: the digest is written
+    digest = (cli.outbox / "digests" / "2024-06-18" / "FT-REDON.txt").read_text(encoding="utf-8")
+    assert "CAF35-0006401" in digest and "Tâches (1)" in digest and "Testeur" not in digest
+    again = cli.run("digests", "send", "--now", "2024-06-18T11:00").stdout
+    assert again.strip().startswith("FT-REDON : 1 dossiers, déjà fait")
     text = cli.run("agenda", "--now", "2024-06-18T10:00").stdout
     assert text.splitlines()[:2] == ["FT-REDON", "  Tâches :"]
     assert "CAF35-0006401  phone_followup  depuis le 18/06/2024" in text
@@ -350,3 +355,4 @@ def test_agenda(cli, flux_writer):
     assert (item["section"], item["since"]) == ("task", "2024-06-18")
     assert cli.json("agenda", "--json", "--org", "CDAS-REDON") == []
     assert "CDAS-NULLEPART" in cli.fails("agenda", "--org", "CDAS-NULLEPART")
+    assert "RELANCE_DIGEST_TIME" in cli.fails("agenda", env={"RELANCE_DIGEST_TIME": "8h"})

@@ -1,0 +1,141 @@
+"""The agents' daily digest: what waits for them, once each working day.
+
+From ``RELANCE_DIGEST_TIME`` (08:00) on each working day, every organisation
+with something waiting (:func:`worker.agenda.agenda`: decisions, tasks,
+blocked cases, orientation deadlines, the coming commission) gets one digest,
+rendered from ``templates/email/digest.txt.j2`` and ``digest.html.j2``:
+
+* written to ``<digests dir>/<YYYY-MM-DD>/<ORGANISATION>.txt`` and ``.html``
+  (``RELANCE_DIGESTS_DIR``, default ``<outbox>/digests``): the claim -- the
+  text file is created exclusively, so two schedulers or a rerun never make a
+  second digest for the same organisation and day;
+* with ``RELANCE_EMAIL_BACKEND=smtp``, e-mailed to each of the organisation's
+  ``digest_recipients`` (``config/territory.yaml``). The addresses reached are
+  recorded beside the digest (``.sent``): after a temporary SMTP failure the
+  claim is released and the next run sends to the others only; a permanent
+  one is recorded (``.error``) and logged for ops.
+
+An organisation with nothing waiting gets no digest that day. Each digest is
+in the audit log (organisation, day, number of cases, outcome). Case
+references and external ids only: no name, no contact detail.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+
+from . import audit
+from .agenda import SECTIONS, Item, agenda
+from .calendar import parse_hhmm
+from .channels.base import RetryableError
+from .db.session import session_scope
+
+log = logging.getLogger("relance.digests")
+
+
+@dataclasses.dataclass(frozen=True)
+class DigestResult:
+    organisation: str
+    day: dt.date
+    cases: int
+    status: str  # written | sent | partly-sent | retry | failed | already
+    path: Path | None = None
+
+
+def render(app, organisation: str, day: dt.date, items: list[Item]):
+    """The digest of one organisation (``Rendered``: subject, text, html)."""
+    org = app.territory.organisations[organisation]
+    sections = []
+    for key, title in SECTIONS.items():
+        rows = [dataclasses.replace(i, since=None) if key == "commission" else i
+                for i in items if i.section == key]
+        if rows:
+            sections.append((title, rows))
+    context = {
+        "org": {"code": organisation, "name": org.name, "short_name": org.short_name},
+        "day": day,
+        "sections": sections,
+        "total": len({i.case_reference for i in items}),
+    }
+    return app.renderer.render("digest", "email", context)
+
+
+def _claim(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text`` unless it exists (atomic: O_EXCL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return True
+
+
+def _send(app, organisation: str, day: dt.date, rendered, path: Path) -> str:
+    from .channels.smtp_email import send_email
+
+    recipients = app.territory.organisations[organisation].digest_recipients
+    if not recipients:
+        log.warning("digest %s %s: no digest_recipients in territory.yaml: written only", organisation, day)
+        return "written"
+    sent_file = path.with_suffix(".sent")
+    done = set(sent_file.read_text(encoding="utf-8").split()) if sent_file.exists() else set()
+    settings = app.settings.smtp_settings()
+    failures = []
+    for index, recipient in enumerate(recipients):
+        if recipient in done:
+            continue
+        try:
+            send_email(settings, to=recipient, subject=rendered.subject, text=rendered.text, html=rendered.html,
+                       reference=f"DIGEST-{organisation}-{day.isoformat()}-{index}",
+                       sender_name=app.settings.smtp_from_name or "Relance")
+        except RetryableError:
+            # release the claim: the next run sends to the recipients not reached yet
+            path.unlink(missing_ok=True)
+            path.with_suffix(".html").unlink(missing_ok=True)
+            log.warning("digest %s %s: temporary SMTP failure, retried at the next run", organisation, day)
+            return "retry"
+        except Exception as exc:  # noqa: BLE001 - RecipientError / TechnicalError: recorded for ops
+            failures.append(f"destinataire n° {index + 1} : {exc}")
+            continue
+        with sent_file.open("a", encoding="utf-8") as handle:
+            handle.write(recipient + "\n")
+    if failures:
+        path.with_suffix(".error").write_text("\n".join(failures) + "\n", encoding="utf-8")
+        log.error("digest %s %s: %d recipient(s) not reached (see %s)", organisation, day, len(failures),
+                  path.with_suffix(".error").name)
+        return "partly-sent" if len(failures) < len(recipients) else "failed"
+    return "sent"
+
+
+def send_due(app, now: dt.datetime, *, force: bool = False) -> list[DigestResult]:
+    """The day's digests, if it is a working day from RELANCE_DIGEST_TIME on (``force``: any time)."""
+    cal = app.calendar
+    day = cal.local_date(now)
+    if not force and (not cal.is_working_day(day) or cal.local(now).time() < parse_hhmm(app.settings.digest_time)):
+        return []
+    results = []
+    for organisation in app.territory.organisations:
+        items = agenda(app, now, organisation=organisation)
+        if not items:
+            continue
+        cases = len({i.case_reference for i in items})
+        path = app.settings.digests / day.isoformat() / f"{organisation}.txt"
+        rendered = render(app, organisation, day, items)
+        if not _claim(path, rendered.text + "\n"):
+            results.append(DigestResult(organisation, day, cases, "already", path))
+            continue
+        if rendered.html:
+            path.with_suffix(".html").write_text(rendered.html, encoding="utf-8")
+        status = _send(app, organisation, day, rendered, path) if app.settings.email_backend == "smtp" else "written"
+        if status != "retry":
+            with session_scope(app.db_url) as s:
+                audit.append(s, at=now, kind="digest", data={"organisation": organisation, "day": day.isoformat(),
+                                                               "cases": cases, "status": status})
+        log.info("digest %s %s: %d cases, %s", organisation, day, cases, status)
+        results.append(DigestResult(organisation, day, cases, status, path))
+    return results
