@@ -13,7 +13,12 @@ rendered from ``templates/email/digest.txt.j2`` and ``digest.html.j2``:
   ``digest_recipients`` (``config/territory.yaml``). The addresses reached are
   recorded beside the digest (``.sent``): after a temporary SMTP failure the
   claim is released and the next run sends to the others only; a permanent
-  one is recorded (``.error``) and logged for ops.
+  one is recorded (``.error``) and logged for ops;
+* ``.done`` marks a digest handled. A claim left without it for more than
+  :data:`STALE_CLAIM` (the process died while sending) is taken over by the
+  next run, which sends to the recipients not in ``.sent``: a digest is never
+  lost, and sent twice to one address only if the process died between the
+  server's acceptance and the line in ``.sent``.
 
 An organisation with nothing waiting gets no digest that day. Each digest is
 in the audit log (organisation, day, number of cases, outcome). Case
@@ -34,6 +39,8 @@ from .channels.base import RetryableError
 from .db.session import session_scope
 
 log = logging.getLogger("relance.digests")
+
+STALE_CLAIM = dt.timedelta(minutes=10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +80,21 @@ def _claim(path: Path, text: str) -> bool:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     return True
+
+
+def _stale(path: Path) -> bool:
+    try:
+        age = dt.datetime.now().timestamp() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_CLAIM.total_seconds()
+
+
+def _as_written(path: Path, rendered):
+    """The claimed digest as it was written (text, and html if any), keeping the subject."""
+    html_path = path.with_suffix(".html")
+    return dataclasses.replace(rendered, text=path.read_text(encoding="utf-8").rstrip("\n"),
+                               html=html_path.read_text(encoding="utf-8") if html_path.exists() else None)
 
 
 def _send(app, organisation: str, day: dt.date, rendered, path: Path) -> str:
@@ -126,13 +148,18 @@ def send_due(app, now: dt.datetime, *, force: bool = False) -> list[DigestResult
         cases = len({i.case_reference for i in items})
         path = app.settings.digests / day.isoformat() / f"{organisation}.txt"
         rendered = render(app, organisation, day, items)
+        done = path.with_suffix(".done")
         if not _claim(path, rendered.text + "\n"):
-            results.append(DigestResult(organisation, day, cases, "already", path))
-            continue
-        if rendered.html:
+            if done.exists() or not _stale(path):
+                results.append(DigestResult(organisation, day, cases, "already", path))
+                continue
+            log.warning("digest %s %s: claim left unfinished, taken over", organisation, day)
+            rendered = _as_written(path, rendered)  # what was claimed is what goes out
+        elif rendered.html:
             path.with_suffix(".html").write_text(rendered.html, encoding="utf-8")
         status = _send(app, organisation, day, rendered, path) if app.settings.email_backend == "smtp" else "written"
         if status != "retry":
+            done.touch()
             with session_scope(app.db_url) as s:
                 audit.append(s, at=now, kind="digest", data={"organisation": organisation, "day": day.isoformat(),
                                                                "cases": cases, "status": status})

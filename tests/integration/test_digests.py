@@ -103,3 +103,21 @@ def test_no_digest_on_a_day_off_nor_for_an_organisation_with_nothing_waiting(wai
     assert [(r.organisation, r.status) for r in results] == [("FT-REDON", "written")]
     assert (results[0].path.parent.name, results[0].path.name) == ("2024-06-20", "FT-REDON.txt")
     assert results[0].path.with_suffix(".html").exists()
+
+
+def test_a_digest_claimed_by_a_process_that_died_is_sent_by_the_next_run(waiting, smtp):
+    import os
+
+    app = _smtp_app(waiting, smtp)
+    path = app.settings.digests / "2024-06-19" / "FT-REDON.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("Bonjour,\nle bulletin écrit avant l'arrêt.\n", encoding="utf-8")  # claimed, never sent
+    assert [r.status for r in send_due(app, local(2024, 6, 19, 8, 5))] == ["already"]  # maybe still sending
+    old = path.stat().st_mtime - 11 * 60
+    os.utime(path, (old, old))  # 11 minutes later, still no .done: the sender died
+    [result] = send_due(app, local(2024, 6, 19, 8, 16))
+    assert result.status == "sent" and path.with_suffix(".done").exists()
+    [mail] = smtp.messages
+    assert "le bulletin écrit avant l'arrêt." in mail.message.get_body(("plain",)).get_content()
+    assert [r.status for r in send_due(app, local(2024, 6, 19, 9))] == ["already"]
+    assert len(smtp.messages) == 1
