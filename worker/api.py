@@ -215,8 +215,8 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
 
     # --- events -----------------------------------------------------------------------------------
 
-    @api.post("/events")
-    async def post_event(request: Request, x_api_key: Annotated[str | None, Header()] = None):
+    def refused(x_api_key: str | None) -> JSONResponse | None:
+        """The answer when the agents' API is off or the key is wrong; None when the key is good."""
         keys = app_ctx.settings.api_key_list
         if not keys:
             return JSONResponse(status_code=503, content={
@@ -224,6 +224,24 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
         if not x_api_key or not any(hmac.compare_digest(x_api_key.encode(), k.encode()) for k in keys):
             return JSONResponse(status_code=401, content={"detail": "clé d'API absente ou invalide (en-tête X-Api-Key)"},
                                 headers={"WWW-Authenticate": "X-Api-Key"})
+        return None
+
+    @api.get("/agenda")
+    async def get_agenda(org: str | None = None, x_api_key: Annotated[str | None, Header()] = None):
+        """What waits for an agent (worker.agenda), for one organisation or all."""
+        if (answer := refused(x_api_key)) is not None:
+            return answer
+        if org is not None and org not in app_ctx.territory.organisations:
+            return JSONResponse(status_code=404, content={"detail": f"organisation inconnue : {org}"})
+        from .agenda import agenda
+
+        items = await run_in_threadpool(agenda, app_ctx, now_fn(), org)
+        return JSONResponse(content=[i.as_json() for i in items])
+
+    @api.post("/events")
+    async def post_event(request: Request, x_api_key: Annotated[str | None, Header()] = None):
+        if (answer := refused(x_api_key)) is not None:
+            return answer
         raw = await request.body()
         try:
             event = EventIn.model_validate_json(raw or b"")

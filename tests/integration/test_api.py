@@ -539,3 +539,23 @@ def test_ready_with_a_live_broker(tmp_path, redis_url):
         assert r.json()["checks"] == {"database": "ok", "broker": "ok"}
     finally:
         db_session.dispose_all()
+
+
+# --- GET /agenda --------------------------------------------------------------------------------------
+
+
+def test_agenda_lists_what_waits_for_an_agent(env):
+    _, client, _ = env
+    assert client.get("/agenda").status_code == 401
+    assert client.get("/agenda", headers={"X-Api-Key": "mauvaise-cle"}).status_code == 401
+    headers = {"X-Api-Key": API_KEY}
+    assert client.get("/agenda", headers=headers).json() == []
+    # the FT convocation is cancelled by the person: the case is held for an agent
+    assert _post_event(client, {"type": "rdv_cancelled", "external_id": FT_PERSON}).status_code == 201
+    [item] = client.get("/agenda", headers=headers).json()
+    assert (item["section"], item["external_id"], item["step"]) == ("held", FT_PERSON, "ft_convocation")
+    assert "convocation annulée" in item["todo"] and item["since"] == "2024-06-03"
+    assert client.get("/agenda", params={"org": item["organisation"]}, headers=headers).json() == [item]
+    assert client.get("/agenda", params={"org": "CDAS-REDON"}, headers=headers).json() == []
+    r = client.get("/agenda", params={"org": "NULLE-PART"}, headers=headers)
+    assert r.status_code == 404 and r.json()["detail"] == "organisation inconnue : NULLE-PART"
