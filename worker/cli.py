@@ -428,7 +428,8 @@ def digests_send(now: Optional[str] = typer.Option(None, "--now", help="Instant 
               "failed": "non envoyé (voir .error)", "retry": "échec temporaire : réessayé au prochain passage",
               "already": "déjà fait"}
     for r in results:
-        typer.echo(f"{r.organisation} : {r.cases} dossiers, {labels.get(r.status, r.status)} ({r.path})")
+        count = "" if r.cases is None else f"{r.cases} dossiers, "
+        typer.echo(f"{r.organisation} : {count}{labels.get(r.status, r.status)} ({r.path})")
 
 
 @app.command()

@@ -20,7 +20,9 @@ rendered from ``templates/email/digest.txt.j2`` and ``digest.html.j2``:
   lost, and sent twice to one address only if the process died between the
   server's acceptance and the line in ``.sent``.
 
-An organisation with nothing waiting gets no digest that day. Each digest is
+An organisation with nothing waiting at its first run of the day gets no
+digest that day (a ``.done`` marker alone records it, so that later runs
+compute nothing). Each digest is
 in the audit log (organisation, day, number of cases, outcome). Case
 references and external ids only: no name, no contact detail.
 """
@@ -47,7 +49,7 @@ STALE_CLAIM = dt.timedelta(minutes=10)
 class DigestResult:
     organisation: str
     day: dt.date
-    cases: int
+    cases: int | None  # None: done earlier (not counted again)
     status: str  # written | sent | partly-sent | retry | failed | already
     path: Path | None = None
 
@@ -141,14 +143,27 @@ def send_due(app, now: dt.datetime, *, force: bool = False) -> list[DigestResult
     if not force and (not cal.is_working_day(day) or cal.local(now).time() < parse_hhmm(app.settings.digest_time)):
         return []
     results = []
+    directory = app.settings.digests / day.isoformat()
+    pending = [org for org in app.territory.organisations if not (directory / f"{org}.done").exists()]
+    if not pending:  # the steady state after the morning: nothing to compute
+        return [DigestResult(org, day, None, "already", directory / f"{org}.txt")
+                for org in app.territory.organisations if (directory / f"{org}.txt").exists()]
+    everything = agenda(app, now)  # one pass for all organisations
     for organisation in app.territory.organisations:
-        items = agenda(app, now, organisation=organisation)
+        path = directory / f"{organisation}.txt"
+        done = path.with_suffix(".done")
+        if organisation not in pending:
+            if path.exists():
+                results.append(DigestResult(organisation, day, None, "already", path))
+            continue
+        items = [i for i in everything if i.organisation == organisation]
         if not items:
+            # nothing waits this morning: no digest today (and no agenda computed again for it)
+            directory.mkdir(parents=True, exist_ok=True)
+            done.touch()
             continue
         cases = len({i.case_reference for i in items})
-        path = app.settings.digests / day.isoformat() / f"{organisation}.txt"
         rendered = render(app, organisation, day, items)
-        done = path.with_suffix(".done")
         if not _claim(path, rendered.text + "\n"):
             if done.exists() or not _stale(path):
                 results.append(DigestResult(organisation, day, cases, "already", path))

@@ -345,7 +345,7 @@ def test_agenda(cli, flux_writer):
     digest = (cli.outbox / "digests" / "2024-06-18" / "FT-REDON.txt").read_text(encoding="utf-8")
     assert "CAF35-0006401" in digest and "Tâches (1)" in digest and "Testeur" not in digest
     again = cli.run("digests", "send", "--now", "2024-06-18T11:00").stdout
-    assert again.strip().startswith("FT-REDON : 1 dossiers, déjà fait")
+    assert again.strip().startswith("FT-REDON : déjà fait")
     text = cli.run("agenda", "--now", "2024-06-18T10:00").stdout
     assert text.splitlines()[:2] == ["FT-REDON", "  Tâches :"]
     assert "CAF35-0006401  phone_followup  depuis le 18/06/2024" in text

@@ -56,6 +56,9 @@ def test_one_digest_per_organisation_and_working_day_by_smtp(waiting, smtp):
     assert send_due(app, local(2024, 6, 19, 7, 59)) == []  # before RELANCE_DIGEST_TIME
     [result] = send_due(app, local(2024, 6, 19, 8, 0))
     assert (result.organisation, result.cases, result.status) == ("FT-REDON", 1, "sent")
+    # the others had nothing waiting: a marker only, so that later runs compute nothing for them today
+    day_dir = result.path.parent
+    assert (day_dir / "CDAS-REDON.done").exists() and not (day_dir / "CDAS-REDON.txt").exists()
     [mail] = smtp.messages
     assert mail.rcpt_tos == [RECIPIENT]
     assert mail.message["Subject"] == "Relance RSA - France Travail Redon : 1 dossier à traiter le mercredi 19/06/2024"
