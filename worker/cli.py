@@ -355,8 +355,13 @@ def messages_list(status: Optional[str] = typer.Option(None, "--status", help="e
         return
     if not rows:
         typer.echo("Aucun message.")
+    from zoneinfo import ZoneInfo
+
+    from .describe import local_time
+
+    tz = ZoneInfo(ctx.settings.timezone)
     for r in rows:
-        when = r["status_at"].isoformat()[:16].replace("T", " ") if r["status_at"] else "-"
+        when = local_time(r["status_at"].isoformat(), tz) if r["status_at"] else "-"
         typer.echo(f"{r['id']:>8}  {r['reference']}  {r['step']:<20} {r['channel']:<6} {r['status']:<18} {when}"
                    f"{'  (' + r['error'] + ')' if r['error'] else ''}")
 
@@ -419,6 +424,9 @@ def digests_send(now: Optional[str] = typer.Option(None, "--now", help="Instant 
     from .digests import send_due
 
     ctx = _context()
+    if now is not None and not ctx.settings.local_channels:
+        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
+                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
     _ensure_db(ctx)
     results = send_due(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC), force=force)
     if not results:

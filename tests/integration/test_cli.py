@@ -356,3 +356,6 @@ def test_agenda(cli, flux_writer):
     assert cli.json("agenda", "--json", "--org", "CDAS-REDON") == []
     assert "CDAS-NULLEPART" in cli.fails("agenda", "--org", "CDAS-NULLEPART")
     assert "RELANCE_DIGEST_TIME" in cli.fails("agenda", env={"RELANCE_DIGEST_TIME": "8h"})
+    # simulated time never sends real e-mails
+    assert "canaux locaux" in cli.fails("digests", "send", "--now", "2024-06-18T11:00",
+                                        env={"RELANCE_EMAIL_BACKEND": "smtp"})
