@@ -210,9 +210,9 @@ def _next_step_time(world: World, external_id: str) -> dt.datetime:
     return slot
 
 
-def _first_sms_refused(w: World, kind: str) -> tuple[str, Message]:
-    """Ingest, make Twilio answer ``kind`` to CD_PERSON's number, run a cycle:
-    (that number, CD_PERSON's SMS)."""
+def _first_sms_answered(w: World, kind: str) -> tuple[str, Message]:
+    """Ingest, make the fake Twilio answer ``kind`` (see FakeTwilio) to CD_PERSON's
+    number, run a cycle: (that number, CD_PERSON's SMS)."""
     _ingest(w)
     phone = w.person(CD_PERSON).phone
     w.fake.set_rule(phone, kind)
@@ -299,12 +299,7 @@ def _person_of(world: World, msg: Message) -> Person:
 @pytest.mark.parametrize("kind,code", [("rate_limit", 20429), ("server_error", 20500), ("unavailable", 20503)])
 def test_rate_limit_and_server_errors_back_off_then_send_once(sqlite_world, kind, code):
     w = sqlite_world
-    _ingest(w)
-    phone = w.person(CD_PERSON).phone
-    w.fake.set_rule(phone, kind)
-
-    w.cycle(NOW)
-    [msg] = w.messages(CD_PERSON, "sms")
+    phone, msg = _first_sms_answered(w, kind)
     assert (msg.status, msg.attempts) == ("pending", 1)
     assert msg.not_before == NOW + dt.timedelta(seconds=30)  # first backoff: 30 s (Retry-After: 1 is shorter)
     assert msg.error == f"retry: retry ({code})"
@@ -372,12 +367,7 @@ def test_retry_after_is_respected_backoff_is_capped_and_retries_give_up(sqlite_w
 @pytest.mark.parametrize("kind,code", [("invalid_number", 21211), ("not_mobile", 21614), ("undelivered", 30006)])
 def test_unusable_number_flags_the_phone_and_letters_carry_on(sqlite_world, kind, code):
     w = sqlite_world
-    _ingest(w)
-    phone = w.person(CD_PERSON).phone
-    w.fake.set_rule(phone, kind)
-    w.cycle(NOW)
-
-    [msg] = w.messages(CD_PERSON, "sms")
+    phone, msg = _first_sms_answered(w, kind)
     assert msg.status == "failed" and str(code) in msg.error
     assert w.person(CD_PERSON).phone_status == "failed"
     assert w.case(CD_PERSON).phone_unusable
@@ -403,7 +393,7 @@ def test_unusable_number_flags_the_phone_and_letters_carry_on(sqlite_world, kind
 
 def test_opt_out_is_recorded(sqlite_world):
     w = sqlite_world
-    phone, msg = _first_sms_refused(w, "opt_out")
+    phone, msg = _first_sms_answered(w, "opt_out")
     assert msg.status == "failed" and "21610" in msg.error
     assert w.person(CD_PERSON).phone_status == "opted_out"
     assert w.case(CD_PERSON).sms_opt_out
@@ -416,7 +406,7 @@ def test_opt_out_is_recorded(sqlite_world):
 
 def test_unknown_twilio_error_is_a_visible_technical_failure_not_retried(sqlite_world):
     w = sqlite_world
-    phone, msg = _first_sms_refused(w, "unknown")
+    phone, msg = _first_sms_answered(w, "unknown")
     assert msg.status == "technical-failure"
     assert "99999" in msg.error and "Twilio error" in msg.error
     assert phone not in msg.error  # Twilio's text is never kept
@@ -433,11 +423,7 @@ def test_unknown_twilio_error_is_a_visible_technical_failure_not_retried(sqlite_
 
 def test_accepted_without_callback_stays_sent_and_is_never_resent(sqlite_world):
     w = sqlite_world
-    _ingest(w)
-    phone = w.person(CD_PERSON).phone
-    w.fake.set_rule(phone, "no_callback")
-    w.cycle(NOW)
-    [msg] = w.messages(CD_PERSON, "sms")
+    phone, msg = _first_sms_answered(w, "no_callback")
     assert msg.status == "sent" and msg.provider_ref.startswith("SM")
     for later in (NOW + dt.timedelta(minutes=20), NOW + dt.timedelta(hours=3), NOW + dt.timedelta(days=1)):
         w.cycle(later)  # includes the reconcile of stuck messages
@@ -536,7 +522,7 @@ def test_ops_put_a_technical_failure_back_in_the_outbox_once_checked(sqlite_worl
     from worker.message_ops import MessageOpsError, list_messages, requeue_message
 
     w = sqlite_world
-    phone, msg = _first_sms_refused(w, "unknown")
+    phone, msg = _first_sms_answered(w, "unknown")
     listed = list_messages(w.app, status="technical-failure")
     assert [r["id"] for r in listed] == [msg.id]
     assert listed[0]["reference"] == msg.reference and "99999" in listed[0]["error"]
@@ -568,7 +554,7 @@ def test_a_technical_failure_of_a_step_the_case_has_left_is_not_requeued(sqlite_
     from worker.message_ops import MessageOpsError, requeue_message
 
     w = sqlite_world
-    phone, msg = _first_sms_refused(w, "unknown")
+    phone, msg = _first_sms_answered(w, "unknown")
     w.cycle(_next_step_time(w, CD_PERSON))
     assert w.case(CD_PERSON).step == "invitation_2"
     with pytest.raises(MessageOpsError, match="étape invitation_2"):
