@@ -5,9 +5,10 @@ worker died while sending it (surfaced by the reconcile job), the provider
 answered an error nobody knows how to read, or retries gave up. It is never
 resent automatically, because the person may already have it. Once ops have
 checked at the provider that it did not go out, :func:`requeue_message` puts
-it back to ``pending`` -- only if it is still wanted: its case is active, on
-that step (or, for an appointment reminder, the appointment it was for is
-still the booked one), and its channel still usable. The relay then sends it
+it back to ``pending`` -- only if it is still wanted, by the engine's own
+re-check before sending (:func:`worker.domain.engine.send_verdict`: case
+active and on that step, no pause, no booking since, channel usable, the
+reminder's appointment still the booked one and not passed). The relay then sends it
 through the same claim as any message. Each requeue is in the audit log with
 the reason given.
 
@@ -24,7 +25,7 @@ from . import audit
 from .db.models import Case, Message
 from .db.session import session_scope
 from .domain import engine
-from .domain.model import PENDING
+from .domain.model import PENDING, MessageView
 from .repository import to_state
 
 REQUEUABLE = "technical-failure"
@@ -72,7 +73,7 @@ def requeue_message(app, message_id: int, *, reason: str, now: dt.datetime) -> d
                 f"{REQUEUABLE} peut être remis en envoi")
         case = s.get(Case, msg.case_id)
         state = to_state(case)
-        why_not = _not_wanted(app, state, msg)
+        why_not = _not_wanted(app, state, msg, now)
         if why_not:
             raise MessageOpsError(f"le message {msg.reference} n'est plus à envoyer : {why_not}")
         previous_error = msg.error
@@ -90,15 +91,24 @@ def requeue_message(app, message_id: int, *, reason: str, now: dt.datetime) -> d
                 "status": PENDING}
 
 
-def _not_wanted(app, state, msg: Message) -> str | None:
-    if state.status != "active":
-        return f"dossier clos ({state.outcome or state.status})"
-    if not engine.channel_usable(state, msg.channel):
-        return f"canal {msg.channel} inutilisable pour ce dossier"
-    if msg.step == app.policy.reminder.step:
-        if state.appointment_at is None or msg.seq != state.appointment_count:
-            return "le rendez-vous de ce rappel n'est plus celui qui est pris"
-        return None
-    if msg.step != state.step:
+_REASONS = {
+    "case_closed": "dossier clos",
+    "legitimate_reason": "motif légitime en cours",
+    "appointment_changed": "le rendez-vous de ce rappel n'est plus celui qui est pris",
+    "appointment_passed": "le rendez-vous est passé",
+    "rdv_booked": "la personne a pris rendez-vous depuis",
+}
+
+
+def _not_wanted(app, state, msg: Message, now: dt.datetime) -> str | None:
+    """Why the engine would cancel this message if it were pending now (None: it would send it)."""
+    view = MessageView(msg.step, msg.channel, msg.seq, PENDING, msg.address_version, msg.id)
+    verdict = engine.send_verdict(state, view, now, app.policy, app.calendar)
+    if not verdict.startswith("cancel:"):
+        return None  # send, or defer to the sending window
+    code = verdict.split(":", 1)[1]
+    if code == "step_changed":
         return f"le dossier est passé à l'étape {state.step}"
-    return None
+    if code.startswith("channel_unusable_"):
+        return f"canal {msg.channel} inutilisable pour ce dossier"
+    return _REASONS.get(code, code)

@@ -560,3 +560,17 @@ def test_a_technical_failure_of_a_step_the_case_has_left_is_not_requeued(sqlite_
     with pytest.raises(MessageOpsError, match="étape invitation_2"):
         requeue_message(w.app, msg.id, reason="vérifié", now=NOW + dt.timedelta(days=20))
     assert w.message(msg.id).status == "technical-failure"
+
+
+def test_a_technical_failure_is_not_requeued_during_a_legitimate_reason(sqlite_world):
+    """The requeue asks the engine's own re-check before sending: a pause refuses it too."""
+    from worker.message_ops import MessageOpsError, requeue_message
+
+    w = sqlite_world
+    _phone, msg = _first_sms_answered(w, "unknown")
+    later = NOW + dt.timedelta(hours=1)
+    services.apply_event(w.app, external_id=CD_PERSON, type="legitimate_reason", now=later,
+                         until=NOW + dt.timedelta(days=10))
+    with pytest.raises(MessageOpsError, match="motif légitime en cours"):
+        requeue_message(w.app, msg.id, reason="vérifié", now=later)
+    assert w.message(msg.id).status == "technical-failure"
