@@ -7,7 +7,8 @@ rendered from ``templates/email/digest.txt.j2`` and ``digest.html.j2``:
 
 * written to ``<digests dir>/<YYYY-MM-DD>/<ORGANISATION>.txt`` and ``.html``
   (``RELANCE_DIGESTS_DIR``, default ``<outbox>/digests``): the claim -- the
-  text file is created exclusively, so two schedulers or a rerun never make a
+  text file is published whole under its name only if the name is free
+  (:func:`worker.files.create_new`), so two schedulers or a rerun never make a
   second digest for the same organisation and day;
 * with ``RELANCE_EMAIL_BACKEND=smtp``, e-mailed to each of the organisation's
   ``digest_recipients`` (``config/territory.yaml``). The addresses reached are
@@ -31,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
 from pathlib import Path
 
 from . import audit
@@ -39,6 +39,7 @@ from .agenda import SECTIONS, Item, agenda
 from .calendar import parse_hhmm
 from .channels.base import RetryableError
 from .db.session import session_scope
+from .files import create_new
 
 log = logging.getLogger("relance.digests")
 
@@ -70,18 +71,6 @@ def render(app, organisation: str, day: dt.date, items: list[Item]):
         "total": len({i.case_reference for i in items}),
     }
     return app.renderer.render("digest", "email", context)
-
-
-def _claim(path: Path, text: str) -> bool:
-    """Create ``path`` with ``text`` unless it exists (atomic: O_EXCL)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return True
 
 
 def _stale(path: Path) -> bool:
@@ -164,7 +153,7 @@ def send_due(app, now: dt.datetime, *, force: bool = False) -> list[DigestResult
             continue
         cases = len({i.case_reference for i in items})
         rendered = render(app, organisation, day, items)
-        if not _claim(path, rendered.text + "\n"):
+        if not create_new(path, (rendered.text + "\n").encode("utf-8")):
             if done.exists() or not _stale(path):
                 results.append(DigestResult(organisation, day, cases, "already", path))
                 continue

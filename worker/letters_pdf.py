@@ -38,13 +38,13 @@ import csv
 import gc
 import hashlib
 import io
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Iterable
+
+from .files import fsync_dir, publish, write_temp
 
 __all__ = [
     "LetterHtml",
@@ -547,51 +547,6 @@ def _check_token(name: str, value: str) -> str:
     return value
 
 
-def _write_temp(directory: Path, data: bytes, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        os.unlink(name)
-        raise
-    return Path(name)
-
-
-def _publish(temp: Path, final: Path) -> None:
-    """Move ``temp`` to ``final`` atomically; FileExistsError if ``final`` exists.
-
-    ``os.link`` fails if the target exists, so two workers can never both
-    publish the same batch; ``os.replace`` after a check is the fallback on
-    file systems without hard links.
-    """
-    try:
-        os.link(temp, final)
-    except FileExistsError:
-        raise FileExistsError(f"le lot existe déjà : {final}") from None
-    except OSError:
-        if final.exists():
-            raise FileExistsError(f"le lot existe déjà : {final}") from None
-        os.replace(temp, final)
-        return
-    os.unlink(temp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not on every platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_print_batch(
     out_dir: Path,
     *,
@@ -636,19 +591,19 @@ def write_print_batch(
         writer.writerow([letter.reference, letter.case_reference, letter.step, first, count])
 
     directory.mkdir(parents=True, exist_ok=True)
-    pdf_temp = _write_temp(directory, result.pdf, ".pdf")
-    manifest_temp = _write_temp(directory, rows.getvalue().encode("utf-8"), ".csv")
+    pdf_temp = write_temp(directory, result.pdf, ".pdf")
+    manifest_temp = write_temp(directory, rows.getvalue().encode("utf-8"), ".csv")
     try:
-        _publish(pdf_temp, pdf_path)  # claims the batch name atomically
+        publish(pdf_temp, pdf_path)  # claims the batch name atomically
         try:
-            _publish(manifest_temp, manifest_path)
+            publish(manifest_temp, manifest_path)
         except BaseException:
             pdf_path.unlink(missing_ok=True)
             raise
     finally:
         pdf_temp.unlink(missing_ok=True)
         manifest_temp.unlink(missing_ok=True)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
     return PrintBatch(
         day=day,
