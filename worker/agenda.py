@@ -30,6 +30,7 @@ from sqlalchemy import select
 
 from .db.models import Case, Person
 from .db.session import session_scope
+from .describe import days_left
 from .orientation import report as orientation_report
 
 SECTIONS = {
@@ -102,7 +103,7 @@ def agenda(app, now: dt.datetime, organisation: str | None = None) -> list[Item]
     for w in orientation_report(app, now):
         if w.days_left > warning or (organisation and w.organisation != organisation):
             continue
-        left = f"J-{w.days_left}" if w.days_left >= 0 else f"dépassée de {-w.days_left} j"
+        left = days_left(w.days_left)
         items.append(Item("orientation", w.organisation, w.case_reference, w.external_id, w.step, w.received_on,
                           f"orienter avant le {w.deadline:%d/%m/%Y} ({left})"))
     order = list(SECTIONS)

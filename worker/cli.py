@@ -444,6 +444,7 @@ def digests_send(now: Optional[str] = typer.Option(None, "--now", help="Instant 
 def orientation(as_json: bool = typer.Option(False, "--json"),
                 now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
     """Dossiers en attente d'orientation et leur échéance légale de 6 semaines (CASF D262-65-2)."""
+    from .describe import days_left
     from .orientation import report
 
     ctx = _context()
@@ -458,7 +459,7 @@ def orientation(as_json: bool = typer.Option(False, "--json"),
         return
     typer.echo(f"{len(waiting)} dossiers en attente d'orientation (échéance : 6 semaines après réception du flux) :")
     for w in waiting:
-        left = f"J-{w.days_left}" if w.days_left >= 0 else f"dépassée de {-w.days_left} j"
+        left = days_left(w.days_left)
         typer.echo(f"  {w.case_reference}  {w.external_id}  reçu le {w.received_on:%d/%m/%Y}, "
                    f"échéance le {w.deadline:%d/%m/%Y} ({left}){'  [signalé]' if w.flagged else ''}"
                    f"  étape {w.step or '-'}")

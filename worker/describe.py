@@ -92,6 +92,11 @@ def reason(code) -> str:
     return text
 
 
+def days_left(days: int) -> str:
+    """``J-7`` before a deadline, ``dépassée de 3 j`` after it."""
+    return f"J-{days}" if days >= 0 else f"dépassée de {-days} j"
+
+
 def local_time(value, tz: dt.tzinfo | None) -> str:
     """``JJ/MM/AAAA HH:MM`` in ``tz`` (the territory's time zone) of an ISO date-time."""
     try:
@@ -131,8 +136,7 @@ def case_entry(detail: dict, tz: dt.tzinfo | None = None) -> str:
         return f"inscrit à la commission RSA du {_date_fr(session)}"
     flag = detail.get("flag")
     if flag == "orientation_deadline":
-        days = int(detail.get("days_left", 0))
-        left = f"J-{days}" if days >= 0 else f"dépassée de {-days} j"
+        left = days_left(int(detail.get("days_left", 0)))
         return f"non orienté : échéance des 6 semaines le {_date_fr(detail.get('deadline'))} ({left})"
     if flag in FLAGS:
         extra = None if flag in _PLAIN_FLAGS else detail.get("detail")
