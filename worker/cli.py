@@ -213,9 +213,7 @@ def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Optio
     if as_json:
         typer.echo(json.dumps(items, ensure_ascii=False, indent=2, default=str))
         return
-    from zoneinfo import ZoneInfo
-
-    tz = ZoneInfo(ctx.settings.timezone)
+    tz = ctx.calendar.tz
     for i in items:
         when = describe.local_time(i["at"], tz)
         if i["kind"] == "message":
@@ -355,11 +353,9 @@ def messages_list(status: Optional[str] = typer.Option(None, "--status", help="e
         return
     if not rows:
         typer.echo("Aucun message.")
-    from zoneinfo import ZoneInfo
-
     from .describe import local_time
 
-    tz = ZoneInfo(ctx.settings.timezone)
+    tz = ctx.calendar.tz
     for r in rows:
         when = local_time(r["status_at"].isoformat(), tz) if r["status_at"] else "-"
         typer.echo(f"{r['id']:>8}  {r['reference']}  {r['step']:<20} {r['channel']:<6} {r['status']:<18} {when}"
