@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: flux ingestion rows/s into PostgreSQL through services.ingest_file.
+"""Benchmark: flux ingestion rows/s into PostgreSQL through ingest.ingest_file.
 
     .venv/bin/python bench/bench_ingest.py [-n 100000] [--runs 3] [--baseline-rows 5000] [--profile]
 
@@ -7,10 +7,10 @@ Generates an N-row synthetic flux CSV (bench/flux_gen.py: valid rows, fictional
 people, droit opened 0-9 days before the simulated now, 2024-06-10 10:00
 Paris), then, per run, ingests it into a fresh PostgreSQL database (throwaway
 cluster of tests/infra/postgres.py on 127.0.0.1, migrated with Alembic) through
-``services.ingest_file``: the real path (parse, upsert people, open cases,
+``ingest.ingest_file``: the real path (parse, upsert people, open cases,
 audit). Reported: rows/s of the first ingestion (wall clock; CPU time of this
 process beside it), rows/s of re-ingesting the same file (everything
-unchanged), the parse alone (worker.flux.parse_flux), and -- with
+unchanged), the parse alone (worker.adapters.flux.parse_flux), and -- with
 --baseline-rows -- the former per-row ORM ingestion (bench/legacy_ingest.py)
 on the first rows of the file, for comparison. Each run checks the counts and
 the audit chain. Target: >= 10 000 rows/s.
@@ -38,8 +38,8 @@ NOW = dt.datetime(2024, 6, 10, 10, 0, tzinfo=ZoneInfo("Europe/Paris"))  # a Mond
 
 
 def make_app(url: str, data_dir: Path):
-    from worker.app import build_app
-    from worker.db import session as db_session
+    from worker.bootstrap import build_app
+    from worker.adapters.store import session as db_session
     from worker.settings import Settings
 
     settings = Settings(data_dir=data_dir, database_url=url, broker_url="memory://")
@@ -50,9 +50,9 @@ def make_app(url: str, data_dir: Path):
 def counts(url: str) -> dict:
     from sqlalchemy import func, select
 
-    from worker import audit
-    from worker.db.models import AuditEntry, Case, Person
-    from worker.db.session import session_scope
+    from worker.adapters.store import audit
+    from worker.adapters.store.models import AuditEntry, Case, Person
+    from worker.adapters.store.session import session_scope
 
     with session_scope(url) as s:
         out = {name: s.execute(select(func.count()).select_from(m)).scalar_one()
@@ -79,9 +79,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from tests.infra.postgres import PostgresServer
-    from worker import services
-    from worker.db import session as db_session
-    from worker.flux import parse_flux
+    from worker.services import ingest
+    from worker.adapters.store import session as db_session
+    from worker.adapters.flux import parse_flux
 
     load_before = _common.loadavg()
     results: dict = {"rows": args.n, "now": NOW.isoformat(), "target_rows_per_s": TARGET, "runs": []}
@@ -115,7 +115,7 @@ def main() -> int:
                 prof = cProfile.Profile()
                 prof.enable()
             server0 = _common.tree_cpu_seconds(pg.pid)
-            rep, w, c = timed(services.ingest_file, app, path, NOW, progress=lambda d, t: ticks.append(d))
+            rep, w, c = timed(ingest.ingest_file, app, path, NOW, progress=lambda d, t: ticks.append(d))
             server = _common.tree_cpu_seconds(pg.pid) - server0
             if args.profile and run == args.runs - 1:
                 prof.disable()
@@ -124,7 +124,7 @@ def main() -> int:
             assert rep.cases_opened == expected_cases, rep.cases_opened
             assert ticks and ticks[-1] == args.n
             server0 = _common.tree_cpu_seconds(pg.pid)
-            rep2, w2, c2 = timed(services.ingest_file, app, path, NOW + dt.timedelta(hours=1))
+            rep2, w2, c2 = timed(ingest.ingest_file, app, path, NOW + dt.timedelta(hours=1))
             server2 = _common.tree_cpu_seconds(pg.pid) - server0
             assert (rep2.accepted, rep2.updated, rep2.unchanged, rep2.cases_opened) == (0, 0, args.n, 0)
             n = counts(url)
@@ -154,7 +154,7 @@ def main() -> int:
                     if i > args.baseline_rows:
                         break
                     out.writerow(line)
-            for label, fn in (("legacy", legacy_ingest.ingest_file), ("new", services.ingest_file)):
+            for label, fn in (("legacy", legacy_ingest.ingest_file), ("new", ingest.ingest_file)):
                 url = pg.create_database(f"base_{label}")
                 app = make_app(url, tmp / f"var_{label}")
                 rep, w, c = timed(fn, app, small, NOW)

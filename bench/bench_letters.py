@@ -5,13 +5,13 @@
 
 Renders N letters from the real templates (templates/letters, with the sample
 contexts of tests/template_samples.py and names/addresses of the sample flux
-files put through worker.postal.address_block; a realistic inline HTML letter
+files put through worker.domain.postal.address_block; a realistic inline HTML letter
 if the templates are missing), in one process:
 
 (a) baseline: plain WeasyPrint, one document per letter
     (``weasyprint.HTML(string=html).write_pdf()``, nothing else);
 (b) batched: batches of --batch-size letters, one WeasyPrint document each
-    (worker.letters_pdf.render_batch), as the daily print batch does: the
+    (worker.adapters.pdf.render_batch), as the daily print batch does: the
     parts every letter of an organisation shares (letterhead, footer, place
     and date: the template's ``data-layer`` elements) are rendered once per
     batch and drawn on each letter's first page as a PDF form XObject;
@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.letters_pdf import LetterHtml, render_batch, split_pdf  # noqa: E402
-from worker.postal import AddressError, address_block  # noqa: E402
+from worker.adapters.pdf import LetterHtml, render_batch, split_pdf  # noqa: E402
+from worker.domain.postal import AddressError, address_block  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS-letters.md"
 TARGET = 25.0  # letters/s per core, batched
@@ -110,7 +110,7 @@ def _steps(n: int) -> list[str]:
 def template_letters(n: int) -> list[LetterHtml] | None:
     try:
         from tests.template_samples import sample_context
-        from worker.rendering import TemplateRenderer
+        from worker.adapters.rendering import TemplateRenderer
     except ImportError:
         return None
     templates = ROOT / "templates"

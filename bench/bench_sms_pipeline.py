@@ -18,7 +18,7 @@ For each worker count:
    settings) published from this process; tasks/s = count / time until the
    queue and the unacked set are empty;
 2. the SMS pipeline on a fresh database: a flux of --sms people (valid rows,
-   a mobile phone each, droits et devoirs) is ingested (services.ingest_file,
+   a mobile phone each, droits et devoirs) is ingested (ingest.ingest_file,
    timed apart), then this process runs the scheduler's jobs with the
    simulated now (a Monday, 10:00 Paris) travelling with each task:
    jobs.sweep once (one ``advance`` task per case: the engine plans the
@@ -94,9 +94,9 @@ class Bench:
 
     def fresh_database(self) -> None:
         """A new database; this process's app and Celery producer point at it."""
-        from worker.app import build_app, set_app
-        from worker.celery_app import configure
-        from worker.db import session as db_session
+        from worker.bootstrap import build_app, set_app
+        from worker.entrypoints.celery_app import configure
+        from worker.adapters.store import session as db_session
         from worker.settings import Settings
 
         self.n_db += 1
@@ -155,7 +155,7 @@ class Bench:
     def noop_rate(self, concurrency: int, count: int) -> dict:
         import redis as redis_lib
 
-        from worker.celery_app import celery
+        from worker.entrypoints.celery_app import celery
 
         self.fresh_database()
         client = redis_lib.Redis.from_url(self.redis.url)
@@ -187,9 +187,11 @@ class Bench:
         import redis as redis_lib
         from sqlalchemy import func, select
 
-        from worker import jobs, services
-        from worker.db.models import Case, Message
-        from worker.db.session import session_scope
+        from worker.entrypoints import jobs
+
+        from worker.services import ingest
+        from worker.adapters.store.models import Case, Message
+        from worker.adapters.store.session import session_scope
 
         self.fresh_database()
         redis_lib.Redis.from_url(self.redis.url).flushall()
@@ -199,7 +201,7 @@ class Bench:
         for number in people:
             self.fake.set_rule(number, "no_callback")
         t = time.perf_counter()
-        report = services.ingest_file(self.app, flux, NOW)
+        report = ingest.ingest_file(self.app, flux, NOW)
         ingest_s = time.perf_counter() - t
         expected = report.cases_opened
         proc = self.start_workers(concurrency, f"sms-c{concurrency}-{count}")
@@ -248,16 +250,16 @@ class Bench:
         """In this process, without Celery: time and SQL statements of advance_case and send_message."""
         from sqlalchemy import event, select
 
-        from worker import services
-        from worker.db.models import Case, Message
-        from worker.db.session import get_engine, session_scope
+        from worker.services import cases, ingest, sending
+        from worker.adapters.store.models import Case, Message
+        from worker.adapters.store.session import get_engine, session_scope
 
         self.fresh_database()
         self.fake.reset()
         flux = flux_gen.write_rows(self.tmp / f"flux_breakdown_{count}.csv", _sms_people(count, 99))
         for number in _only_mobiles(flux):
             self.fake.set_rule(number, "no_callback")
-        services.ingest_file(self.app, flux, NOW)
+        ingest.ingest_file(self.app, flux, NOW)
         engine = get_engine(self.app.db_url)
         counter = {"statements": 0, "commits": 0}
 
@@ -273,8 +275,8 @@ class Bench:
         try:
             with session_scope(self.app.db_url) as s:
                 case_ids = list(s.execute(select(Case.id).order_by(Case.id)).scalars())
-            for label, ids, fn in (("advance_case", case_ids, services.advance_case),
-                                   ("send_message (sms)", None, services.send_message)):
+            for label, ids, fn in (("advance_case", case_ids, cases.advance_case),
+                                   ("send_message (sms)", None, sending.send_message)):
                 if ids is None:
                     with session_scope(self.app.db_url) as s:
                         ids = list(s.execute(select(Message.id).where(Message.channel == "sms")
@@ -299,8 +301,8 @@ class Bench:
     def _sms_sent(self, expected: int) -> bool:
         from sqlalchemy import func, select
 
-        from worker.db.models import Message
-        from worker.db.session import session_scope
+        from worker.adapters.store.models import Message
+        from worker.adapters.store.session import session_scope
 
         with session_scope(self.app.db_url) as s:
             n = s.execute(select(func.count()).select_from(Message).where(
@@ -450,9 +452,9 @@ def main() -> int:
                     print(f"[memory] stopped: {exc}", flush=True)
         finally:
             bench.close()
-            from worker.app import set_app
-            from worker.celery_app import celery, configure
-            from worker.db import session as db_session
+            from worker.bootstrap import set_app
+            from worker.entrypoints.celery_app import celery, configure
+            from worker.adapters.store import session as db_session
             from worker.settings import Settings
 
             set_app(None)

@@ -10,7 +10,7 @@ with Alembic to --revision: "head", or "0001" for the schema before the
 partial index): 60 % active and waiting (due in 1 min - 30 days), 1 % active
 and due (due 0-60 min ago), 9 % active without a due moment (held, tasks,
 awaiting a slot), 30 % closed; the due cases are scattered over the table.
-Then times ``services.due_case_ids(app, now, 1000)`` -- the real claim through
+Then times ``cases.due_case_ids(app, now, 1000)`` -- the real claim through
 the service layer (SQLAlchemy session, the claim, commit) -- --runs times,
 each over a distinct due set: between two runs (untimed) the claimed cases are
 "advanced" (due again in 15-45 days, claim cleared, as advance_case does) and
@@ -191,12 +191,12 @@ def main() -> int:
     batch = args.batch
 
     from tests.infra.postgres import PostgresServer
-    from worker import services
-    from worker.app import build_app
-    from worker.db import session as db_session
+    from worker.services import cases
+    from worker.bootstrap import build_app
+    from worker.adapters.store import session as db_session
     from worker.settings import Settings
 
-    claim = services.due_case_ids
+    claim = cases.due_case_ids
     if args.legacy:
         import legacy_sweep
 

@@ -4,8 +4,8 @@
     .venv/bin/python bench/check_ingest.py [--backend sqlite|postgresql|both]
 
 Runs one scenario twice on fresh databases -- once through the per-row ORM
-ingestion kept in bench/legacy_ingest.py, once through ``services.ingest_file``
-(worker/ingestion.py) -- and compares every row of persons, cases, messages,
+ingestion kept in bench/legacy_ingest.py, once through ``ingest.ingest_file``
+(worker/services/ingest.py) -- and compares every row of persons, cases, messages,
 events and audit_log (audit entries compared in order; the chain verified).
 The scenario: the bundled samples (with the expected counts of
 samples/flux_2024-05_with_errors.csv: 22 accepted, 10 rejected, 21 cases, then
@@ -54,7 +54,8 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def scenario(app, ingest, work: Path) -> list:
-    from worker import jobs, services
+    from worker.entrypoints import jobs
+    from worker.services import cases, ingest
     import flux_gen
 
     out = []
@@ -88,8 +89,8 @@ def scenario(app, ingest, work: Path) -> list:
             good.append(r)
     good = good[:8]
     assert len(good) == 8, [r["external_id"] for r in good]
-    services.apply_event(app, external_id=good[6]["external_id"], type="droit_closed", now=at(2024, 7, 2, 11))
-    services.apply_event(app, external_id=good[7]["external_id"], type="droit_closed", now=at(2024, 7, 2, 11))
+    cases.apply_event(app, external_id=good[6]["external_id"], type="droit_closed", now=at(2024, 7, 2, 11))
+    cases.apply_event(app, external_id=good[7]["external_id"], type="droit_closed", now=at(2024, 7, 2, 11))
     new = [dict(r) for r in flux_gen.rows(4, at(2024, 7, 3), seed=7, start=900_000)]
     changes = []
     r = dict(good[0]); r["address_line1"] = "1 rue Neuve"; changes.append(r)               # address
@@ -120,9 +121,9 @@ def scenario(app, ingest, work: Path) -> list:
 
 
 def snapshot(url: str) -> dict:
-    from worker import audit
-    from worker.db.models import AuditEntry, Case, InboundEvent, Message, Person
-    from worker.db.session import session_scope
+    from worker.adapters.store import audit
+    from worker.adapters.store.models import AuditEntry, Case, InboundEvent, Message, Person
+    from worker.adapters.store.session import session_scope
 
     def dump(s, model, order):
         cols = [c.key for c in model.__table__.columns]
@@ -177,10 +178,10 @@ def compare(a: dict, b: dict) -> list[str]:
 
 def run_backend(backend: str) -> bool:
     import legacy_ingest
-    from worker import services
-    from worker.app import build_app, set_app
-    from worker.celery_app import configure
-    from worker.db import session as db_session
+    from worker.services import ingest
+    from worker.bootstrap import build_app, set_app
+    from worker.entrypoints.celery_app import configure
+    from worker.adapters.store import session as db_session
     from worker.settings import Settings
 
     pg = None
@@ -190,7 +191,7 @@ def run_backend(backend: str) -> bool:
         pg = PostgresServer().start()
     try:
         snaps, outs = {}, {}
-        for impl, fn in (("legacy", legacy_ingest.ingest_file), ("new", services.ingest_file)):
+        for impl, fn in (("legacy", legacy_ingest.ingest_file), ("new", ingest.ingest_file)):
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
                 url = pg.create_database(f"check_{impl}") if pg else f"sqlite:///{tmp / 'relance.db'}"
@@ -227,9 +228,9 @@ def run_backend(backend: str) -> bool:
 def check_fingerprint() -> bool:
     """ingestion.fingerprint == flux.row_fingerprint on every sample row and 100 000 synthetic rows."""
     import flux_gen
-    from worker.app import build_app
-    from worker.flux import parse_flux, row_fingerprint
-    from worker.ingestion import fingerprint
+    from worker.bootstrap import build_app
+    from worker.adapters.flux import parse_flux, row_fingerprint
+    from worker.services.ingest import fingerprint
 
     app = build_app()
     orgs = frozenset(app.territory.organisations)
@@ -265,10 +266,10 @@ def _audit_entries() -> list[dict]:
 
 def check_append_many(backend: str, pg=None) -> bool:
     """audit.append_many writes what that many audit.append calls write (hashes, rows, chain)."""
-    from worker import audit
-    from worker.db import session as db_session
-    from worker.db.models import AuditEntry
-    from worker.db.session import session_scope
+    from worker.adapters.store import audit
+    from worker.adapters.store import session as db_session
+    from worker.adapters.store.models import AuditEntry
+    from worker.adapters.store.session import session_scope
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/flux_gen.py OUT.csv -n 100000 [--now 2024-06-10T10:00:00+02:00] [--seed 1]
 
-Every row passes worker.flux.parse_flux: synthetic names, "06 12 34 xx xx"
+Every row passes worker.adapters.flux.parse_flux: synthetic names, "06 12 34 xx xx"
 phones (ARCEP fiction range), NIRs with a valid mod-97 key (distinct for each
 row), organisations of config/territory.yaml (coherent with the orientation),
 droit opened 0-9 days before the simulated now, 97 % droits et devoirs.

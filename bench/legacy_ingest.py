@@ -1,4 +1,4 @@
-"""The per-row ORM ingestion as it was before worker/ingestion.py (commit 516ba5a).
+"""The per-row ORM ingestion as it was before worker/services/ingest.py (commit 516ba5a).
 
 Kept verbatim (imports aside) for two uses only: the baseline rows/s of
 bench_ingest.py and the old-vs-new equivalence check (bench/check_ingest.py).
@@ -13,15 +13,18 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import audit, repository
-from worker.db.models import Case, Person
-from worker.db.session import session_scope
+from worker.adapters.store import audit
+
+from worker.adapters.store import repository
+from worker.adapters.store.models import Case, Person
+from worker.adapters.store.session import session_scope
 from worker.domain.model import Event
-from worker.services import ADDRESS_FIELDS, PERSON_FIELDS, IngestReport, _apply_to_active_case
+from worker.services.cases import apply_to_active_case as _apply_to_active_case
+from worker.services.ingest import ADDRESS_FIELDS, PERSON_FIELDS, IngestReport
 
 
 def ingest_file(app, path: Path, now: dt.datetime, progress=None) -> IngestReport:
-    from worker.flux import parse_flux
+    from worker.adapters.flux import parse_flux
 
     path = Path(path)
     data = path.read_bytes()
@@ -49,7 +52,7 @@ def ingest_file(app, path: Path, now: dt.datetime, progress=None) -> IngestRepor
 
 
 def _upsert_row(s: Session, app, row, now: dt.datetime, report: IngestReport) -> None:
-    from worker.flux import row_fingerprint
+    from worker.adapters.flux import row_fingerprint
 
     fingerprint = row_fingerprint(row)
     nir_hash = app.nir_hash(row.nir)

@@ -8,8 +8,8 @@ import datetime as dt
 
 from sqlalchemy import or_, select, update
 
-from worker.db.models import Case
-from worker.db.session import session_scope
+from worker.adapters.store.models import Case
+from worker.adapters.store.session import session_scope
 
 
 def due_case_ids(app, now: dt.datetime, limit: int) -> list[int]:

@@ -3,9 +3,9 @@
 
     .venv/bin/python scripts/render_letter_examples.py [--long] [--out docs/letters] [--dpi 60]
 
-Uses the real templates (worker.rendering.TemplateRenderer) with the sample
+Uses the real templates (worker.adapters.rendering.TemplateRenderer) with the sample
 contexts of tests/template_samples.py, renders each letter with WeasyPrint
-(worker.letters_pdf.render_pdf), then converts the first page with
+(worker.adapters.pdf.render_pdf), then converts the first page with
 ``pdftoppm -r <dpi> -png -singlefile`` (poppler-utils). ``--long`` uses the
 long sample values (long names, addresses and organisation names) and writes
 ``<step>-long.png``. ``--all-pages`` writes every page (``<step>-<n>.png``).
@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.template_samples import sample_context  # noqa: E402
-from worker.letters_pdf import render_pdf  # noqa: E402
-from worker.rendering import TemplateRenderer  # noqa: E402
+from worker.adapters.pdf import render_pdf  # noqa: E402
+from worker.adapters.rendering import TemplateRenderer  # noqa: E402
 
 STEPS = (
     "invitation_1",

@@ -128,12 +128,12 @@ def relance_app(db_url, tmp_path):
     """A migrated database on each backend and the process-wide app context
     built on it (local channels, eager Celery, outbox/inbox under tmp_path/var).
 
-    Tasks (``worker.tasks.*``) use this context through ``get_app()``; it is
+    Tasks (``worker.entrypoints.tasks.*``) use this context through ``get_app()``; it is
     reset to None and the database engine disposed afterwards (so PostgreSQL
     databases can be dropped)."""
-    from worker.app import build_app, set_app
-    from worker.celery_app import celery, configure
-    from worker.db import session as db_session
+    from worker.bootstrap import build_app, set_app
+    from worker.entrypoints.celery_app import celery, configure
+    from worker.adapters.store import session as db_session
     from worker.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "var", database_url=db_url, broker_url="memory://")

@@ -127,7 +127,7 @@ class Settings(BaseSettings):
 
     def twilio_settings(self):
         """The Twilio channel's settings; ValueError naming the missing/invalid setting."""
-        from .channels.twilio_sms import TwilioSettings
+        from worker.adapters.channels.twilio_sms import TwilioSettings
 
         missing = [name for name in ("twilio_account_sid", "twilio_auth_token", "public_base_url")
                    if not getattr(self, name)]
@@ -140,7 +140,7 @@ class Settings(BaseSettings):
                               api_base_url=self.twilio_api_base_url)
 
     def smtp_settings(self):
-        from .channels.smtp_email import SmtpSettings
+        from worker.adapters.channels.smtp_email import SmtpSettings
 
         return SmtpSettings(host=self.smtp_host, port=self.smtp_port, security=self.smtp_security,
                             username=self.smtp_username, password=self.smtp_password,

@@ -6,9 +6,9 @@ Twilio (:class:`SlowFakeTwilio`, optional latency), a data dir under
 ``tmp_path`` and the environment every process gets. It starts real
 subprocesses on demand::
 
-    stack.start_worker("all", queues.ALL, concurrency=2)   # python -m worker.cli worker -Q ... -c 2
-    stack.start_api()                                       # python -m worker.cli api --port P
-    stack.start_scheduler(interval=1)                       # python -m worker.cli scheduler
+    stack.start_worker("all", queues.ALL, concurrency=2)   # python -m worker.entrypoints.cli worker -Q ... -c 2
+    stack.start_api()                                       # python -m worker.entrypoints.cli api --port P
+    stack.start_scheduler(interval=1)                       # python -m worker.entrypoints.cli scheduler
 
 and, in the test process, an app context + Celery configured on the same
 database and Redis: ``jobs.sweep(stack.app, now)`` / ``jobs.relay(...)``
@@ -209,9 +209,9 @@ class Stack:
 
     # -- the in-process side (jobs, assertions) -------------------------------------------------
     def setup_in_process(self) -> None:
-        from worker.app import build_app, set_app
-        from worker.celery_app import configure
-        from worker.db import session as db_session
+        from worker.bootstrap import build_app, set_app
+        from worker.entrypoints.celery_app import configure
+        from worker.adapters.store import session as db_session
         from worker.settings import Settings
 
         settings = Settings(**{k[len("RELANCE_"):].lower(): v for k, v in self.settings_env.items()})
@@ -221,9 +221,9 @@ class Stack:
         set_app(self.app)
 
     def teardown_in_process(self) -> None:
-        from worker.app import set_app
-        from worker.celery_app import celery, configure
-        from worker.db import session as db_session
+        from worker.bootstrap import set_app
+        from worker.entrypoints.celery_app import celery, configure
+        from worker.adapters.store import session as db_session
         from worker.settings import Settings
 
         set_app(None)
@@ -236,10 +236,10 @@ class Stack:
 
     # -- processes ----------------------------------------------------------------------------
     def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Proc:
-        """``python -m worker.cli <args>`` in its own process group; output in logs/<name>.log."""
+        """``python -m worker.entrypoints.cli <args>`` in its own process group; output in logs/<name>.log."""
         self._counter[name] += 1
         log_path = self.logs / f"{name}.{self._counter[name]}.log"
-        popen = spawn([sys.executable, "-m", "worker.cli", *args], log_path=log_path, cwd=self.tmp_path,
+        popen = spawn([sys.executable, "-m", "worker.entrypoints.cli", *args], log_path=log_path, cwd=self.tmp_path,
                       env=self.env(extra_env), death_signal=signal.SIGKILL)
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
@@ -257,8 +257,8 @@ class Stack:
         return proc
 
     def start_api(self, wait: bool = True) -> Proc:
-        if importlib.util.find_spec("worker.api") is None:
-            pytest.skip("worker/api.py (the `relance api` FastAPI app) is not in the tree")
+        if importlib.util.find_spec("worker.entrypoints.api") is None:
+            pytest.skip("worker/entrypoints/api.py (the `relance api` FastAPI app) is not in the tree")
         proc = self.start("api", "api", "--host", "127.0.0.1", "--port", str(self.api_port))
         proc.ready = lambda: port_accepts("127.0.0.1", self.api_port) and _http_ok(self.api_url + "/health")
         if wait:
@@ -266,8 +266,8 @@ class Stack:
         return proc
 
     def maybe_start_api(self, wait: bool = True) -> Proc | None:
-        """The API if this tree has it (worker/api.py), else None: Twilio's callbacks then go nowhere."""
-        if importlib.util.find_spec("worker.api") is None:
+        """The API if this tree has it (worker/entrypoints/api.py), else None: Twilio's callbacks then go nowhere."""
+        if importlib.util.find_spec("worker.entrypoints.api") is None:
             return None
         return self.start_api(wait)
 
@@ -334,8 +334,8 @@ class Stack:
     def messages(self) -> list[dict]:
         from sqlalchemy import select
 
-        from worker.db.models import Message
-        from worker.db.session import session_scope
+        from worker.adapters.store.models import Message
+        from worker.adapters.store.session import session_scope
 
         with session_scope(self.pg_url) as s:
             return [{"id": m.id, "case_id": m.case_id, "step": m.step, "channel": m.channel, "status": m.status,
@@ -346,8 +346,8 @@ class Stack:
     def count_cases(self) -> int:
         from sqlalchemy import func, select
 
-        from worker.db.models import Case
-        from worker.db.session import session_scope
+        from worker.adapters.store.models import Case
+        from worker.adapters.store.session import session_scope
 
         with session_scope(self.pg_url) as s:
             return s.execute(select(func.count()).select_from(Case)).scalar_one()
@@ -356,8 +356,8 @@ class Stack:
         """Message id -> number of "sent" audit entries (one per provider hand-over)."""
         from sqlalchemy import select
 
-        from worker.db.models import AuditEntry
-        from worker.db.session import session_scope
+        from worker.adapters.store.models import AuditEntry
+        from worker.adapters.store.session import session_scope
 
         with session_scope(self.pg_url) as s:
             rows = s.execute(select(AuditEntry.entity_id, AuditEntry.data).where(AuditEntry.kind == "message"))
@@ -378,7 +378,7 @@ class Stack:
     def queue_lengths(self) -> dict[str, int]:
         import redis
 
-        from worker import queues
+        from worker.entrypoints import queues
 
         client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
         try:
@@ -393,9 +393,10 @@ class Stack:
     # -- the usual flow, driven from here with a simulated now -----------------------------------
     def ingest_and_plan(self, now: dt.datetime = SIM_NOW, timeout: float = 60) -> list[dict]:
         """Ingest the sample flux, sweep (advance tasks run in the workers), wait for the plan."""
-        from worker import jobs, services
+        from worker.entrypoints import jobs
+        from worker.services import ingest
 
-        report = services.ingest_file(self.app, SAMPLE_FLUX, now)
+        report = ingest.ingest_file(self.app, SAMPLE_FLUX, now)
         assert report.cases_opened == SAMPLE_CASES, report.as_json()
         jobs.sweep(self.app, now)
         self.wait_until(lambda: len({m["case_id"] for m in self.messages()}) == SAMPLE_CASES, timeout,

@@ -24,13 +24,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from tests.e2e.conftest import INTERRUPTED, SAMPLE_CASES, SAMPLE_FLUX, SIM_NOW, assert_exactly_once
-from worker import jobs, queues, services
-from worker.db.models import AuditEntry, Case, InboundEvent, Lock, Message, Person
-from worker.db.session import session_scope
-from worker.scheduler import LeaderScheduler
-from worker.tasks import cases as case_tasks
-from worker.tasks import maintenance
-from worker.tasks import sms as sms_tasks
+from worker.entrypoints import jobs
+from worker.entrypoints import queues
+from worker.services import ingest
+from worker.adapters.store.models import AuditEntry, Case, InboundEvent, Lock, Message, Person
+from worker.adapters.store.session import session_scope
+from worker.entrypoints.scheduler import LeaderScheduler
+from worker.entrypoints.tasks import cases as case_tasks
+from worker.entrypoints.tasks import maintenance
+from worker.entrypoints.tasks import sms as sms_tasks
 
 pytestmark = pytest.mark.e2e
 
@@ -271,7 +273,7 @@ def test_sweep_and_relay_through_the_maintenance_queue(stack):
     """The scheduler's jobs as maintenance tasks, run by a worker: the whole flow stays exactly once
     even when every job runs twice (two schedulers' worth of runs)."""
     worker = stack.start_worker("w", queues.ALL, concurrency=2)
-    services.ingest_file(stack.app, SAMPLE_FLUX, SIM_NOW)
+    ingest.ingest_file(stack.app, SAMPLE_FLUX, SIM_NOW)
     sweeps = [maintenance.sweep.apply_async(args=[_iso(SIM_NOW)]) for _ in range(2)]
     stack.wait_tasks([r.id for r in sweeps])
     stack.wait_until(lambda: len({m["case_id"] for m in stack.messages()}) == SAMPLE_CASES, 60,

@@ -1,5 +1,5 @@
 """The production topology, for real: Celery workers, the scheduler and the API as
-subprocesses (``python -m worker.cli worker|scheduler|api``) on a real Redis and
+subprocesses (``python -m worker.entrypoints.cli worker|scheduler|api``) on a real Redis and
 a real PostgreSQL, SMS through a fake Twilio that posts signed status callbacks
 to the API.
 
@@ -30,7 +30,8 @@ from tests.e2e.conftest import (
     assert_exactly_once,
     due_by,
 )
-from worker import jobs, queues
+from worker.entrypoints import jobs
+from worker.entrypoints import queues
 
 pytestmark = pytest.mark.e2e
 
@@ -107,7 +108,7 @@ def test_scheduler_drives_everything_on_the_real_clock(stack):
 
 def test_sms_email_letters_and_callbacks_on_a_working_day(stack):
     t0 = time.monotonic()
-    api = stack.start_api(wait=False)  # skips if worker/api.py is missing
+    api = stack.start_api(wait=False)  # skips if worker/entrypoints/api.py is missing
     front = stack.start_worker("front", FRONT_QUEUES, concurrency=1, wait=False)
     send = stack.start_worker("send", SEND_QUEUES, concurrency=2, wait=False)
     procs = [front, send, api]

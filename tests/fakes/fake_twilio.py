@@ -65,7 +65,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from twilio.request_validator import RequestValidator
 
-from worker.gsm7 import is_gsm7, segments
+from worker.domain.gsm7 import is_gsm7, segments
 
 DEFAULT_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token"

@@ -336,7 +336,7 @@ class FakeSmtpServer:
     # -- convenience ---------------------------------------------------------------------
     def settings(self, **overrides):
         """SmtpSettings pointing at this server (unverified TLS: the cert is self-signed)."""
-        from worker.channels.smtp_email import SmtpSettings
+        from worker.adapters.channels.smtp_email import SmtpSettings
 
         values = {
             "host": self.host,

@@ -1,4 +1,4 @@
-"""What waits for an agent (worker.agenda, relance agenda) on SQLite and PostgreSQL:
+"""What waits for an agent (worker.services.agenda, relance agenda) on SQLite and PostgreSQL:
 cases brought to each human gate through the services, as in production."""
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 from freezegun import freeze_time
 
 from tests.conftest import make_nir
-from worker import jobs, services
-from worker.agenda import agenda
+from worker.entrypoints import jobs
+from worker.services import cases, ingest
+from worker.services.agenda import agenda
 
 PARIS = ZoneInfo("Europe/Paris")
 SILENT, CANCELS, FT_UNREG, UNORIENTED = "CAF35-0009701", "CAF35-0009702", "CAF35-0009703", "CAF35-0009704"
@@ -33,7 +34,7 @@ def test_each_human_gate_is_on_the_agenda(relance_app, flux_writer):
          "organisation": "FT-REDON"},
         {"external_id": UNORIENTED, "nir": make_nir(9704), "orientation": ""},
     ])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     with freeze_time(local(2024, 6, 10, 10)) as clock:
         _cycle(app, clock, local(2024, 6, 10, 10))
         assert agenda(app, local(2024, 6, 10, 10)) == []
@@ -41,10 +42,10 @@ def test_each_human_gate_is_on_the_agenda(relance_app, flux_writer):
         items = agenda(app, local(2024, 6, 25, 10))
         assert [(i.section, i.external_id, i.organisation) for i in items] == [("task", FT_UNREG, "FT-REDON")]
         assert f"relance event phone_followup_done {FT_UNREG}" in items[0].todo
-        services.apply_event(app, external_id=FT_UNREG, type="phone_followup_done", now=local(2024, 6, 26, 9))
+        cases.apply_event(app, external_id=FT_UNREG, type="phone_followup_done", now=local(2024, 6, 26, 9))
 
         _cycle(app, clock, local(2024, 7, 10, 10))  # day 30: convocations
-        services.apply_event(app, external_id=CANCELS, type="rdv_cancelled", now=local(2024, 7, 12, 9))
+        cases.apply_event(app, external_id=CANCELS, type="rdv_cancelled", now=local(2024, 7, 12, 9))
         _cycle(app, clock, local(2024, 7, 22, 10))  # after the convocation, absent: review
         now = local(2024, 7, 22, 10)
         items = agenda(app, now)
@@ -64,6 +65,6 @@ def test_each_human_gate_is_on_the_agenda(relance_app, flux_writer):
         assert all(i.organisation == "CDAS-REDON" for i in agenda(app, now, organisation="CDAS-REDON"))
 
         # the decision is taken: the case leaves the agenda
-        services.apply_event(app, external_id=SILENT, type="review_decision", decision="close",
+        cases.apply_event(app, external_id=SILENT, type="review_decision", decision="close",
                              now=local(2024, 7, 23, 9))
         assert (SILENT, "review") not in {(i.external_id, i.section) for i in agenda(app, local(2024, 7, 23, 10))}

@@ -1,4 +1,4 @@
-"""The HTTP API (worker.api) through FastAPI's TestClient, on SQLite and PostgreSQL.
+"""The HTTP API (worker.entrypoints.api) through FastAPI's TestClient, on SQLite and PostgreSQL.
 
 The people come from samples/flux_2024-05_with_errors.csv, sent once with the
 local channels on a working morning; Twilio's side is simulated by signing
@@ -18,14 +18,15 @@ from sqlalchemy import func, select, update
 from twilio.request_validator import RequestValidator
 
 from tests.fakes.smtp_server import free_port
-from worker import jobs, services
-from worker.api import create_app
-from worker.app import build_app, set_app
-from worker.celery_app import configure
-from worker.channels.base import Delivery
-from worker.db import session as db_session
-from worker.db.models import AuditEntry, Case, InboundEvent, Message, Person
-from worker.db.session import session_scope
+from worker.entrypoints import jobs
+from worker.services import cases, errors, ingest, sending, timeline
+from worker.entrypoints.api import create_app
+from worker.bootstrap import build_app, set_app
+from worker.entrypoints.celery_app import configure
+from worker.adapters.channels.base import Delivery
+from worker.adapters.store import session as db_session
+from worker.adapters.store.models import AuditEntry, Case, InboundEvent, Message, Person
+from worker.adapters.store.session import session_scope
 from worker.settings import PROJECT_ROOT, Settings
 
 UTC = dt.timezone.utc
@@ -75,7 +76,7 @@ def env(db_url, tmp_path):
     set_app(app)
     clock = Clock(NOW + dt.timedelta(minutes=5))
     try:
-        services.ingest_file(app, _small_flux(tmp_path), NOW)
+        ingest.ingest_file(app, _small_flux(tmp_path), NOW)
         jobs.cycle(app, NOW)
         with TestClient(create_app(app, clock=clock)) as client:
             yield app, client, clock
@@ -157,7 +158,7 @@ def test_signed_callbacks_move_the_message_to_delivered(env):
     msg = _message(app, message_id)
     assert msg.status == "delivered"
     assert msg.status_at == NOW + dt.timedelta(minutes=5)  # the API's clock
-    items = [i for i in services.timeline(app, CD_PERSON) if i["kind"] == "message" and i["channel"] == "sms"]
+    items = [i for i in timeline.timeline(app, CD_PERSON) if i["kind"] == "message" and i["channel"] == "sms"]
     assert [i["status"] for i in items] == ["delivered"]
 
 
@@ -279,7 +280,7 @@ def test_permanent_failure_callback_flags_the_phone_and_letters_go_on(env, statu
     with session_scope(app.db_url) as s:
         case = s.execute(select(Case).join(Person).where(Person.external_id == FT_PERSON)).scalar_one()
         assert case.status == "active" and case.phone_unusable
-    events = [i for i in services.timeline(app, FT_PERSON) if i["kind"] == "event"]
+    events = [i for i in timeline.timeline(app, FT_PERSON) if i["kind"] == "event"]
     assert [(e["type"], e["status"]) for e in events] == [("sms_failed", "applied")]
 
 
@@ -301,7 +302,7 @@ def test_callback_arriving_before_the_sender_records_the_answer(env, status, cod
             return Delivery(status="sent", provider_ref=sid, segments=1)
 
     app._channels["sms"] = RacingChannel()
-    result = services.send_message(app, reminder.id, reminder.not_before)
+    result = sending.send_message(app, reminder.id, reminder.not_before)
     assert result.outcome == "sent"
     msg = _message(app, reminder.id)
     assert msg.status == expected and msg.provider_ref == sid and msg.sent_at == reminder.not_before
@@ -314,7 +315,7 @@ def test_opt_out_callback_records_the_opt_out(env):
     assert _callback(client, message_id, _form(sid, "failed", 21610)).status_code == 204
     assert _message(app, message_id).status == "failed"
     assert _person(app, CD_PERSON).phone_status == "opted_out"
-    assert [i["type"] for i in services.timeline(app, CD_PERSON) if i["kind"] == "event"] == ["sms_opt_out"]
+    assert [i["type"] for i in timeline.timeline(app, CD_PERSON) if i["kind"] == "event"] == ["sms_opt_out"]
 
 
 def test_transient_failure_callback_fails_the_message_but_keeps_the_phone(env):
@@ -323,7 +324,7 @@ def test_transient_failure_callback_fails_the_message_but_keeps_the_phone(env):
     assert _callback(client, message_id, _form(sid, "undelivered", 30008)).status_code == 204
     assert _message(app, message_id).status == "failed"
     assert _person(app, CD_PERSON).phone_status == "ok"
-    assert not [i for i in services.timeline(app, CD_PERSON) if i["kind"] == "event"]
+    assert not [i for i in timeline.timeline(app, CD_PERSON) if i["kind"] == "event"]
 
 
 def test_callbacks_are_refused_when_twilio_is_not_configured(db_url, tmp_path):
@@ -475,9 +476,9 @@ def test_service_error_is_422_with_its_message(env, monkeypatch):
     assert "parcours inconnu" in r.json()["detail"]
 
     def refuse(*args, **kwargs):
-        raise services.ServiceError("rdv_booked : ce rendez-vous est déjà passé")
+        raise errors.ServiceError("rdv_booked : ce rendez-vous est déjà passé")
 
-    monkeypatch.setattr(services, "apply_event", refuse)
+    monkeypatch.setattr(cases, "apply_event", refuse)
     r = _post_event(client, {"type": "npai", "external_id": CD_PERSON})
     assert r.status_code == 422
     assert r.json() == {"detail": "rdv_booked : ce rendez-vous est déjà passé"}

@@ -12,9 +12,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, text
 
-from worker import audit, jobs, services
-from worker.db.models import AuditEntry, Message, Person
-from worker.db.session import get_engine, session_scope
+from worker.adapters.store import audit
+
+from worker.entrypoints import jobs
+
+from worker.services import cases, ingest
+from worker.adapters.store.models import AuditEntry, Message, Person
+from worker.adapters.store.session import get_engine, session_scope
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 PARIS = ZoneInfo("Europe/Paris")
@@ -26,14 +30,14 @@ def local(y, m, d, hh=10, mm=0) -> dt.datetime:
 
 def _run(app, path: Path = SAMPLES / "flux_2024-03.csv") -> None:
     """Ingest a month of flux, let time pass, record a few events."""
-    services.ingest_file(app, path, local(2024, 4, 2, 8))
+    ingest.ingest_file(app, path, local(2024, 4, 2, 8))
     jobs.cycle(app, local(2024, 4, 2))
-    services.apply_event(app, external_id="CAF35-0001001", type="rdv_booked", now=local(2024, 4, 3),
+    cases.apply_event(app, external_id="CAF35-0001001", type="rdv_booked", now=local(2024, 4, 3),
                          appointment_at=local(2024, 4, 12, 14), idempotency_key="k1")
-    services.apply_event(app, external_id="CAF35-0001002", type="npai", now=local(2024, 4, 4))
-    services.apply_event(app, external_id="CAF35-0001003", type="legitimate_reason", now=local(2024, 4, 4),
+    cases.apply_event(app, external_id="CAF35-0001002", type="npai", now=local(2024, 4, 4))
+    cases.apply_event(app, external_id="CAF35-0001003", type="legitimate_reason", now=local(2024, 4, 4),
                          until=local(2024, 5, 1), reason="hospitalisation de Madame Fontaine")
-    services.apply_event(app, external_id="CAF35-0001002", type="address_updated", now=local(2024, 4, 5))
+    cases.apply_event(app, external_id="CAF35-0001002", type="address_updated", now=local(2024, 4, 5))
     jobs.cycle(app, local(2024, 4, 17))
 
 
@@ -172,7 +176,7 @@ def test_no_personal_data_in_the_audit_log_when_an_address_is_refused(relance_ap
     name = "Kerouredan-Lestrohan-Bellec-Guillermic-Le Goff"
     path = flux_writer([{"external_id": "CAF35-0007001", "address_line1": street},
                         {"external_id": "CAF35-0007002", "last_name": name, "first_name": "Marie-Christine"}])
-    rep = services.ingest_file(app, path, local(2024, 6, 10, 8))
+    rep = ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     assert (rep.accepted, rep.rejected) == (2, [])
     jobs.cycle(app, local(2024, 6, 10))
     with session_scope(app.db_url) as s:

@@ -1,4 +1,4 @@
-"""services.record_email_bounce on SQLite and PostgreSQL: which message, which
+"""bounces.record_email_bounce on SQLite and PostgreSQL: which message, which
 status, and a crash between marking the message and flagging the address."""
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
 
-from worker import jobs, services
-from worker.db.models import Case, Message, Person
-from worker.db.session import session_scope
+from worker.entrypoints import jobs
+
+from worker.services import bounces, ingest
+from worker.adapters.store.models import Case, Message, Person
+from worker.adapters.store.session import session_scope
 
 PARIS = ZoneInfo("Europe/Paris")
 NOW = dt.datetime(2024, 6, 3, 10, 0, tzinfo=PARIS)
@@ -18,7 +20,7 @@ EID = "CAF35-0009501"
 
 def _invited(app, flux_writer) -> Message:
     path = flux_writer([{"external_id": EID, "droit_opened_on": "2024-05-27", "email": "ines.roux@example.net"}])
-    services.ingest_file(app, path, NOW - dt.timedelta(hours=2))
+    ingest.ingest_file(app, path, NOW - dt.timedelta(hours=2))
     jobs.cycle(app, NOW)
     with session_scope(app.db_url) as s:
         return s.execute(select(Message).where(Message.channel == "email")).scalar_one()
@@ -34,13 +36,13 @@ def _state(app, message_id: int) -> tuple[str, str, bool]:
 def test_a_bounce_finds_the_message_by_reference_or_by_message_id(relance_app, flux_writer):
     email = _invited(relance_app, flux_writer)
     later = NOW + dt.timedelta(hours=1)
-    assert services.record_email_bounce(relance_app, reference="RL-999999-9999999", message_id=None,
+    assert bounces.record_email_bounce(relance_app, reference="RL-999999-9999999", message_id=None,
                                         status="5.1.1", now=later) == "unknown"
     # a reference whose case does not match its message is not trusted
     wrong_case = f"RL-{email.case_id + 1:06d}-{email.id:07d}"
-    assert services.record_email_bounce(relance_app, reference=wrong_case, message_id=None,
+    assert bounces.record_email_bounce(relance_app, reference=wrong_case, message_id=None,
                                         status="5.1.1", now=later) == "unknown"
-    assert services.record_email_bounce(relance_app, reference=None, message_id=email.provider_ref,
+    assert bounces.record_email_bounce(relance_app, reference=None, message_id=email.provider_ref,
                                         status="5.1.1", now=later) == "applied"
     assert _state(relance_app, email.id) == ("failed", "failed", True)
 
@@ -49,7 +51,7 @@ def test_a_bounce_for_a_technical_failure_proves_it_left(relance_app, flux_write
     email = _invited(relance_app, flux_writer)
     with session_scope(relance_app.db_url) as s:  # as a read timeout after the request left would leave it
         s.execute(update(Message).where(Message.id == email.id).values(status="technical-failure"))
-    assert services.record_email_bounce(relance_app, reference=email.reference, message_id=None,
+    assert bounces.record_email_bounce(relance_app, reference=email.reference, message_id=None,
                                         status="5.2.1", now=NOW + dt.timedelta(hours=1)) == "applied"
     assert _state(relance_app, email.id) == ("failed", "failed", True)
 
@@ -59,9 +61,9 @@ def test_a_crash_between_the_message_and_the_address_is_finished_by_the_next_sca
     with session_scope(relance_app.db_url) as s:  # the message was marked, then the worker died
         s.execute(update(Message).where(Message.id == email.id).values(status="failed"))
     assert _state(relance_app, email.id) == ("failed", "ok", False)
-    assert services.record_email_bounce(relance_app, reference=email.reference, message_id=None,
+    assert bounces.record_email_bounce(relance_app, reference=email.reference, message_id=None,
                                         status="5.1.1", now=NOW + dt.timedelta(hours=1)) == "duplicate"
     assert _state(relance_app, email.id) == ("failed", "failed", True)
     # and once done, again changes nothing
-    assert services.record_email_bounce(relance_app, reference=email.reference, message_id=None,
+    assert bounces.record_email_bounce(relance_app, reference=email.reference, message_id=None,
                                         status="5.1.1", now=NOW + dt.timedelta(hours=2)) == "duplicate"

@@ -36,7 +36,7 @@ class Cli:
         return self.data_dir / "outbox"
 
     def run(self, *args: str, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=self.cwd, env={**self.env, **(env or {})},
+        proc = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", *args], cwd=self.cwd, env={**self.env, **(env or {})},
                               capture_output=True, text=True, timeout=120)
         assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
         if ok:
@@ -57,7 +57,7 @@ class Cli:
 
     def fails_all(self, *commands) -> list[str]:
         """:meth:`fails` for several commands that change nothing, run side by side (faster)."""
-        procs = [subprocess.Popen([sys.executable, "-m", "worker.cli", *args], cwd=self.cwd, env=self.env,
+        procs = [subprocess.Popen([sys.executable, "-m", "worker.entrypoints.cli", *args], cwd=self.cwd, env=self.env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in commands]
         lines = []
         for args, proc in zip(commands, procs):

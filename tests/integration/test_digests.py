@@ -1,4 +1,4 @@
-"""The agents' daily digest (worker.digests) through the real SMTP channel, to a
+"""The agents' daily digest (worker.services.digests) through the real SMTP channel, to a
 local aiosmtpd server, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from sqlalchemy import select
 
 from tests.conftest import make_nir
 from tests.fakes.smtp_server import FakeSmtpServer
-from worker import jobs, services
-from worker.app import build_app
-from worker.db.models import AuditEntry
-from worker.db.session import session_scope
-from worker.digests import send_due
+from worker.entrypoints import jobs
+from worker.services import ingest
+from worker.bootstrap import build_app
+from worker.adapters.store.models import AuditEntry
+from worker.adapters.store.session import session_scope
+from worker.services.digests import send_due
 
 PARIS = ZoneInfo("Europe/Paris")
 EID = "CAF35-0009801"
@@ -39,7 +40,7 @@ def waiting(relance_app, flux_writer):
     """A person not registered with France Travail, whose phone follow-up (a task) is due since 18 June."""
     path = flux_writer([{"external_id": EID, "nir": make_nir(9801), "orientation": "ft",
                          "ft_registered": "false", "organisation": "FT-REDON"}])
-    services.ingest_file(relance_app, path, local(2024, 6, 3, 8))
+    ingest.ingest_file(relance_app, path, local(2024, 6, 3, 8))
     jobs.cycle(relance_app, local(2024, 6, 3, 10))
     jobs.cycle(relance_app, local(2024, 6, 18, 10))
     return relance_app

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.channels.base import OutgoingMessage, RecipientError
-from worker.channels.twilio_sms import TwilioSmsChannel
+from worker.adapters.channels.base import OutgoingMessage, RecipientError
+from worker.adapters.channels.twilio_sms import TwilioSmsChannel
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from worker import jobs, services
-from worker.db.models import AuditEntry, Case, Message, Person
-from worker.db.session import session_scope
+from worker.entrypoints import jobs
+
+from worker.services import cases, ingest
+from worker.adapters.store.models import AuditEntry, Case, Message, Person
+from worker.adapters.store.session import session_scope
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 PARIS = ZoneInfo("Europe/Paris")
@@ -68,7 +70,7 @@ CLEAN_SAMPLES = [
 def test_clean_sample_files(relance_app, name, now):
     app = relance_app
     rows = _rows(name)
-    rep = services.ingest_file(app, SAMPLES / name, now)
+    rep = ingest.ingest_file(app, SAMPLES / name, now)
     assert (rep.accepted, rep.updated, rep.unchanged, rep.rejected, rep.warnings) == (len(rows), 0, 0, [], [])
     no_relance = {r["external_id"] for r in rows if _no_relance(r)}
     assert no_relance  # each sample has some people without droits et devoirs
@@ -82,13 +84,13 @@ def test_clean_sample_files(relance_app, name, now):
     # Second ingestion of the same file (after the first invitations went): nothing changes.
     jobs.cycle(app, now)
     before = _counts(app)
-    again = services.ingest_file(app, SAMPLES / name, now + dt.timedelta(days=1))
+    again = ingest.ingest_file(app, SAMPLES / name, now + dt.timedelta(days=1))
     assert (again.accepted, again.updated, again.unchanged, again.cases_opened) == (0, 0, len(rows), 0)
     assert _counts(app) == before
 
 
 def test_excel_export_is_decoded(relance_app):
-    services.ingest_file(relance_app, SAMPLES / "flux_2024-04_excel.csv", local(2024, 5, 2))
+    ingest.ingest_file(relance_app, SAMPLES / "flux_2024-04_excel.csv", local(2024, 5, 2))
     with session_scope(relance_app.db_url) as s:
         p = s.execute(select(Person).where(Person.external_id == "CAF35-0002000")).scalar_one()
     assert p.address_line2 == "Résidence Les Ajoncs"
@@ -97,7 +99,7 @@ def test_excel_export_is_decoded(relance_app):
 
 def test_file_with_errors(relance_app):
     app = relance_app
-    rep = services.ingest_file(app, SAMPLES / "flux_2024-05_with_errors.csv", local(2024, 6, 15))
+    rep = ingest.ingest_file(app, SAMPLES / "flux_2024-05_with_errors.csv", local(2024, 6, 15))
     expected = _expected_errors()
     warned = [(n, e) for n, e, what in expected if "row kept" in what]
     rejected = [(n, e) for n, e, what in expected if "row kept" not in what]
@@ -125,14 +127,14 @@ def test_stock_file(relance_app):
     app = relance_app
     rows = _rows("stock_2023-03.csv")
     assert len(rows) == 1396
-    rep = services.ingest_file(app, SAMPLES / "stock_2023-03.csv", local(2023, 4, 15))
+    rep = ingest.ingest_file(app, SAMPLES / "stock_2023-03.csv", local(2023, 4, 15))
     no_relance = sum(1 for r in rows if _no_relance(r))
     assert (rep.accepted, len(rep.rejected), rep.cases_opened) == (1396, 0, 1396 - no_relance)
     with session_scope(app.db_url) as s:
         p = s.execute(select(Person).where(Person.external_id == rows[0]["external_id"])).scalar_one()
         assert p.extra == {"segment": rows[0]["segment"], "priority": rows[0]["priority"]}
         assert s.execute(select(func.count()).select_from(Case)).scalar_one() == 1396 - no_relance
-    again = services.ingest_file(app, SAMPLES / "stock_2023-03.csv", local(2023, 4, 16))
+    again = ingest.ingest_file(app, SAMPLES / "stock_2023-03.csv", local(2023, 4, 16))
     assert (again.accepted, again.updated, again.unchanged, again.cases_opened) == (0, 0, 1396, 0)
 
 
@@ -154,11 +156,11 @@ def _copy_with(tmp_path: Path, name: str, who: str, **changes) -> Path:
 
 def test_changed_address_updates_the_person_and_the_case(relance_app, tmp_path):
     app = relance_app
-    services.ingest_file(app, SAMPLES / "flux_2024-03.csv", local(2024, 4, 2, 8))
+    ingest.ingest_file(app, SAMPLES / "flux_2024-03.csv", local(2024, 4, 2, 8))
     before = _counts(app)
     changed = _copy_with(tmp_path, "flux_2024-03.csv", "CAF35-0001001", address_line1="5 place Saint-Sauveur",
                          address_line2="", postcode="35600", city="REDON")
-    rep = services.ingest_file(app, changed, local(2024, 4, 5))
+    rep = ingest.ingest_file(app, changed, local(2024, 4, 5))
     assert (rep.accepted, rep.updated, rep.unchanged, rep.cases_opened) == (0, 1, 29, 0)
     assert _counts(app) == before
     with session_scope(app.db_url) as s:
@@ -174,19 +176,19 @@ def test_changed_address_updates_the_person_and_the_case(relance_app, tmp_path):
 def test_changed_address_reopens_a_case_held_for_npai(relance_app, flux_writer):
     app = relance_app
     eid = "CAF35-0008001"
-    services.ingest_file(app, flux_writer([{"external_id": eid}]), local(2024, 6, 10, 8))
+    ingest.ingest_file(app, flux_writer([{"external_id": eid}]), local(2024, 6, 10, 8))
     for day in (local(2024, 6, 10), local(2024, 6, 25), local(2024, 7, 10)):
         jobs.cycle(app, day)
     with session_scope(app.db_url) as s:
         case = s.execute(select(Case).join(Person).where(Person.external_id == eid)).scalar_one()
         assert case.step == "convocation"
-    services.apply_event(app, external_id=eid, type="npai", now=local(2024, 7, 12))
+    cases.apply_event(app, external_id=eid, type="npai", now=local(2024, 7, 12))
     jobs.cycle(app, local(2024, 7, 25))
     with session_scope(app.db_url) as s:
         case = s.get(Case, case.id)
         assert (case.phase, case.hold_reason) == ("held", "npai")
     changed = flux_writer([{"external_id": eid, "address_line1": "5 place Saint-Sauveur"}], name="flux2.csv")
-    rep = services.ingest_file(app, changed, local(2024, 7, 26))
+    rep = ingest.ingest_file(app, changed, local(2024, 7, 26))
     assert (rep.accepted, rep.updated, rep.cases_opened) == (0, 1, 0)
     with session_scope(app.db_url) as s:
         p = s.execute(select(Person).where(Person.external_id == eid)).scalar_one()
@@ -200,12 +202,12 @@ def test_changed_address_reopens_a_case_held_for_npai(relance_app, flux_writer):
 
 def test_matching_by_nir_when_the_external_id_changed(relance_app, tmp_path):
     app = relance_app
-    services.ingest_file(app, SAMPLES / "flux_2024-03.csv", local(2024, 4, 2, 8))
+    ingest.ingest_file(app, SAMPLES / "flux_2024-03.csv", local(2024, 4, 2, 8))
     with session_scope(app.db_url) as s:
         old = s.execute(select(Person).where(Person.external_id == "CAF35-0001001")).scalar_one()
     before = _counts(app)
     changed = _copy_with(tmp_path, "flux_2024-03.csv", "CAF35-0001001", external_id="CAF35-0001901")
-    rep = services.ingest_file(app, changed, local(2024, 4, 5))
+    rep = ingest.ingest_file(app, changed, local(2024, 4, 5))
     assert (rep.accepted, rep.updated, rep.unchanged, rep.cases_opened) == (0, 1, 29, 0)
     assert _counts(app) == before
     with session_scope(app.db_url) as s:
@@ -213,7 +215,7 @@ def test_matching_by_nir_when_the_external_id_changed(relance_app, tmp_path):
         assert p.id == old.id and p.nir_hash == old.nir_hash
         assert s.execute(select(Person).where(Person.external_id == "CAF35-0001001")).scalar() is None
     # And the new identifier is now stable.
-    again = services.ingest_file(app, changed, local(2024, 4, 6))
+    again = ingest.ingest_file(app, changed, local(2024, 4, 6))
     assert (again.accepted, again.updated, again.unchanged) == (0, 0, 30)
 
 
@@ -271,7 +273,7 @@ def _two_people_then_a_conflict(app, flux_writer):
     a, b = make_nir(700001), make_nir(700002)
     first = flux_writer([{"external_id": "CAF35-0007101", "nir": a}, {"external_id": "CAF35-0007102", "nir": b}],
                         name="first.csv")
-    services.ingest_file(app, first, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, first, local(2024, 6, 10, 8))
     return flux_writer([{"external_id": "CAF35-0007101", "nir": b},
                         {"external_id": "CAF35-0007103", "nir": make_nir(700003)}], name="conflict.csv")
 
@@ -303,6 +305,6 @@ def test_a_file_the_database_refuses_does_not_block_the_scheduler(relance_app, f
 def test_a_row_whose_nir_belongs_to_another_person_is_rejected(relance_app, flux_writer):
     app = relance_app
     conflict = _two_people_then_a_conflict(app, flux_writer)
-    rep = services.ingest_file(app, conflict, local(2024, 6, 11))
+    rep = ingest.ingest_file(app, conflict, local(2024, 6, 11))
     assert [(r["line"], r["external_id"], r["field"]) for r in rep.rejected] == [(2, "CAF35-0007101", "nir")]
     assert rep.accepted == 1

@@ -1,8 +1,8 @@
-"""Letters to PDF with real WeasyPrint rendering (worker.letters_pdf).
+"""Letters to PDF with real WeasyPrint rendering (worker.adapters.pdf).
 
-Uses the real letter templates (worker.rendering.TemplateRenderer with the
+Uses the real letter templates (worker.adapters.rendering.TemplateRenderer with the
 sample contexts of tests/template_samples.py) and real postal blocks
-(worker.postal.address_block), one letter per template.
+(worker.domain.postal.address_block), one letter per template.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from worker.letters_pdf import (
+from worker.adapters.pdf import (
     MANIFEST_COLUMNS,
     BatchLetter,
     LetterHtml,
@@ -27,7 +27,7 @@ from worker.letters_pdf import (
     split_pdf,
     write_print_batch,
 )
-from worker.postal import address_block
+from worker.domain.postal import address_block
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
@@ -86,7 +86,7 @@ def _minimal_letter(reference: str, person: dict) -> str:
 def _renderer():
     """The real template renderer, or None while the templates are missing."""
     try:
-        from worker.rendering import TemplateRenderer
+        from worker.adapters.rendering import TemplateRenderer
     except ImportError:  # pragma: no cover
         return None
     renderer = TemplateRenderer(TEMPLATES)
@@ -485,7 +485,7 @@ def test_identical_letters_share_one_layer_and_the_same_letter_twice_is_not_merg
 
 
 def test_layer_elements_are_taken_out_whole():
-    from worker.letters_pdf import _take_layer
+    from worker.adapters.pdf import _take_layer
 
     body = (
         '<section class="letter"><div data-layer class="a"><div>x<div>y</div></div><img src="i.png"></div>'
@@ -504,7 +504,7 @@ def test_layer_elements_are_taken_out_whole():
 
 
 def test_a_layer_element_in_the_flow_that_fills_a_page_is_refused(letters):
-    from worker.letters_pdf import LetterRenderError
+    from worker.adapters.pdf import LetterRenderError
 
     long_layer = '<div data-layer class="note">' + "<p>Texte qui occupe la page.</p>" * 200 + "</div>"
     html = letters[0]["html"].replace('<main class="body">', long_layer + '<main class="body">')

@@ -1,4 +1,4 @@
-"""The 6-week orientation deadline (CASF D262-65-2): worker/orientation.py on
+"""The 6-week orientation deadline (CASF D262-65-2): worker/services/orientation.py on
 SQLite and PostgreSQL, through the scheduler cycle and the CLI's report."""
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from tests.conftest import make_nir
-from worker import jobs, services
-from worker.orientation import report, watch
+from worker.entrypoints import jobs
+from worker.services import cases, ingest, timeline
+from worker.services.orientation import report, watch
 
 PARIS = ZoneInfo("Europe/Paris")
 RECEIVED = dt.datetime(2024, 6, 3, 8, 0, tzinfo=PARIS)  # the flux arrives: deadline 15 July 2024
@@ -26,12 +27,12 @@ def _flux(flux_writer):
 
 def test_unoriented_cases_are_flagged_once_a_week_before_the_deadline(relance_app, flux_writer):
     app = relance_app
-    services.ingest_file(app, _flux(flux_writer), RECEIVED)
+    ingest.ingest_file(app, _flux(flux_writer), RECEIVED)
     jobs.cycle(app, _day(0))  # invitations
-    services.apply_event(app, external_id=REORIENTED, type="reoriented", to="ft", now=_day(10))
-    services.apply_event(app, external_id=ATTENDED, type="rdv_booked", now=_day(5),
+    cases.apply_event(app, external_id=REORIENTED, type="reoriented", to="ft", now=_day(10))
+    cases.apply_event(app, external_id=ATTENDED, type="rdv_booked", now=_day(5),
                          appointment_at=_day(12, 14))
-    services.apply_event(app, external_id=ATTENDED, type="rdv_attended", now=_day(12, 15))
+    cases.apply_event(app, external_id=ATTENDED, type="rdv_attended", now=_day(12, 15))
 
     waiting = report(app, _day(20))
     assert [(w.external_id, w.deadline, w.days_left, w.flagged) for w in waiting] == [
@@ -40,16 +41,16 @@ def test_unoriented_cases_are_flagged_once_a_week_before_the_deadline(relance_ap
 
     result = jobs.cycle(app, _day(35))  # 7 days left: the scheduler's cycle flags it
     assert result["orientation"] == 1
-    [item] = [i for i in services.timeline(app, NOT_ORIENTED)
+    [item] = [i for i in timeline.timeline(app, NOT_ORIENTED)
               if i["kind"] == "case" and i["detail"].get("flag") == "orientation_deadline"]
     assert item["detail"]["deadline"] == "2024-07-15" and item["detail"]["days_left"] == 7
     assert watch(app, _day(36)) == [] and jobs.cycle(app, _day(50))["orientation"] == 0  # once
     [late] = report(app, _day(50))
     assert (late.external_id, late.days_left, late.flagged) == (NOT_ORIENTED, -8, True)
     for eid in (ORIENTED, REORIENTED, ATTENDED):
-        assert not [i for i in services.timeline(app, eid)
+        assert not [i for i in timeline.timeline(app, eid)
                     if i["kind"] == "case" and i["detail"].get("flag") == "orientation_deadline"]
 
     # once oriented, the person leaves the report
-    services.apply_event(app, external_id=NOT_ORIENTED, type="reoriented", to="cd", now=_day(51))
+    cases.apply_event(app, external_id=NOT_ORIENTED, type="reoriented", to="cd", now=_day(51))
     assert report(app, _day(52)) == []

@@ -1,6 +1,6 @@
 """The daily print batch and the mail room's returns, on the demo's database.
 
-The demo (``worker.demo.run_demo``) runs once per module through the
+The demo (``worker.entrypoints.demo.run_demo``) runs once per module through the
 production paths: its letters are real HTML files in the shared letters folder
 and real ``sent`` messages. Each test works on its own copy of it.
 
@@ -25,11 +25,14 @@ import pytest
 from pypdf import PdfReader
 from sqlalchemy import func, select, update
 
-from worker import letters, services
-from worker.app import build_app
-from worker.db.models import AuditEntry, Case, InboundEvent, Message, Person
-from worker.db.session import session_scope
-from worker.demo import run_demo
+from worker.services import letter_returns
+from worker.services import print_batches as letters
+
+from worker.services import timeline
+from worker.bootstrap import build_app
+from worker.adapters.store.models import AuditEntry, Case, InboundEvent, Message, Person
+from worker.adapters.store.session import session_scope
+from worker.entrypoints.demo import run_demo
 from worker.settings import Settings
 
 DEMO_DAYS = 47
@@ -228,7 +231,7 @@ def test_print_batch_of_a_demo_day(demo, monkeypatch):
         raise OSError("disque plein")
 
     with monkeypatch.context() as m:
-        m.setattr("worker.letters_pdf.write_print_batch", broken)
+        m.setattr("worker.adapters.pdf.write_print_batch", broken)
         with pytest.raises(letters.BatchError, match="disque plein"):
             letters.produce_batches(app, D2, cal.at(D2, dt.time(16, 0)))
     rows = letter_rows(app)
@@ -249,7 +252,7 @@ def test_print_batch_of_a_demo_day(demo, monkeypatch):
     assert sorted(r for b in batches2 for r in b.references) == sorted(r["reference"] for r in due2.values())
 
     with session_scope(app.db_url) as s:
-        from worker import audit
+        from worker.adapters.store import audit
 
         assert audit.verify(s).ok
 
@@ -322,10 +325,10 @@ def test_mail_room_returns(demo, tmp_path):
     now = app.calendar.at(dt.date(2024, 5, 21), dt.time(10, 0))
 
     def events(external_id):
-        return [i for i in services.timeline(app, external_id) if i["kind"] == "event"]
+        return [i for i in timeline.timeline(app, external_id) if i["kind"] == "event"]
 
     other_before = events(other["external_id"])
-    report = letters.process_returns(app, path, now)
+    report = letter_returns.process_returns(app, path, now)
     assert report["applied"] == 3 and report["duplicates"] == 0, report
     reasons = {r["line"]: r["reason"] for r in report["rejected"]}
     assert sorted(reasons) == [5, 6, 7, 8, 10, 11, 12, 13], reasons
@@ -356,7 +359,7 @@ def test_mail_room_returns(demo, tmp_path):
     # The same file again: nothing changes.
     with session_scope(app.db_url) as s:
         count = s.execute(select(func.count()).select_from(InboundEvent)).scalar_one()
-    again = letters.process_returns(app, path, now + dt.timedelta(hours=1))
+    again = letter_returns.process_returns(app, path, now + dt.timedelta(hours=1))
     assert again["applied"] == 0 and again["duplicates"] == 3
     assert [r["line"] for r in again["rejected"]] == sorted(reasons)
     with session_scope(app.db_url) as s:
@@ -367,7 +370,7 @@ def test_returns_file_with_a_bad_header(demo, tmp_path):
     app = make_app(demo)
     path = tmp_path / "retours.csv"
     path.write_text("ref,jour,quoi\nRL-000001-0000001,2024-05-20,npai\n", encoding="utf-8")
-    report = letters.process_returns(app, path, app.calendar.at(dt.date(2024, 5, 21), dt.time(10, 0)))
+    report = letter_returns.process_returns(app, path, app.calendar.at(dt.date(2024, 5, 21), dt.time(10, 0)))
     assert report["applied"] == 0 and len(report["rejected"]) == 1
     assert report["rejected"][0]["line"] == 1 and "en-tête" in report["rejected"][0]["reason"]
 
@@ -376,7 +379,7 @@ def test_returns_file_with_a_bad_header(demo, tmp_path):
 
 
 def test_print_batch_job_is_scheduled_in_pdf_mode_only(tmp_path):
-    from worker.scheduler import extra_jobs
+    from worker.entrypoints.scheduler import extra_jobs
 
     local = build_app(Settings(data_dir=tmp_path, letter_backend="local"))
     assert [name for name, _, _ in extra_jobs(local)] == []
@@ -447,4 +450,4 @@ def test_cli_batch_twice_at_once_and_returns(demo, tmp_path):
     assert second.returncode == 0, second.stderr
     assert "0 retours enregistrés, 1 déjà connus, 1 lignes rejetées" in second.stdout
     assert "ligne 3 :" in second.stdout
-    assert [e for e in services.timeline(app, target["external_id"]) if e["kind"] == "event" and e["type"] == "npai"]
+    assert [e for e in timeline.timeline(app, target["external_id"]) if e["kind"] == "event" and e["type"] == "npai"]

@@ -1,7 +1,7 @@
 """The real channels, end to end: Twilio (the official client against the fake
 Twilio server) and SMTP (a local aiosmtpd server), with the status callbacks
 signed by the fake and received by a REAL uvicorn server running
-``worker.api.create_app`` in a background thread.
+``worker.entrypoints.api.create_app`` in a background thread.
 
     flux file -> ingest -> jobs.cycle(app, now) -> Celery tasks (eager) -> Twilio / SMTP / letters
                                                    fake Twilio -> signed callbacks -> uvicorn -> services
@@ -31,13 +31,15 @@ from sqlalchemy import select
 from tests.fakes.fake_twilio import FakeTwilio
 from tests.fakes.dsn import postfix_dsn
 from tests.fakes.smtp_server import FakeSmtpServer
-from worker import audit, jobs, services
-from worker.api import create_app
-from worker.app import build_app, set_app
-from worker.celery_app import configure
-from worker.db import session as db_session
-from worker.db.models import AuditEntry, Case, Message, Person
-from worker.db.session import session_scope
+from worker.adapters.store import audit
+from worker.entrypoints import jobs
+from worker.services import bounces, cases, ingest, sending, timeline
+from worker.entrypoints.api import create_app
+from worker.bootstrap import build_app, set_app
+from worker.entrypoints.celery_app import configure
+from worker.adapters.store import session as db_session
+from worker.adapters.store.models import AuditEntry, Case, Message, Person
+from worker.adapters.store.session import session_scope
 from worker.settings import PROJECT_ROOT, Settings
 
 UTC = dt.timezone.utc
@@ -133,7 +135,7 @@ class World:
         return [r for r in self.fake.requests if r.method == "POST" and r.to == phone]
 
     def sms_events(self, external_id: str) -> list[tuple[str, str]]:
-        return [(i["type"], i["status"]) for i in services.timeline(self.app, external_id) if i["kind"] == "event"]
+        return [(i["type"], i["status"]) for i in timeline.timeline(self.app, external_id) if i["kind"] == "event"]
 
     def assert_each_sms_sent_once(self) -> None:
         """The fake accepted exactly one request per SMS message id (never twice), and
@@ -195,7 +197,7 @@ def sqlite_world(tmp_path):
 
 
 def _ingest(world: World) -> None:
-    report = services.ingest_file(world.app, SAMPLE, NOW)
+    report = ingest.ingest_file(world.app, SAMPLE, NOW)
     assert report.cases_opened > 10
 
 
@@ -242,11 +244,11 @@ def test_flux_to_delivered_sms_and_received_emails(world):
     assert Counter(c.message_status for c in callbacks) == {"sent": len(sms), "delivered": len(sms)}
     assert all(m.status == "delivered" and m.provider_ref.startswith("SM") and m.segments >= 1 for m in sms)
 
-    # services.timeline shows `delivered` for each SMS of each person.
+    # timeline.timeline shows `delivered` for each SMS of each person.
     people = {w.external_id for w in _people(world)}
     with_sms = 0
     for external_id in people:
-        items = [i for i in services.timeline(world.app, external_id)
+        items = [i for i in timeline.timeline(world.app, external_id)
                  if i["kind"] == "message" and i["channel"] == "sms" and i["status"] != "pending"]
         if items:
             with_sms += 1
@@ -353,14 +355,14 @@ def test_retry_after_is_respected_backoff_is_capped_and_retries_give_up(sqlite_w
         now = msg.not_before
     # Exponential backoff: 30 s, 60 s, 120 s, ... never above the cap.
     assert waits == [60, 120, 240, 480]
-    assert services._backoff(50) == dt.timedelta(seconds=services.BACKOFF_CAP_SECONDS)
-    assert all(services._backoff(n).total_seconds() <= services.BACKOFF_CAP_SECONDS for n in range(1, 60))
+    assert sending._backoff(50) == dt.timedelta(seconds=sending.BACKOFF_CAP_SECONDS)
+    assert all(sending._backoff(n).total_seconds() <= sending.BACKOFF_CAP_SECONDS for n in range(1, 60))
     # Too many attempts: a visible technical failure, never retried again.
-    assert msg.status == "technical-failure" and msg.attempts == services.MAX_SEND_ATTEMPTS
+    assert msg.status == "technical-failure" and msg.attempts == sending.MAX_SEND_ATTEMPTS
     assert msg.error == "gave up: retry (20500)"
-    assert len(w.requests_to(phone)) == services.MAX_SEND_ATTEMPTS
+    assert len(w.requests_to(phone)) == sending.MAX_SEND_ATTEMPTS
     w.cycle(NOW + dt.timedelta(days=1))
-    assert len(w.requests_to(phone)) == services.MAX_SEND_ATTEMPTS
+    assert len(w.requests_to(phone)) == sending.MAX_SEND_ATTEMPTS
     assert w.person(CD_PERSON).phone_status == "ok"
 
 
@@ -410,7 +412,7 @@ def test_unknown_twilio_error_is_a_visible_technical_failure_not_retried(sqlite_
     assert msg.status == "technical-failure"
     assert "99999" in msg.error and "Twilio error" in msg.error
     assert phone not in msg.error  # Twilio's text is never kept
-    [item] = [i for i in services.timeline(w.app, CD_PERSON) if i["kind"] == "message" and i["channel"] == "sms"]
+    [item] = [i for i in timeline.timeline(w.app, CD_PERSON) if i["kind"] == "message" and i["channel"] == "sms"]
     assert item["status"] == "technical-failure" and "99999" in item["detail"]
     assert w.person(CD_PERSON).phone_status == "ok"  # not the number's fault
     assert w.sms_events(CD_PERSON) == []
@@ -498,13 +500,13 @@ def test_a_bounce_after_acceptance_flags_the_email_and_letters_carry_on(sqlite_w
     assert not list((maildir / "new").iterdir())
     assert sorted(p.name for p in (maildir / "cur").iterdir()) == [
         "1717405200.M1P1.mx:2,S", "1717405201.M2P1.mx:2,S", "1717405202.M3P1.mx:2,F", "1717405203.M4P1.mx:2,F"]
-    statuses = [(i["channel"], i["status"]) for i in services.timeline(w.app, CD_WITH_EMAIL)
+    statuses = [(i["channel"], i["status"]) for i in timeline.timeline(w.app, CD_WITH_EMAIL)
                 if i["kind"] == "message" and i.get("channel") == "email"]
     assert ("email", "failed") in statuses
 
     # the same notice again changes nothing
     _drop_bounce(w, "1717405300.M5P1.mx", postfix_dsn(received.raw, person.email))
-    assert services.scan_bounces(w.app, NOW + dt.timedelta(hours=2)) == {
+    assert bounces.scan_bounces(w.app, NOW + dt.timedelta(hours=2)) == {
         "applied": 0, "duplicates": 1, "ignored": [], "rejected": []}
 
     # next step: letters and SMS, no e-mail to the bounced address
@@ -519,7 +521,7 @@ def test_a_bounce_after_acceptance_flags_the_email_and_letters_carry_on(sqlite_w
 def test_ops_put_a_technical_failure_back_in_the_outbox_once_checked(sqlite_world):
     """An SMS Twilio refused with an unknown error is listed for ops; once they
     have checked it did not go out, `requeue` sends it again, through the claim."""
-    from worker.message_ops import MessageOpsError, list_messages, requeue_message
+    from worker.services.message_ops import MessageOpsError, list_messages, requeue_message
 
     w = sqlite_world
     phone, msg = _first_sms_answered(w, "unknown")
@@ -551,7 +553,7 @@ def test_ops_put_a_technical_failure_back_in_the_outbox_once_checked(sqlite_worl
 
 
 def test_a_technical_failure_of_a_step_the_case_has_left_is_not_requeued(sqlite_world):
-    from worker.message_ops import MessageOpsError, requeue_message
+    from worker.services.message_ops import MessageOpsError, requeue_message
 
     w = sqlite_world
     phone, msg = _first_sms_answered(w, "unknown")
@@ -564,12 +566,12 @@ def test_a_technical_failure_of_a_step_the_case_has_left_is_not_requeued(sqlite_
 
 def test_a_technical_failure_is_not_requeued_during_a_legitimate_reason(sqlite_world):
     """The requeue asks the engine's own re-check before sending: a pause refuses it too."""
-    from worker.message_ops import MessageOpsError, requeue_message
+    from worker.services.message_ops import MessageOpsError, requeue_message
 
     w = sqlite_world
     _phone, msg = _first_sms_answered(w, "unknown")
     later = NOW + dt.timedelta(hours=1)
-    services.apply_event(w.app, external_id=CD_PERSON, type="legitimate_reason", now=later,
+    cases.apply_event(w.app, external_id=CD_PERSON, type="legitimate_reason", now=later,
                          until=NOW + dt.timedelta(days=10))
     with pytest.raises(MessageOpsError, match="motif légitime en cours"):
         requeue_message(w.app, msg.id, reason="vérifié", now=later)

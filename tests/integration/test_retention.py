@@ -4,10 +4,14 @@ import datetime as dt
 
 from sqlalchemy import func, select
 
-from worker import audit, jobs, services
-from worker.db.models import Case, Message, Person
-from worker.db.session import session_scope
-from worker.retention import cutoff, purge_expired
+from worker.adapters.store import audit
+
+from worker.entrypoints import jobs
+
+from worker.services import cases, ingest
+from worker.adapters.store.models import Case, Message, Person
+from worker.adapters.store.session import session_scope
+from worker.services.retention import cutoff, purge_expired
 
 UTC = dt.timezone.utc
 
@@ -27,11 +31,11 @@ def test_purge_after_retention_period(relance_app, flux_writer):
     t0 = dt.datetime(2024, 6, 3, 8, 0, tzinfo=UTC)
     path = flux_writer([{"external_id": "RET-0001", "droit_opened_on": "2024-06-01", "nir": ""},
                         {"external_id": "RET-0002", "droit_opened_on": "2024-06-01", "nir": ""}])
-    services.ingest_file(app, path, t0)
+    ingest.ingest_file(app, path, t0)
     jobs.cycle(app, t0)
     assert _count(app, Message) > 0
     # One person's droit closes; the other stays active (its case is still running).
-    services.apply_event(app, external_id="RET-0001", type="droit_closed", now=t0 + dt.timedelta(days=1))
+    cases.apply_event(app, external_id="RET-0001", type="droit_closed", now=t0 + dt.timedelta(days=1))
 
     # Before the retention period: nothing is purged.
     assert purge_expired(app, t0 + dt.timedelta(days=365)) == 0

@@ -17,9 +17,13 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, select
 
-from worker import jobs, repository, services
-from worker.db.models import Appointment, Case, InboundEvent, Message, Person
-from worker.db.session import session_scope
+from worker.entrypoints import jobs
+
+from worker.adapters.store import repository
+
+from worker.services import cases, ingest, sending, timeline
+from worker.adapters.store.models import Appointment, Case, InboundEvent, Message, Person
+from worker.adapters.store.session import session_scope
 
 PARIS = ZoneInfo("Europe/Paris")
 UTC = dt.timezone.utc
@@ -134,7 +138,7 @@ def the(msgs, step, channel) -> Message:
 
 
 def step_history(app, external_id: str) -> list[str]:
-    return [i["step"] for i in services.timeline(app, external_id) if i["kind"] == "step"]
+    return [i["step"] for i in timeline.timeline(app, external_id) if i["kind"] == "step"]
 
 
 # --- the CD path, a person who never answers -------------------------------------------------------
@@ -143,7 +147,7 @@ def step_history(app, external_id: str) -> list[str]:
 def test_cd_path_never_answers(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009001", "first_name": "Awa", "last_name": "Kermarrec",
                          "phone": "06 12 34 90 01", "email": "awa.kermarrec@example.org"}])
-    rep = services.ingest_file(app, path, local(2024, 6, 10, 8))
+    rep = ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     assert (rep.accepted, rep.cases_opened, rep.rejected) == (1, 1, [])
     eid = "CAF35-0009001"
     org = app.territory.organisations["CDAS-REDON"]
@@ -224,7 +228,7 @@ def test_cd_path_never_answers(app, flux_writer):
         assert len(messages_of(app, case.id)) == n_messages
 
         # A human decides to proceed: the pre-sanction notice, by LRAR.
-        res = services.apply_event(app, external_id=eid, type="review_decision", decision="proceed",
+        res = cases.apply_event(app, external_id=eid, type="review_decision", decision="proceed",
                                    now=local(2024, 8, 20, 11))
         assert res.status == "applied" and res.case_id == case.id
         case = case_of(app, eid)
@@ -246,7 +250,7 @@ def test_cd_path_never_answers(app, flux_writer):
         assert len(messages_of(app, case.id)) == n_messages
 
         # Signed on 5 September: 10 days of observations (6 to 15 Sept.), referral on the 16th.
-        res = services.apply_event(app, external_id=eid, type="ar_signed", receipt_on=dt.date(2024, 9, 5),
+        res = cases.apply_event(app, external_id=eid, type="ar_signed", receipt_on=dt.date(2024, 9, 5),
                                    now=local(2024, 9, 6, 15))
         assert res.status == "applied"
         case = case_of(app, eid)
@@ -270,7 +274,7 @@ def test_cd_path_never_answers(app, flux_writer):
 
     assert step_history(app, eid) == ["invitation_1", "invitation_2", "convocation", "sanction_review",
                                       "pre_sanction_notice", "crsa_referral"]
-    items = services.timeline(app, eid)
+    items = timeline.timeline(app, eid)
 
     def pos(kind, **match):
         return next(n for n, i in enumerate(items) if i["kind"] == kind
@@ -292,7 +296,7 @@ def test_cd_path_never_answers(app, flux_writer):
 def test_ft_registered_path(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009101", "orientation": "ft", "ft_registered": "true",
                          "organisation": "FT-REDON"}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     eid = "CAF35-0009101"
     org = app.territory.organisations["FT-REDON"]
     with freeze_time(local(2024, 6, 10, 10)) as clock:
@@ -333,7 +337,7 @@ def test_ft_registered_path(app, flux_writer):
 def test_ft_unregistered_path_phone_followup(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009201", "orientation": "ft", "ft_registered": "false",
                          "organisation": "FT-REDON"}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     eid = "CAF35-0009201"
     with freeze_time(local(2024, 6, 10, 10)) as clock:
         cycle_at(app, clock, local(2024, 6, 10, 10))
@@ -350,7 +354,7 @@ def test_ft_unregistered_path_phone_followup(app, flux_writer):
         case = case_of(app, eid)
         assert (case.step, case.phase) == ("phone_followup", "task")
         assert len(messages_of(app, case.id)) == n
-        res = services.apply_event(app, external_id=eid, type="phone_followup_done", now=local(2024, 8, 12, 14))
+        res = cases.apply_event(app, external_id=eid, type="phone_followup_done", now=local(2024, 8, 12, 14))
         assert res.status == "applied"
         assert case_of(app, eid).step == "invitation_2"
         cycle_at(app, clock, local(2024, 8, 12, 14, 1))
@@ -363,7 +367,7 @@ def test_ft_unregistered_path_phone_followup(app, flux_writer):
 def test_ml_path(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009301", "orientation": "ml", "organisation": "ML-REDON",
                          "birth_date": "2003-04-13", "email": "jeune@example.org"}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     eid = "CAF35-0009301"
     org = app.territory.organisations["ML-REDON"]
     with freeze_time(local(2024, 6, 10, 10)) as clock:
@@ -393,12 +397,12 @@ def test_ml_path(app, flux_writer):
 
 def test_rdv_booked_then_attended_closes_the_case(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009401"}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     eid = "CAF35-0009401"
     with freeze_time(local(2024, 6, 10, 10)) as clock:
         cycle_at(app, clock, local(2024, 6, 10, 10))
         case = case_of(app, eid)
-        res = services.apply_event(app, external_id=eid, type="rdv_booked", now=local(2024, 6, 12, 15),
+        res = cases.apply_event(app, external_id=eid, type="rdv_booked", now=local(2024, 6, 12, 15),
                                    appointment_at=local(2024, 6, 27, 14))
         assert res.status == "applied"
         case = case_of(app, eid)
@@ -410,7 +414,7 @@ def test_rdv_booked_then_attended_closes_the_case(app, flux_writer):
         assert case_of(app, eid).step == "invitation_1"
         assert the(messages_of(app, case.id), "rdv_reminder", "sms").status == "sent"
         assert not [m for m in messages_of(app, case.id) if m.step == "invitation_2"]
-        res = services.apply_event(app, external_id=eid, type="rdv_attended", now=local(2024, 6, 27, 15))
+        res = cases.apply_event(app, external_id=eid, type="rdv_attended", now=local(2024, 6, 27, 15))
         assert res.status == "applied"
         case = case_of(app, eid)
         assert (case.status, case.outcome) == ("closed", "attended")
@@ -429,12 +433,12 @@ def test_a_reminder_cancelled_by_a_short_pause_is_sent_after_it(app, flux_writer
     on 25 June at 10:00, once."""
     eid = "CAF35-0009411"
     path = flux_writer([{"external_id": eid}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     with freeze_time(local(2024, 6, 10, 10)) as clock:
         cycle_at(app, clock, local(2024, 6, 10, 10))
-        services.apply_event(app, external_id=eid, type="rdv_booked", now=local(2024, 6, 12, 15),
+        cases.apply_event(app, external_id=eid, type="rdv_booked", now=local(2024, 6, 12, 15),
                              appointment_at=local(2024, 6, 27, 14))
-        services.apply_event(app, external_id=eid, type="legitimate_reason", now=local(2024, 6, 14, 9),
+        cases.apply_event(app, external_id=eid, type="legitimate_reason", now=local(2024, 6, 14, 9),
                              until=local(2024, 6, 20, 9))
         case = case_of(app, eid)
         reminder = the(messages_of(app, case.id), "rdv_reminder", "sms")
@@ -454,7 +458,7 @@ def test_a_reminder_cancelled_by_a_short_pause_is_sent_after_it(app, flux_writer
 
 def test_npai_on_convocation_holds_then_address_update_restarts(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009501"}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     eid = "CAF35-0009501"
     with freeze_time(local(2024, 6, 10, 10)) as clock:
         cycle_at(app, clock, local(2024, 6, 10, 10))
@@ -465,7 +469,7 @@ def test_npai_on_convocation_holds_then_address_update_restarts(app, flux_writer
         letter = the(messages_of(app, case.id), "convocation", "letter")
         assert letter.status == "sent"
         # The convocation letter comes back.
-        res = services.apply_event(app, external_id=eid, type="npai", message_id=letter.id,
+        res = cases.apply_event(app, external_id=eid, type="npai", message_id=letter.id,
                                    now=local(2024, 7, 15, 11))
         assert res.status == "applied"
         assert the(messages_of(app, case.id), "convocation", "letter").status == "returned"
@@ -480,7 +484,7 @@ def test_npai_on_convocation_holds_then_address_update_restarts(app, flux_writer
         assert (case.phase, case.hold_reason) == ("held", "npai")
         assert "sanction_review" not in step_history(app, eid)
         # A new address: a new case, from invitation_1.
-        res = services.apply_event(app, external_id=eid, type="address_updated", now=local(2024, 8, 21, 11))
+        res = cases.apply_event(app, external_id=eid, type="address_updated", now=local(2024, 8, 21, 11))
         assert res.status == "applied"
         old, new = cases_of(app, eid)
         assert (old.status, old.outcome) == ("closed", "restarted_after_address_update")
@@ -493,12 +497,12 @@ def test_npai_on_convocation_holds_then_address_update_restarts(app, flux_writer
 
 def test_same_event_twice_with_one_key_is_applied_once(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009601"}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     eid = "CAF35-0009601"
     jobs.cycle(app, local(2024, 6, 10, 10))
     kw = dict(external_id=eid, type="rdv_booked", appointment_at=local(2024, 6, 20, 14), idempotency_key="agenda:42")
-    first = services.apply_event(app, now=local(2024, 6, 11, 9), **kw)
-    second = services.apply_event(app, now=local(2024, 6, 11, 9, 5), **kw)
+    first = cases.apply_event(app, now=local(2024, 6, 11, 9), **kw)
+    second = cases.apply_event(app, now=local(2024, 6, 11, 9, 5), **kw)
     assert first.status == "applied"
     assert second.status == "duplicate" and second.event_id == first.event_id
     case = case_of(app, eid)
@@ -510,21 +514,21 @@ def test_same_event_twice_with_one_key_is_applied_once(app, flux_writer):
 
 
 def test_a_message_is_sent_once_whatever_the_redeliveries(app, flux_writer):
-    from worker.tasks import letters as letter_tasks
-    from worker.tasks import sms as sms_tasks
+    from worker.entrypoints.tasks import letters as letter_tasks
+    from worker.entrypoints.tasks import sms as sms_tasks
 
     path = flux_writer([{"external_id": "CAF35-0009701"}])
     now = local(2024, 6, 10, 10)
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
-    assert services.due_case_ids(app, now, 10)
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
+    assert cases.due_case_ids(app, now, 10)
     [case_id] = [c.id for c in cases_of(app, "CAF35-0009701")]
-    services.advance_case(app, case_id, now)
+    cases.advance_case(app, case_id, now)
     msgs = {m.channel: m for m in messages_of(app, case_id)}
     sms, letter = msgs["sms"], msgs["letter"]
 
     # Claimed twice: the first sends, the second finds it taken.
-    assert services.send_message(app, sms.id, now).outcome == "sent"
-    assert services.send_message(app, sms.id, now).outcome == "skipped"
+    assert sending.send_message(app, sms.id, now).outcome == "sent"
+    assert sending.send_message(app, sms.id, now).outcome == "skipped"
     # Redelivery of the task after a successful send (acks_late): a no-op.
     assert sms_tasks.send.apply(args=[sms.id, now.isoformat()]).get() == "skipped"
     assert sms_tasks.send.apply(args=[sms.id, None]).get() == "skipped"
@@ -552,7 +556,7 @@ def test_a_message_is_sent_once_whatever_the_redeliveries(app, flux_writer):
 
 def test_sms_deferred_outside_the_window(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009801"}])
-    services.ingest_file(app, path, local(2024, 6, 14, 8))  # a Friday
+    ingest.ingest_file(app, path, local(2024, 6, 14, 8))  # a Friday
     eid = "CAF35-0009801"
     with freeze_time(local(2024, 6, 14, 21)) as clock:
         cycle_at(app, clock, local(2024, 6, 14, 21))  # 21:00 local: letters yes, SMS no
@@ -577,32 +581,32 @@ def test_sms_deferred_outside_the_window(app, flux_writer):
 def test_send_outside_the_window_is_deferred_not_dropped(app, flux_writer):
     """A due SMS whose send task runs late (19:30) is put back to 09:00 next working day."""
     path = flux_writer([{"external_id": "CAF35-0009802"}])
-    services.ingest_file(app, path, local(2024, 6, 13, 8))  # a Thursday
+    ingest.ingest_file(app, path, local(2024, 6, 13, 8))  # a Thursday
     [case] = cases_of(app, "CAF35-0009802")
-    services.advance_case(app, case.id, local(2024, 6, 13, 18, 50))
+    cases.advance_case(app, case.id, local(2024, 6, 13, 18, 50))
     sms = the(messages_of(app, case.id), "invitation_1", "sms")
     assert sms.not_before == local(2024, 6, 13, 18, 50).astimezone(UTC)
-    res = services.send_message(app, sms.id, local(2024, 6, 13, 19, 30))
+    res = sending.send_message(app, sms.id, local(2024, 6, 13, 19, 30))
     assert res.outcome == "deferred"
     sms = the(messages_of(app, case.id), "invitation_1", "sms")
     assert (sms.status, sms.not_before) == ("pending", local(2024, 6, 14, 9).astimezone(UTC))
     assert outbox_sms(app) == []
-    assert services.send_message(app, sms.id, local(2024, 6, 14, 8)).outcome == "skipped"
-    assert services.send_message(app, sms.id, local(2024, 6, 14, 9)).outcome == "sent"
+    assert sending.send_message(app, sms.id, local(2024, 6, 14, 8)).outcome == "skipped"
+    assert sending.send_message(app, sms.id, local(2024, 6, 14, 9)).outcome == "sent"
     assert len(outbox_sms(app)) == 1
 
 
 def test_timeline_lists_everything_in_order(app, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0009901"}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     eid = "CAF35-0009901"
     with freeze_time(local(2024, 6, 10, 10)) as clock:
         cycle_at(app, clock, local(2024, 6, 10, 10))
-        services.apply_event(app, external_id=eid, type="legitimate_reason", now=local(2024, 6, 12, 9),
+        cases.apply_event(app, external_id=eid, type="legitimate_reason", now=local(2024, 6, 12, 9),
                              until=local(2024, 6, 20, 0, 0))
         cycle_at(app, clock, local(2024, 6, 20, 10))
         cycle_at(app, clock, local(2024, 7, 3, 10))
-    items = services.timeline(app, eid)
+    items = timeline.timeline(app, eid)
     assert items, items
     ats = [dt.datetime.fromisoformat(i["at"]) for i in items]
     assert ats == sorted(ats)
@@ -640,7 +644,7 @@ def test_reminder_of_a_monday_convocation_goes_before_the_weekend(app, flux_writ
     forward into the sending window of Monday morning, an hour before the appointment (or after it)."""
     path = flux_writer([{"external_id": "CAF35-0009111", "orientation": "ft", "ft_registered": "true",
                          "organisation": "FT-REDON"}])
-    services.ingest_file(app, path, local(2024, 6, 10, 8))
+    ingest.ingest_file(app, path, local(2024, 6, 10, 8))
     jobs.cycle(app, local(2024, 6, 10, 10))  # ft_convocation on Monday 17 June at 10:00
     case = case_of(app, "CAF35-0009111")
     assert case.appointment_at == local(2024, 6, 17, 10).astimezone(UTC)

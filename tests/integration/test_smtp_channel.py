@@ -8,14 +8,14 @@ import threading
 import pytest
 
 from tests.fakes.smtp_server import FakeSmtpServer, free_port
-from worker.channels.base import (
+from worker.adapters.channels.base import (
     Delivery,
     OutgoingMessage,
     RecipientError,
     RetryableError,
     TechnicalError,
 )
-from worker.channels.smtp_email import SmtpEmailChannel, SmtpSettings, send_email
+from worker.adapters.channels.smtp_email import SmtpEmailChannel, SmtpSettings, send_email
 
 TO = "camille.lefevre@example.net"
 SUBJECT = "Votre rendez-vous d'accompagnement RSA – étape à réaliser"
@@ -164,7 +164,7 @@ def test_auth_required_but_not_configured_is_not_retried():
 
 def test_550_is_recipient_error(plain_server, caplog):
     plain_server.refuse(TO)
-    with caplog.at_level(logging.DEBUG, logger="worker.channels.smtp_email"):
+    with caplog.at_level(logging.DEBUG, logger="worker.adapters.channels.smtp_email"):
         with pytest.raises(RecipientError) as excinfo:
             SmtpEmailChannel(plain_server.settings()).send(make_message())
     assert excinfo.value.code == 550

@@ -17,10 +17,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from worker import jobs, services
-from worker.app import build_app
-from worker.db.models import AuditEntry, Base, Case, Message, Person
-from worker.db.session import get_engine, session_scope
+from worker.entrypoints import jobs
+
+from worker.services import cases, ingest
+from worker.bootstrap import build_app
+from worker.adapters.store.models import AuditEntry, Base, Case, Message, Person
+from worker.adapters.store.session import get_engine, session_scope
 from worker.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -45,13 +47,13 @@ def test_models_and_migration_do_not_drift(relance_app):
 
 
 def test_upgrade_is_idempotent(relance_app):
-    from worker.db.session import upgrade
+    from worker.adapters.store.session import upgrade
 
     upgrade(relance_app.db_url)  # already at head: nothing to do, no error
     with session_scope(relance_app.db_url) as s:
         from alembic.script import ScriptDirectory
 
-        from worker.db.session import alembic_config
+        from worker.adapters.store.session import alembic_config
 
         head = ScriptDirectory.from_config(alembic_config(relance_app.db_url)).get_current_head()
         assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head
@@ -81,7 +83,7 @@ def _every_text_value(db_url: str):
 
 def test_nir_is_stored_only_as_a_keyed_hash(relance_app, monkeypatch):
     app = relance_app
-    services.ingest_file(app, SAMPLES / "flux_2024-03.csv", NOW)
+    ingest.ingest_file(app, SAMPLES / "flux_2024-03.csv", NOW)
     jobs.cycle(app, NOW)  # letters, SMS, e-mails, audit entries: the whole store is populated
     nirs = _sample_nirs("flux_2024-03.csv")
     assert len(nirs) == 30
@@ -118,7 +120,7 @@ def test_nir_is_stored_only_as_a_keyed_hash(relance_app, monkeypatch):
 
 
 def _one_case(app) -> int:
-    services.ingest_file(app, SAMPLES / "flux_2024-03.csv", NOW)
+    ingest.ingest_file(app, SAMPLES / "flux_2024-03.csv", NOW)
     with session_scope(app.db_url) as s:
         return s.execute(select(Case.id).order_by(Case.id).limit(1)).scalar_one()
 
@@ -172,7 +174,7 @@ def test_concurrent_writer_of_a_case_fails_instead_of_overwriting(relance_app):
 
 def test_advance_case_survives_a_concurrent_writer(relance_app, monkeypatch):
     """The service layer turns the optimistic-lock failure into "try again at the next sweep"."""
-    from worker import repository
+    from worker.adapters.store import repository
 
     app = relance_app
     if app.db_url.startswith("postgresql"):
@@ -187,7 +189,7 @@ def test_advance_case_survives_a_concurrent_writer(relance_app, monkeypatch):
         return real_persist(session, app_, case, decision, now, cause)
 
     monkeypatch.setattr(repository, "persist", persist_after_someone_else)
-    assert services.advance_case(app, case_id, NOW) == []
+    assert cases.advance_case(app, case_id, NOW) == []
     with session_scope(app.db_url) as s:
         case = s.get(Case, case_id)
         assert case.hold_reason == "other worker" and case.step_entered_at is None

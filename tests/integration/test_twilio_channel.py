@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fakes.fake_twilio import FakeTwilio
-from worker.channels.base import (
+from worker.adapters.channels.base import (
     Channel,
     OptOutError,
     OutgoingMessage,
@@ -20,8 +20,8 @@ from worker.channels.base import (
     RetryableError,
     TechnicalError,
 )
-from worker.channels.twilio_sms import TwilioSettings, TwilioSmsChannel
-from worker.twilio_callbacks import (
+from worker.adapters.channels.twilio_sms import TwilioSettings, TwilioSmsChannel
+from worker.adapters.channels.twilio_callbacks import (
     STATUS_MAP,
     STATUS_RANK,
     is_permanent_recipient_failure,

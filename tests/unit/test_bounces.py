@@ -1,4 +1,4 @@
-"""Parsing delivery status notifications (worker.bounces.parse_bounce)."""
+"""Parsing delivery status notifications (worker.services.bounces.parse_bounce)."""
 from __future__ import annotations
 
 from email.message import EmailMessage
@@ -6,7 +6,7 @@ from email.message import EmailMessage
 import pytest
 
 from tests.fakes.dsn import postfix_dsn
-from worker.bounces import NotABounce, parse_bounce
+from worker.services.bounces import NotABounce, parse_bounce
 
 
 def _original(reference: str = "RL-000042-0000137", message_id: str = "<171740.1@cd35.example.org>") -> bytes:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.calendar import UTC, BusinessCalendar, parse_hhmm
+from worker.domain.calendar import UTC, BusinessCalendar, parse_hhmm
 
 CAL = BusinessCalendar()
 D = dt.date

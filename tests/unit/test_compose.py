@@ -11,8 +11,8 @@ import pytest
 import typer.main
 import yaml
 
-import worker.cli
-from worker import queues
+import worker.entrypoints.cli
+from worker.entrypoints import queues
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 EXAMPLE_ENV = ROOT / "config" / "settings.example.env"
 VAR = re.compile(r"\bRELANCE_[A-Z0-9_]+\b")
-# Read by the scheduler only (worker/scheduler.py), not Settings fields: test/dev tuning.
+# Read by the scheduler only (worker/entrypoints/scheduler.py), not Settings fields: test/dev tuning.
 SCHEDULER_ENV = {"RELANCE_SCHEDULER_INTERVAL_SECONDS", "RELANCE_SCHEDULER_LEASE_SECONDS"}
 
 
@@ -54,7 +54,7 @@ def _parse(argv: list[str]) -> tuple[list[str], object]:
 
     Returns the command path and the parsed context (``ctx.params``). Typer may ship its own
     copy of click, so the click API is reached through the command objects, not ``import click``."""
-    root = typer.main.get_command(worker.cli.app)
+    root = typer.main.get_command(worker.entrypoints.cli.app)
     cmd, path, args = root, [], list(argv[1:])
     while _is_group(cmd):
         assert args, f"{argv}: '{' '.join(['relance', *path])}' needs a subcommand"
@@ -131,7 +131,7 @@ def test_worker_queues_are_real_and_all_consumed(services):
         assert "-Q" in argv or "--queues" in argv, f"{name}: name the queues explicitly"
         names = [q.strip() for q in ctx.params["queues"].split(",") if q.strip()]
         unknown = set(names) - set(queues.ALL)
-        assert not unknown, f"{name}: unknown queue(s) {sorted(unknown)} (worker.queues.ALL: {queues.ALL})"
+        assert not unknown, f"{name}: unknown queue(s) {sorted(unknown)} (worker.entrypoints.queues.ALL: {queues.ALL})"
         assert ctx.params["concurrency"] >= 1
         for q in names:
             consumed.setdefault(q, []).append(name)

@@ -1,4 +1,4 @@
-"""The timeline's audit entries, in French for agents (worker.describe)."""
+"""The timeline's audit entries, in French for agents (worker.domain.describe)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.describe import case_entry, local_time
+from worker.domain.describe import case_entry, local_time
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -50,7 +50,7 @@ def test_times_are_shown_in_the_territory_time_zone():
 
 
 def test_reasons_read_as_french_and_unknown_codes_stay_visible():
-    from worker.describe import reason
+    from worker.domain.describe import reason
 
     assert reason("no_response") == "sans réponse"
     assert reason("handoff:ft_report") == "transmis après l'étape ft_report"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_sim import Sim, first_slot
-from worker.calendar import BusinessCalendar
+from worker.domain.calendar import BusinessCalendar
 from worker.domain.engine import EngineError, apply, assign_slot, decide, new_case, send_verdict
 from worker.domain.model import (
     APPOINTMENT,
@@ -42,7 +42,7 @@ from worker.domain.model import (
     ReferToCommission,
     StepChanged,
 )
-from worker.policy import load_config
+from worker.adapters.config_files import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = load_config(ROOT / "config").policy

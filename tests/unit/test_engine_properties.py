@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.engine_sim import Applied, Closed, Sent, Sim, StepEntered
-from worker.calendar import BusinessCalendar
+from worker.domain.calendar import BusinessCalendar
 from worker.domain import engine
 from worker.domain.model import (
     EVENT_TYPES,
@@ -36,7 +36,7 @@ from worker.domain.model import (
     RecordAppointment,
     ReplanMessage,
 )
-from worker.policy import load_config
+from worker.adapters.config_files import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = load_config(ROOT / "config").policy

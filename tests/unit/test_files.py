@@ -1,7 +1,7 @@
-"""worker.files: a file published whole, once."""
+"""worker.adapters.files: a file published whole, once."""
 from __future__ import annotations
 
-from worker.files import create_new
+from worker.adapters.files import create_new
 
 
 def test_create_new_publishes_once_and_leaves_no_temporary_file(tmp_path):

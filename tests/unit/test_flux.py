@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.contact import normalize_phone
-from worker.flux import (
+from worker.domain.contact import normalize_phone
+from worker.adapters.flux import (
     FluxFormatError,
     FluxRow,
     ParseResult,
@@ -639,7 +639,7 @@ def test_rejected_rows_get_no_warning():
         ("+33612345678", "+33612345678"),
         ("0033 6 12 34 56 78", "+33612345678"),
         ("02 99 71 00 00", "+33299710000"),
-        ("0692 12 34 56", "+262692123456"),  # La Réunion: through worker.contact
+        ("0692 12 34 56", "+262692123456"),  # La Réunion: through worker.domain.contact
         ("+33 (0)6 12 34 56 78", normalize_phone("+33 (0)6 12 34 56 78")),
     ],
 )

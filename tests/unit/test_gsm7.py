@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.gsm7 import (
+from worker.domain.gsm7 import (
     GSM7_BASIC,
     GSM7_CHARS,
     GSM7_EXTENSION,

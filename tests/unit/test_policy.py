@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.policy import ConfigError, load_config
+from worker.adapters.config_files import load_config
+from worker.domain.policy import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"

@@ -1,4 +1,4 @@
-"""The French postal block (NF Z10-011): worker.postal.address_block."""
+"""The French postal block (NF Z10-011): worker.domain.postal.address_block."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.postal import MAX_LINE_LENGTH, MAX_LINES, AddressError, address_block
+from worker.domain.postal import MAX_LINE_LENGTH, MAX_LINES, AddressError, address_block
 
 LAST_LINE_RE = re.compile(r"^[0-9]{5} [A-Z0-9 ]+$")
 POSTAL_RE = re.compile(r"^[A-Z0-9]+( [A-Z0-9]+)*$")

@@ -1,4 +1,4 @@
-"""Templates and the renderer (worker/rendering.py) against templates/README.md."""
+"""Templates and the renderer (worker/adapters/rendering.py) against templates/README.md."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.template_samples import STEP_CHANNELS, sample_context
-from worker.rendering import (
+from worker.adapters.rendering import (
     Rendered,
     TemplateError,
     TemplateRenderer,
@@ -416,7 +416,7 @@ def test_sms_fits_two_segments_with_long_values(renderer, step, kind):
 
 @pytest.mark.parametrize("step", SMS_CASES)
 def test_sms_fits_two_segments_after_transliteration(renderer, step):
-    gsm7 = pytest.importorskip("worker.gsm7")
+    gsm7 = pytest.importorskip("worker.domain.gsm7")
     for kind in KINDS:
         text = renderer.render(step, "sms", sample_context(step, long=True, kind=kind)).text
         assert gsm7.segments(gsm7.to_gsm7(text)) <= 2, text

@@ -26,9 +26,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from ..calendar import BusinessCalendar
-from ..policy import Policy, StepSpec
-from .model import (
+from worker.domain.calendar import BusinessCalendar
+from worker.domain.policy import Policy, StepSpec
+from worker.domain.model import (
     APPOINTMENT,
     AWAITING_RECEIPT,
     AWAITING_SLOT,

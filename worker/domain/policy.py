@@ -1,0 +1,225 @@
+"""Policy and territory: the paths and organisations, as data (read from ``config/`` by
+:mod:`worker.adapters.config_files`).
+
+Everything here is data validated at start-up. A bad file fails with
+:class:`ConfigError` naming the file, the key and what is wrong (in French: the
+people who edit these files are the department's staff).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+CHANNELS = ("letter", "sms", "email")
+STEP_KINDS = ("invite", "appointment", "task", "handoff", "review", "notice", "referral")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+PATH_IDS = ("cd", "ft", "ft_unregistered", "ml")
+
+
+class ConfigError(Exception):
+    def __init__(self, file: object, key: str, problem: str):
+        self.file, self.key, self.problem = str(file), key, problem
+        super().__init__(f"{file}: {key}: {problem}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepSpec(_Strict):
+    id: str
+    kind: str
+    channels: tuple[str, ...] = ()
+    next: str | None = None
+    respond_days: int | None = None
+    min_days: int | None = None
+    observation_days: int | None = None
+    relies_on: tuple[str, ...] = ()
+    postage: str = "simple"
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in STEP_KINDS:
+            raise ValueError(f"type d'étape inconnu {v!r} (attendu : {', '.join(STEP_KINDS)})")
+        return v
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for c in v:
+            if c not in CHANNELS:
+                raise ValueError(f"canal inconnu {c!r} (attendu : {', '.join(CHANNELS)})")
+        if len(set(v)) != len(v):
+            raise ValueError("canal en double")
+        return v
+
+    @field_validator("postage")
+    @classmethod
+    def _postage(cls, v: str) -> str:
+        if v not in ("simple", "lrar"):
+            raise ValueError("doit valoir 'simple' ou 'lrar'")
+        return v
+
+    @model_validator(mode="after")
+    def _required(self) -> "StepSpec":
+        need = {"invite": "respond_days", "appointment": "min_days", "notice": "observation_days"}.get(self.kind)
+        if need and getattr(self, need) is None:
+            raise ValueError(f"l'étape {self.id!r} de type {self.kind} doit préciser {need}")
+        for name in ("respond_days", "min_days", "observation_days"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} ne peut pas être négatif")
+        if self.kind not in ("referral",) and self.next is None:
+            raise ValueError(f"l'étape {self.id!r} doit préciser 'next'")
+        return self
+
+
+class PathSpec(_Strict):
+    label: str
+    steps: tuple[StepSpec, ...]
+
+    def step(self, step_id: str) -> StepSpec:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    def has(self, step_id: str) -> bool:
+        return any(s.id == step_id for s in self.steps)
+
+    @property
+    def first(self) -> StepSpec:
+        return self.steps[0]
+
+    def review_step(self) -> StepSpec | None:
+        for s in self.steps:
+            if s.kind == "review":
+                return s
+        return None
+
+
+class Delays(_Strict):
+    first_invitation_target_days: int = 15
+    orientation_deadline_days: int = 42
+    orientation_warning_days: int = 7
+    reminder_days_before: int = 2
+    reminder_time: dt.time = dt.time(10, 0)
+    missed_grace_working_days: int = 1
+    receipt_wait_days: int = 30
+
+
+class ReminderSpec(_Strict):
+    step: str = "rdv_reminder"
+    channels: tuple[str, ...] = ("sms",)
+
+
+class Policy(_Strict):
+    delays: Delays = Delays()
+    reminder: ReminderSpec = ReminderSpec()
+    paths: dict[str, PathSpec]
+    routing: dict[str, str]
+    # The sanction envisaged, as the pre-sanction notice states it.
+    sanction_text: str = (
+        "la suspension de tout ou partie du montant de votre RSA, pour une durée limitée, "
+        "décidée par le président du conseil départemental après avis de l'équipe pluridisciplinaire"
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Policy":
+        for pid, path in self.paths.items():
+            ids = [s.id for s in path.steps]
+            if len(ids) != len(set(ids)):
+                raise ValueError(f"paths.{pid}: identifiant d'étape en double")
+            for i, s in enumerate(path.steps):
+                if s.next is not None and s.next not in ids:
+                    raise ValueError(f"paths.{pid}.steps[{i}].next: étape inconnue {s.next!r}")
+                for r in s.relies_on:
+                    if r not in ids:
+                        raise ValueError(f"paths.{pid}.steps[{i}].relies_on: étape inconnue {r!r}")
+            if self.reminder.step in ids:
+                raise ValueError(f"paths.{pid}: {self.reminder.step!r} est réservé au rappel de rendez-vous")
+        for key, target in self.routing.items():
+            if target not in self.paths:
+                raise ValueError(f"routing.{key or '(vide)'}: parcours inconnu {target!r}")
+        return self
+
+    def path(self, path_id: str) -> PathSpec:
+        return self.paths[path_id]
+
+    def route(self, orientation: str | None, ft_registered: bool) -> str:
+        key = orientation or ""
+        if key == "ft":
+            key = "ft_registered" if ft_registered else "ft_unregistered"
+        return self.routing[key]
+
+
+class Slots(_Strict):
+    place: str
+    weekdays: tuple[str, ...]
+    times: tuple[dt.time, ...]
+    capacity: int = 1
+
+    @field_validator("weekdays")
+    @classmethod
+    def _weekdays(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for d in v:
+            if d not in WEEKDAYS:
+                raise ValueError(f"jour inconnu {d!r} (attendu : {', '.join(WEEKDAYS)})")
+        if not v:
+            raise ValueError("au moins un jour")
+        return v
+
+    @field_validator("capacity")
+    @classmethod
+    def _capacity(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("doit être au moins 1")
+        return v
+
+
+class Organisation(_Strict):
+    kind: str
+    name: str
+    short_name: str
+    signatory: str
+    address: tuple[str, ...]
+    phone: str
+    email: str
+    booking_url: str
+    digest_recipients: tuple[str, ...] = ()
+    convocation: Slots
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in ("cd", "ft", "ml", "msa"):
+            raise ValueError("doit valoir cd, ft, ml ou msa")
+        return v
+
+
+class Commission(_Strict):
+    name: str
+    place: str
+    sessions: tuple[dt.date, ...]
+
+    def next_session(self, after: dt.date) -> dt.date | None:
+        for d in sorted(self.sessions):
+            if d > after:
+                return d
+        return None
+
+
+class Territory(_Strict):
+    timezone: str = "Europe/Paris"
+    organisations: dict[str, Organisation]
+    commission: Commission
+
+
+@dataclass(frozen=True)
+class Config:
+    policy: Policy
+    territory: Territory
+    files: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,553 @@
+"""``relance``: the command line agents and ops use (messages in French).
+
+Every error is one clear line on stderr and a non-zero exit code, never a
+traceback. Long operations show progress on a terminal and stay quiet when
+piped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+UTC = dt.timezone.utc
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Relance : invitations, relances, convocations et commission RSA.")
+db_app = typer.Typer(no_args_is_help=True, help="Base de données.")
+audit_app = typer.Typer(no_args_is_help=True, help="Journal d'audit.")
+letters_app = typer.Typer(no_args_is_help=True, help="Courriers : lots d'impression, retours du service courrier.")
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+app.add_typer(letters_app, name="letters")
+email_app = typer.Typer(no_args_is_help=True, help="E-mails : avis de non-remise (bounces).")
+app.add_typer(email_app, name="email")
+digests_app = typer.Typer(no_args_is_help=True, help="Bulletins quotidiens des agents.")
+app.add_typer(digests_app, name="digests")
+messages_app = typer.Typer(no_args_is_help=True, help="Messages : liste par statut, remise en envoi après vérification.")
+app.add_typer(messages_app, name="messages")
+
+
+class CliError(Exception):
+    """A one-line error for agents."""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"Erreur : {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _context():
+    from worker.bootstrap import get_app
+    from worker.domain.policy import ConfigError
+
+    try:
+        return get_app()
+    except ConfigError as exc:
+        raise CliError(f"configuration invalide — {exc}") from None
+    except Exception as exc:  # pydantic settings errors
+        raise CliError(f"paramètres invalides — {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(t.strip() for t in text[:3]) if text else type(exc).__name__
+
+
+def _parse_dt(value: str | None, name: str, app_ctx=None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            raise CliError(f"{name} : date invalide {value!r} (format ISO 8601, ex. 2024-05-03T10:00)") from None
+        parsed = dt.datetime.combine(day, dt.time(0, 0))
+    if parsed.tzinfo is None:
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo(app_ctx.settings.timezone) if app_ctx else UTC
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def _progress_printer(label: str):
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r{label} : {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _ensure_db(ctx) -> None:
+    from worker.adapters.store.session import upgrade
+
+    upgrade(ctx.db_url)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Crée ou met à jour le schéma de la base."""
+    ctx = _context()
+    _ensure_db(ctx)
+    typer.echo("Base à jour.")
+
+
+@app.command()
+def ingest(file: Path = typer.Argument(..., help="Fichier de flux (CSV ou JSON Lines)"),
+           as_json: bool = typer.Option(False, "--json", help="Résultat en JSON"),
+           now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601), comme pour tick")) -> None:
+    """Intègre un fichier de flux : les lignes invalides sont rejetées avec leur motif."""
+    from worker.adapters.flux import FluxFormatError
+    from worker.services import ingest as ingest_service
+
+    ctx = _context()
+    if now is not None and not ctx.settings.local_channels:
+        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
+                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
+    # Simulated time must date the ingestion too: cases opened now are due now,
+    # and a later `tick --now` in the past would never see them.
+    moment = _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC)
+    if not file.exists():
+        raise CliError(f"fichier introuvable : {file}")
+    _ensure_db(ctx)
+    try:
+        report = ingest_service.ingest_file(ctx, file, moment, progress=_progress_printer("Lignes"))
+    except FluxFormatError as exc:
+        raise CliError(f"{file.name} : {exc}") from None
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"{file.name} : {report.accepted} nouvelles personnes, {report.updated} mises à jour, "
+               f"{report.unchanged} inchangées, {len(report.rejected)} lignes rejetées, "
+               f"{report.cases_opened} dossiers ouverts.")
+    for r in report.rejected:
+        typer.echo(f"  ligne {r['line']} ({r['external_id'] or 'sans identifiant'}) : {r['field']} — {r['reason']}")
+    for w in report.warnings:
+        typer.echo(f"  avertissement ligne {w['line']} ({w['external_id']}) : {w['field']} — {w['reason']}")
+
+
+@app.command()
+def tick(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Un cycle complet du planificateur, tout de suite."""
+    from worker.entrypoints import jobs
+
+    ctx = _context()
+    if now is not None and not ctx.settings.local_channels:
+        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
+                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
+    moment = _parse_dt(now, "--now", ctx)
+    _ensure_db(ctx)
+    result = jobs.cycle(ctx, moment)
+    typer.echo(f"Cycle terminé : {result['swept']} dossiers traités, {result['relayed']} messages envoyés "
+               f"ou reprogrammés, {result['stuck']} messages bloqués signalés.")
+    if result.get("digests"):
+        typer.echo(f"{result['digests']} bulletins d'agents produits.")
+    if result.get("orientation"):
+        typer.echo(f"{result['orientation']} dossiers non orientés signalés : échéance des 6 semaines proche "
+                   "ou dépassée (relance orientation).")
+
+
+@app.command()
+def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, npai, ...)"),
+          external_id: str = typer.Argument(..., help="Identifiant de la personne (matricule)"),
+          at: Optional[str] = typer.Option(None, "--at", help="Date de l'événement (ISO 8601)"),
+          until: Optional[str] = typer.Option(None, "--until", help="Fin du motif légitime"),
+          appointment_at: Optional[str] = typer.Option(None, "--appointment-at", help="Date du rendez-vous"),
+          decision: Optional[str] = typer.Option(None, "--decision", help="proceed | legitimate_reason | close"),
+          to: Optional[str] = typer.Option(None, "--to", help="Nouveau parcours (cd, ft, ft_unregistered, ml)"),
+          reason: Optional[str] = typer.Option(None, "--reason", help="Motif (texte libre, non journalisé)"),
+          key: Optional[str] = typer.Option(None, "--key", help="Clé d'idempotence (un même événement n'est appliqué qu'une fois)"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Enregistre un événement pour une personne et l'applique à son dossier."""
+    from worker.services import cases, errors
+
+    ctx = _context()
+    _ensure_db(ctx)
+    moment = _parse_dt(at, "--at", ctx) or dt.datetime.now(UTC)
+    receipt_on = None
+    if type in ("ar_signed", "ar_unclaimed"):
+        receipt_on = ctx.calendar.local_date(moment)
+    try:
+        res = cases.apply_event(ctx, external_id=external_id, type=type, now=moment,
+                                until=_parse_dt(until, "--until", ctx),
+                                   appointment_at=_parse_dt(appointment_at, "--appointment-at", ctx),
+                                   decision=decision, to=to, reason=reason, receipt_on=receipt_on,
+                                   source="cli", idempotency_key=key)
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps({"event_id": res.event_id, "status": res.status, "note": res.note,
+                               "case": res.case_id}, ensure_ascii=False))
+        return
+    label = {"applied": "appliqué", "ignored": "enregistré sans effet", "duplicate": "déjà enregistré"}[res.status]
+    typer.echo(f"Événement {type} {label} (n° {res.event_id}){' — ' + res.note if res.note else ''}.")
+
+
+@app.command()
+def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Tout ce qui est arrivé aux dossiers d'une personne, dans l'ordre."""
+    from worker.domain import describe
+    from worker.services import errors
+    from worker.services import timeline as timeline_service
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        items = timeline_service.timeline(ctx, external_id)
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(items, ensure_ascii=False, indent=2, default=str))
+        return
+    tz = ctx.calendar.tz
+    for i in items:
+        when = describe.local_time(i["at"], tz)
+        if i["kind"] == "message":
+            channel = describe.CHANNELS.get(i["channel"], i["channel"])
+            status = describe.MESSAGE_STATUSES.get(i["status"], i["status"])
+            typer.echo(f"{when}  message  {i['step']:<20} {channel:<8} {status}"
+                       f"{'  (' + i['detail'] + ')' if i.get('detail') else ''}")
+        elif i["kind"] == "event":
+            typer.echo(f"{when}  événement {i['type']:<19} {describe.EVENT_STATUSES.get(i['status'], i['status'])}")
+        elif i["kind"] == "step":
+            typer.echo(f"{when}  étape    {i['step']:<20} ({describe.reason(i.get('reason'))})")
+        else:
+            typer.echo(f"{when}  dossier  {describe.case_entry(i['detail'], tz)}")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Vérifie la chaîne d'empreintes du journal d'audit."""
+    from worker.services.audit_log import verify_chain
+
+    ctx = _context()
+    _ensure_db(ctx)
+    result = verify_chain(ctx)
+    if not result.ok:
+        raise CliError(f"journal d'audit rompu à l'entrée n° {result.broken_id} : {result.reason} "
+                       f"({result.checked} entrées valides avant elle)")
+    typer.echo(f"Journal d'audit intact : {result.checked} entrées vérifiées.")
+
+
+@app.command()
+def demo(days: int = typer.Option(90, "--days", help="Nombre de jours simulés"),
+         out: Path = typer.Option(Path("demo-out"), "--out", help="Dossier de la démonstration"),
+         seed: int = typer.Option(2024, "--seed")) -> None:
+    """Démonstration : base neuve, flux d'exemple, N jours simulés."""
+    from worker.entrypoints.demo import run_demo
+
+    summary = run_demo(days=days, out=out, seed=seed, progress=_progress_printer("Jours simulés"))
+    typer.echo(summary)
+
+
+@app.command()
+def scheduler() -> None:
+    """Lance le planificateur (un seul actif à la fois)."""
+    from worker.entrypoints.scheduler import LeaderScheduler
+
+    ctx = _context()
+    _ensure_db(ctx)
+    LeaderScheduler(ctx).run()
+
+
+@letters_app.command("batch")
+def letters_batch(date: Optional[str] = typer.Option(None, "--date", help="Jour des courriers (AAAA-MM-JJ), par défaut aujourd'hui")) -> None:
+    """Rassemble les courriers du jour en un PDF par organisation et affranchissement, avec leur bordereau."""
+    from worker.services import print_batches as letters
+
+    ctx = _context()
+    _ensure_db(ctx)
+    now = dt.datetime.now(UTC)
+    try:
+        day = dt.date.fromisoformat(date) if date else ctx.calendar.local_date(now)
+    except ValueError:
+        raise CliError(f"--date : date invalide {date!r} (format AAAA-MM-JJ)") from None
+    batches = letters.produce_batches(ctx, day, now)
+    if not batches:
+        typer.echo(f"Aucun courrier à imprimer pour le {day:%d/%m/%Y}.")
+    for b in batches:
+        typer.echo(f"{b.pdf_path} : {b.letters} courriers, {b.pages} pages (bordereau {b.manifest_path.name}).")
+
+
+@letters_app.command("returns")
+def letters_returns(file: Path = typer.Argument(..., help="Fichier des retours (référence, date, npai|ar_signed|ar_unclaimed)"),
+                    as_json: bool = typer.Option(False, "--json")) -> None:
+    """Enregistre les plis revenus (NPAI) et les accusés de réception des LRAR."""
+    from worker.services import letter_returns
+
+    ctx = _context()
+    _ensure_db(ctx)
+    if not file.exists():
+        raise CliError(f"fichier introuvable : {file}")
+    report = letter_returns.process_returns(ctx, file, dt.datetime.now(UTC))
+    if as_json:
+        typer.echo(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+        return
+    typer.echo(f"{file.name} : {report['applied']} retours enregistrés, {report['duplicates']} déjà connus, "
+               f"{len(report['rejected'])} lignes rejetées.")
+    for r in report["rejected"]:
+        typer.echo(f"  ligne {r['line']} : {r['reason']}")
+
+
+@email_app.command("bounces")
+def email_bounces(paths: Optional[list[Path]] = typer.Argument(
+        None, help="Avis de non-remise : fichiers .eml, ou dossiers Maildir (par défaut RELANCE_BOUNCE_MAILDIR)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Enregistre les e-mails revenus en non-remise : e-mail marqué en échec, adresse signalée, courriers maintenus."""
+    from worker.services import bounces
+
+    ctx = _context()
+    _ensure_db(ctx)
+    now = dt.datetime.now(UTC)
+    if not paths:
+        if ctx.settings.bounce_maildir is None:
+            raise CliError("aucun fichier indiqué et RELANCE_BOUNCE_MAILDIR n'est pas défini")
+        paths = [ctx.settings.bounce_maildir]
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise CliError(f"introuvable : {', '.join(missing)}")
+    report = bounces.record_paths(ctx, paths, now)
+    if as_json:
+        typer.echo(json.dumps(report, ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"{report['applied']} non-remises enregistrées, {report['duplicates']} déjà connues, "
+               f"{len(report['ignored'])} sans effet, {len(report['rejected'])} fichiers rejetés.")
+    for item in report["ignored"]:
+        typer.echo(f"  sans effet : {item['file']} : {item['reason']}")
+    for item in report["rejected"]:
+        typer.echo(f"  rejeté : {item['file']} : {item['reason']}")
+
+
+@messages_app.command("list")
+def messages_list(status: Optional[str] = typer.Option(None, "--status", help="ex. technical-failure, failed, pending"),
+                  channel: Optional[str] = typer.Option(None, "--channel", help="sms, email ou letter"),
+                  since: Optional[str] = typer.Option(None, "--since", help="Changés depuis (AAAA-MM-JJ ou ISO 8601)"),
+                  limit: int = typer.Option(50, "--limit", min=1, max=10000),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Liste les derniers messages (par date de changement de statut), sans donnée personnelle."""
+    from worker.services.message_ops import list_messages
+
+    ctx = _context()
+    _ensure_db(ctx)
+    if channel is not None and channel not in ("sms", "email", "letter"):
+        raise CliError(f"--channel : canal inconnu {channel!r} (sms, email ou letter)")
+    rows = list_messages(ctx, status=status, channel=channel, since=_parse_dt(since, "--since", ctx), limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
+        return
+    if not rows:
+        typer.echo("Aucun message.")
+    from worker.domain.describe import local_time
+
+    tz = ctx.calendar.tz
+    for r in rows:
+        when = local_time(r["status_at"].isoformat(), tz) if r["status_at"] else "-"
+        typer.echo(f"{r['id']:>8}  {r['reference']}  {r['step']:<20} {r['channel']:<6} {r['status']:<18} {when}"
+                   f"{'  (' + r['error'] + ')' if r['error'] else ''}")
+
+
+@messages_app.command("retry")
+def messages_retry(ids: list[int] = typer.Argument(..., help="Identifiants des messages (relance messages list)"),
+                   reason: str = typer.Option(..., "--reason", help="Ce qui a été vérifié chez le fournisseur")) -> None:
+    """Remet en envoi des messages en technical-failure, après vérification qu'ils ne sont pas partis."""
+    from worker.services.message_ops import MessageOpsError, requeue_message
+
+    ctx = _context()
+    _ensure_db(ctx)
+    refused = []
+    for message_id in ids:
+        try:
+            done = requeue_message(ctx, message_id, reason=reason, now=dt.datetime.now(UTC))
+        except MessageOpsError as exc:
+            refused.append(str(exc))
+            continue
+        typer.echo(f"{done['reference']} ({done['step']}, {done['channel']}) remis en envoi : "
+                   "parti au prochain relais, dans la plage d'envoi.")
+    if refused:
+        raise CliError(" ; ".join(refused))
+
+
+@app.command()
+def agenda(org: Optional[str] = typer.Option(None, "--org", help="Code de l'organisation (ex. CDAS-REDON)"),
+           as_json: bool = typer.Option(False, "--json"),
+           now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Les dossiers qui attendent un agent : décisions, tâches, blocages, orientation, commission."""
+    from worker.services.agenda import SECTIONS, agenda as build
+
+    ctx = _context()
+    _ensure_db(ctx)
+    if org is not None and org not in ctx.territory.organisations:
+        raise CliError(f"--org : organisation inconnue {org!r} (voir config/territory.yaml)")
+    items = build(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC), organisation=org)
+    if as_json:
+        typer.echo(json.dumps([i.as_json() for i in items], ensure_ascii=False, indent=2))
+        return
+    if not items:
+        typer.echo("Rien n'attend un agent.")
+        return
+    current = None
+    for item in items:
+        if (item.organisation, item.section) != current:
+            if current is None or current[0] != item.organisation:
+                typer.echo(f"{item.organisation}")
+            typer.echo(f"  {SECTIONS[item.section]} :")
+            current = (item.organisation, item.section)
+        since = f"depuis le {item.since:%d/%m/%Y}" if item.since and item.section != "commission" else ""
+        typer.echo(f"    {item.case_reference}  {item.external_id}  {item.step or '-'}  {since}".rstrip()
+                   + f"\n      → {item.todo}")
+
+
+@digests_app.command("send")
+def digests_send(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)"),
+                 force: bool = typer.Option(False, "--force", help="Même avant l'heure ou un jour non ouvré")) -> None:
+    """Produit (et envoie par e-mail avec le SMTP) les bulletins du jour non encore faits."""
+    from worker.services.digests import send_due
+
+    ctx = _context()
+    if now is not None and not ctx.settings.local_channels:
+        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
+                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
+    _ensure_db(ctx)
+    results = send_due(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC), force=force)
+    if not results:
+        typer.echo("Aucun bulletin : rien n'attend un agent, ou pas encore l'heure "
+                   f"({ctx.settings.digest_time}, jours ouvrés ; --force pour passer outre).")
+    labels = {"written": "écrit", "sent": "envoyé", "partly-sent": "envoyé en partie (voir .error)",
+              "failed": "non envoyé (voir .error)", "retry": "échec temporaire : réessayé au prochain passage",
+              "already": "déjà fait"}
+    for r in results:
+        count = "" if r.cases is None else f"{r.cases} dossiers, "
+        typer.echo(f"{r.organisation} : {count}{labels.get(r.status, r.status)} ({r.path})")
+
+
+@app.command()
+def orientation(as_json: bool = typer.Option(False, "--json"),
+                now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Dossiers en attente d'orientation et leur échéance légale de 6 semaines (CASF D262-65-2)."""
+    from worker.domain.describe import days_left
+    from worker.services.orientation import report
+
+    ctx = _context()
+    _ensure_db(ctx)
+    moment = _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC)
+    waiting = report(ctx, moment)
+    if as_json:
+        typer.echo(json.dumps([w.as_json() for w in waiting], ensure_ascii=False, indent=2))
+        return
+    if not waiting:
+        typer.echo("Aucun dossier en attente d'orientation.")
+        return
+    typer.echo(f"{len(waiting)} dossiers en attente d'orientation (échéance : 6 semaines après réception du flux) :")
+    for w in waiting:
+        left = days_left(w.days_left)
+        typer.echo(f"  {w.case_reference}  {w.external_id}  reçu le {w.received_on:%d/%m/%Y}, "
+                   f"échéance le {w.deadline:%d/%m/%Y} ({left}){'  [signalé]' if w.flagged else ''}"
+                   f"  étape {w.step or '-'}")
+
+
+@app.command()
+def api(host: Optional[str] = typer.Option(None, "--host"), port: Optional[int] = typer.Option(None, "--port")) -> None:
+    """Lance le service HTTP (rappels de statut Twilio, événements des agents, santé)."""
+    import uvicorn
+
+    ctx = _context()
+    _ensure_db(ctx)
+    uvicorn.run("worker.entrypoints.api:create_app", factory=True, host=host or ctx.settings.api_host,
+                port=port or ctx.settings.api_port, log_level="warning", access_log=False)
+
+
+@app.command()
+def worker(queues: str = typer.Option(",".join(("ingest", "cases", "sms", "letters", "email", "maintenance")),
+                                      "--queues", "-Q", help="Files à consommer (séparées par des virgules)"),
+           concurrency: int = typer.Option(1, "--concurrency", "-c"),
+           name: Optional[str] = typer.Option(None, "--name", "-n")) -> None:
+    """Lance un worker Celery sur les files indiquées (Redis requis)."""
+    ctx = _context()
+    if ctx.settings.eager:
+        raise CliError("RELANCE_BROKER_URL n'est pas défini : les tâches s'exécutent déjà dans le processus "
+                       "(mode embarqué) ; indiquez une URL Redis pour lancer des workers")
+    _ensure_db(ctx)
+    from worker.entrypoints.celery_app import celery
+
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-E", "--loglevel", "INFO", "--without-gossip",
+            "--without-mingle"]
+    if name:
+        argv += ["-n", name]
+    celery.worker_main(argv)
+
+
+@app.command()
+def flower(port: int = typer.Option(5555, "--port"), address: str = typer.Option("127.0.0.1", "--address")) -> None:
+    """Lance Flower (supervision des files et des tâches), avec authentification."""
+    ctx = _context()
+    if ctx.settings.eager:
+        raise CliError("Flower a besoin d'un broker Redis (RELANCE_BROKER_URL)")
+    if not ctx.settings.flower_password:
+        raise CliError("RELANCE_FLOWER_PASSWORD est obligatoire : Flower n'est jamais lancé sans authentification")
+    from worker.entrypoints.celery_app import celery
+
+    celery.start(["flower", f"--port={port}", f"--address={address}",
+                  f"--basic-auth={ctx.settings.flower_user}:{ctx.settings.flower_password}"])
+
+
+_USAGE_FR = (
+    ("No such option: ", "option inconnue : "),
+    ("No such command ", "commande inconnue : "),
+    ("Missing argument ", "argument manquant : "),
+    ("Missing option ", "option manquante : "),
+    ("Invalid value for ", "valeur invalide pour "),
+    ("Got unexpected extra argument", "argument en trop"),
+    ("requires an argument", "attend une valeur"),
+)
+
+
+def _french_usage(message: str) -> str:
+    for en, fr in _USAGE_FR:
+        message = message.replace(en, fr)
+    return message
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        app(standalone_mode=False)
+    except CliError as exc:
+        typer.echo(f"Erreur : {exc}", err=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("Interrompu.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("Interrompu.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the unexpected: one line, no traceback
+        # typer may ship its own copy of click: recognise its exceptions by class name.
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in names and hasattr(exc, "format_message"):
+            typer.echo(f"Erreur : {_french_usage(exc.format_message())}", err=True)
+            sys.exit(2 if "UsageError" in names else getattr(exc, "exit_code", 1))
+        logging.getLogger("relance").debug("unexpected error", exc_info=True)
+        typer.echo(f"Erreur inattendue : {type(exc).__name__}: {_one_line(exc)}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The scheduler's jobs: find what is due in the database and enqueue it.
+
+The database holds time: no Celery ETA/countdown is ever used. On the embedded
+default the enqueued tasks run eagerly, inline; on Redis, workers take them.
+``now=None`` means the real clock (production); a given ``now`` (``tick --now``,
+the demo) travels with each task so that everything it records is dated then.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from worker.entrypoints.tasks.dispatch import MAX_ROUNDS, relay, sweep  # noqa: F401 - jobs of the scheduler too
+from worker.services import sending
+
+log = logging.getLogger("relance.jobs")
+UTC = dt.timezone.utc
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return now or dt.datetime.now(UTC)
+
+
+def _iso(now: dt.datetime | None) -> str | None:
+    return now.isoformat() if now is not None else None
+
+
+def scan_inbox(app, now: dt.datetime | None = None) -> None:
+    from worker.entrypoints.tasks.ingest import scan_inbox as task
+
+    inbox = app.settings.inbox
+    if inbox.exists() and any(p.is_file() and not p.name.startswith(".") for p in inbox.iterdir()):
+        task.apply_async(args=[_iso(now)])
+
+
+def scan_bounces(app, now: dt.datetime | None = None) -> None:
+    """Enqueue a scan of the bounce Maildir when a notice is waiting in ``new/``."""
+    from worker.entrypoints.tasks.email import scan_bounces as task
+
+    maildir = app.settings.bounce_maildir
+    new = maildir / "new" if maildir is not None else None
+    if new is not None and new.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in new.iterdir()):
+        task.apply_async(args=[_iso(now)])
+
+
+def reconcile(app, now: dt.datetime | None = None) -> int:
+    return sending.reconcile_stuck(app, _now(now))
+
+
+def digests(app, now: dt.datetime | None = None) -> int:
+    """The agents' daily digests, once a working day from RELANCE_DIGEST_TIME (:mod:`worker.services.digests`)."""
+    from worker.services.digests import send_due
+
+    return sum(1 for r in send_due(app, _now(now)) if r.status != "already")
+
+
+def watch_orientation(app, now: dt.datetime | None = None) -> int:
+    """Flag the unoriented cases near their 6-week deadline (:mod:`worker.services.orientation`)."""
+    from worker.services.orientation import watch
+
+    return len(watch(app, _now(now)))
+
+
+def cycle(app, now: dt.datetime | None = None) -> dict:
+    """One full scheduler cycle (``relance tick``)."""
+    try:
+        scan_inbox(app, now)
+    except Exception as exc:  # noqa: BLE001 - a bad inbox file must not stop the invitations (eager: inline)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        log.error("inbox scan failed (%s: %s); sweeping and relaying all the same", type(exc).__name__, first)
+    try:
+        scan_bounces(app, now)
+    except Exception as exc:  # noqa: BLE001 - same: the bounces wait for the next cycle
+        log.error("bounce scan failed (%s); sweeping and relaying all the same", type(exc).__name__)
+    swept = sweep(app, now)
+    relayed = relay(app, now)
+    # Sends may have changed cases (a refused number): give them a second pass.
+    swept += sweep(app, now)
+    relayed += relay(app, now)
+    stuck = reconcile(app, now)
+    orientation = watch_orientation(app, now)
+    try:
+        digested = digests(app, now)
+    except Exception as exc:  # noqa: BLE001 - the digests wait for the next cycle; the cases went on
+        log.error("digests failed (%s)", type(exc).__name__)
+        digested = 0
+    return {"swept": swept, "relayed": relayed, "stuck": stuck, "orientation": orientation, "digests": digested}

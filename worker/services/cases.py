@@ -1,0 +1,186 @@
+"""Cases and events: advance a due case, record an agent's or a provider's event.
+
+Each function opens its own transaction, loads what it needs, calls the pure
+engine and persists the result. Celery tasks, the scheduler, the CLI and the
+API only call these. ``now`` is always an argument: nothing here reads the
+clock, so simulated time (``tick --now``, the demo, freezegun) dates everything.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, literal_column, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.exc import StaleDataError
+
+from worker.adapters.store import audit, repository
+from worker.adapters.store.models import Case, InboundEvent, Message, Person
+from worker.adapters.store.session import session_scope
+from worker.domain import engine
+from worker.domain.model import EVENT_TYPES, Event
+from worker.services.errors import ServiceError
+
+log = logging.getLogger("relance.services")
+
+CONTACT_EVENTS = {"npai", "address_updated", "phone_updated", "sms_failed", "sms_opt_out"}
+
+
+def load_case(s: Session, case_id: int, lock: bool = False) -> Case | None:
+    q = select(Case).where(Case.id == case_id).options(selectinload(Case.messages))
+    if lock and s.bind.dialect.name == "postgresql":
+        q = q.with_for_update()
+    return s.execute(q).scalar()
+
+
+def advance_case(app, case_id: int, now: dt.datetime) -> list[int]:
+    """Run the engine on one due case; returns the messages it planned."""
+    try:
+        with session_scope(app.db_url) as s:
+            case = load_case(s, case_id, lock=True)
+            if case is None:
+                return []
+            case.claimed_until = None
+            state = repository.to_state(case)
+            decision = engine.decide(state, now, app.policy, app.calendar)
+            if not decision.actions and decision.state == state:
+                return []
+            return repository.persist(s, app, case, decision, now, cause="due")
+    except StaleDataError:
+        log.info("case %s changed concurrently; it will be swept again", case_id)
+        return []
+
+
+def due_case_ids(app, now: dt.datetime, limit: int) -> list[int]:
+    """Claim up to ``limit`` due cases, the longest due first (SKIP LOCKED on PostgreSQL, so sweepers
+    don't collide); their ids, in no particular order.
+
+    One statement, no list of ids sent back and forth: the due cases are selected
+    (and locked) and their claim set by the same UPDATE ... RETURNING id. On
+    PostgreSQL they are found through the partial index ix_cases_due_active (status
+    compared with a literal, so that every plan, prepared ones too, can use it) and
+    updated by their ctid, without a second index lookup (bench/bench_sweep.py).
+    """
+    cases = Case.__table__
+    with session_scope(app.db_url) as s:
+        due = (select(cases.c.id)
+               .where(cases.c.status == bindparam("active", "active", literal_execute=True), cases.c.due_at <= now,
+                      or_(cases.c.claimed_until.is_(None), cases.c.claimed_until < now))
+               .order_by(cases.c.due_at).limit(limit))
+        if s.bind.dialect.name == "postgresql":
+            ctid = literal_column("ctid")
+            claim = update(cases).where(ctid.in_(due.with_only_columns(ctid).with_for_update(skip_locked=True)
+                                                 .scalar_subquery()))
+        else:
+            claim = update(cases).where(cases.c.id.in_(due.scalar_subquery()))
+        return list(s.execute(claim.values(claimed_until=now + dt.timedelta(minutes=5))
+                              .returning(cases.c.id)).scalars())
+
+
+@dataclass
+class EventResult:
+    event_id: int
+    status: str  # applied | ignored | duplicate
+    note: str = ""
+    case_id: int | None = None
+    planned: list[int] = field(default_factory=list)
+
+
+def _active_case(s: Session, person: Person) -> Case | None:
+    return s.execute(select(Case).where(Case.person_id == person.id).order_by(
+        (Case.status == "active").desc(), Case.id.desc()).limit(1).options(selectinload(Case.messages))).scalar()
+
+
+def _update_person_contact(person: Person, event_type: str, now: dt.datetime) -> None:
+    if event_type == "npai":
+        person.address_status = "npai"
+    elif event_type == "address_updated":
+        person.address_status = "ok"
+    elif event_type == "sms_failed":
+        person.phone_status = "failed"
+    elif event_type == "sms_opt_out":
+        person.phone_status = "opted_out"
+    elif event_type == "phone_updated":
+        person.phone_status = "ok"
+    person.updated_at = now
+
+
+def apply_to_active_case(s: Session, app, person: Person, event: Event, now: dt.datetime, source: str,
+                          case: Case | None = None) -> tuple[str, str, int | None, list[int]]:
+    case = case or _active_case(s, person)
+    if case is None:
+        return "ignored", "aucun dossier pour cette personne", None, []
+    state = repository.to_state(case)
+    decision = engine.apply(state, event, now, app.policy, app.calendar)
+    audit.append(s, at=now, kind="event", case_id=case.id, entity_id=case.id,
+                 data={"type": event.type, "source": source, "note": decision.note})
+    if not decision.actions and decision.state == state:
+        return "ignored", decision.note, case.id, []
+    planned = repository.persist(s, app, case, decision, now, cause=f"event:{event.type}")
+    return "applied", decision.note, case.id, planned
+
+
+def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt.datetime | None = None,
+                appointment_at: dt.datetime | None = None, decision: str | None = None, to: str | None = None,
+                reason: str | None = None, receipt_on: dt.date | None = None, source: str = "cli",
+                idempotency_key: str | None = None, message_id: int | None = None) -> EventResult:
+    """Record an event and apply it to the person's active case, once."""
+    if type not in EVENT_TYPES:
+        raise ServiceError(f"type d'événement inconnu : {type} (attendu : {', '.join(EVENT_TYPES)})")
+    if type == "reoriented" and (not to or to not in app.policy.paths):
+        raise ServiceError(f"reoriented : parcours inconnu {to!r} (attendu : {', '.join(app.policy.paths)})")
+    payload = {"until": until, "appointment_at": appointment_at, "decision": decision, "to": to,
+               "reason_given": bool(reason), "receipt_on": receipt_on, "message_id": message_id}
+    payload = {k: v for k, v in payload.items() if v not in (None, False)}
+    for attempt in range(3):
+        try:
+            with session_scope(app.db_url) as s:
+                if idempotency_key:
+                    existing = s.execute(select(InboundEvent).where(
+                        InboundEvent.idempotency_key == idempotency_key)).scalar()
+                    if existing is not None:
+                        return EventResult(existing.id, "duplicate", existing.note or "", existing.case_id)
+                person = s.execute(select(Person).where(Person.external_id == external_id)).scalar()
+                if person is None:
+                    raise ServiceError(f"personne inconnue : {external_id}")
+                record = InboundEvent(idempotency_key=idempotency_key, person_id=person.id, type=type, at=now,
+                                      recorded_at=now, source=source,
+                                      payload=json.loads(json.dumps(payload, default=str)))
+                s.add(record)
+                s.flush()
+                if type in CONTACT_EVENTS:
+                    _update_person_contact(person, type, now)
+                event = Event(type=type, at=now, until=until, appointment_at=appointment_at, decision=decision,
+                              to=to, reason=reason, receipt_on=receipt_on)
+                if type == "reoriented" and to:
+                    person.orientation = {"ft_unregistered": "ft"}.get(to, to)
+                case = None
+                if message_id is not None:
+                    msg = s.get(Message, message_id)
+                    case = load_case(s, msg.case_id, lock=True) if msg else None
+                try:
+                    status, note, case_id, planned = apply_to_active_case(s, app, person, event, now, source,
+                                                                           case=case)
+                except engine.EngineError as exc:
+                    raise ServiceError(str(exc)) from None
+                record.case_id = case_id
+                record.status = status
+                record.note = note
+                return EventResult(record.id, status, note, case_id, planned)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            continue  # the same idempotency key was recorded concurrently: read it back
+        except StaleDataError:
+            if attempt == 2:
+                raise
+            continue
+    raise AssertionError("unreachable")
+
+
+def person_exists(app, external_id: str) -> bool:
+    with session_scope(app.db_url) as s:
+        return s.execute(select(Person.id).where(Person.external_id == external_id)).first() is not None
