@@ -8,7 +8,8 @@ contexts of tests/template_samples.py, renders each letter with WeasyPrint
 (worker.adapters.pdf.render_pdf), then converts the first page with
 ``pdftoppm -r <dpi> -png -singlefile`` (poppler-utils). ``--long`` uses the
 long sample values (long names, addresses and organisation names) and writes
-``<step>-long.png``. ``--all-pages`` writes every page (``<step>-<n>.png``).
+``<step>-long.png``. A step written ``<step>:<kind>`` uses that organisation kind
+(``cd``, ``ft``, ``ml``, ``msa``) and writes ``<step>-<kind>.png``. ``--all-pages`` writes every page (``<step>-<n>.png``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ STEPS = (
     "crsa_referral",
     "ft_convocation",
     "ft_warning",
+    # the Département's letters, for a CD case and a France Travail case (<step>-ft.png)
+    "sanction_decision",
+    "sanction_lifting",
+    "procedure_closed",
+    "pre_sanction_notice:ft",
+    "sanction_decision:ft",
+    "sanction_lifting:ft",
+    "procedure_closed:ft",
 )
 
 
@@ -49,18 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-long" if args.long else ""
     with tempfile.TemporaryDirectory() as tmp:
-        for step in args.steps:
-            rendered = renderer.render(step, "letter", sample_context(step, long=args.long))
-            pdf = Path(tmp) / f"{step}.pdf"
+        for entry in args.steps:
+            step, _, kind = entry.partition(":")
+            rendered = renderer.render(step, "letter", sample_context(step, long=args.long, kind=kind or None))
+            name = f"{step}-{kind}" if kind else step
+            pdf = Path(tmp) / f"{name}.pdf"
             pdf.write_bytes(render_pdf([rendered.html], base_url=str(ROOT / "templates")))
             if args.all_pages:
-                prefix = args.out / f"{step}{suffix}"
+                prefix = args.out / f"{name}{suffix}"
                 subprocess.run(
                     ["pdftoppm", "-r", str(args.dpi), "-png", str(pdf), str(prefix)], check=True
                 )
-                written = sorted(args.out.glob(f"{step}{suffix}-*.png"))
+                written = sorted(args.out.glob(f"{name}{suffix}-*.png"))
             else:
-                target = args.out / f"{step}{suffix}"
+                target = args.out / f"{name}{suffix}"
                 subprocess.run(
                     ["pdftoppm", "-r", str(args.dpi), "-png", "-singlefile", "-f", "1", "-l", "1",
                      str(pdf), str(target)],

@@ -22,7 +22,14 @@ STEP_CHANNELS: dict[str, tuple[str, ...]] = {
     "crsa_referral": ("letter", "sms"),
     "ft_convocation": ("letter", "sms", "email"),
     "ft_warning": ("letter", "sms", "email"),
+    "sanction_decision": ("letter",),
+    "sanction_lifting": ("letter",),
+    "procedure_closed": ("letter",),
 }
+
+# Steps whose letters the Département issues (worker/services/message_content.DEPARTMENT_STEPS).
+DEPARTMENT_STEPS = ("pre_sanction_notice", "crsa_referral", "sanction_decision", "sanction_lifting",
+                    "procedure_closed")
 
 STEP_CODES = {
     "invitation_1": "INV1",
@@ -33,7 +40,45 @@ STEP_CODES = {
     "crsa_referral": "CRSA",
     "ft_convocation": "FTCONV",
     "ft_warning": "FTAV",
+    "sanction_decision": "DEC",
+    "sanction_lifting": "LEV",
+    "procedure_closed": "CLOS",
 }
+
+_DEPARTMENT = {
+    "name": "Département d'Ille-et-Vilaine",
+    "short_name": "Département",
+    "address": ["Hôtel du Département", "1 avenue de la Préfecture", "CS 24218", "35042 RENNES CEDEX"],
+    "phone": "02 61 91 20 00",
+    "email": "insertion-redon@example.org",
+    "observations_service": {
+        "name": "Service insertion du Pays de Redon et des Vallons de Vilaine",
+        "address": ["Service insertion", "12 rue des Douves", "35600 REDON"],
+    },
+    "signature": ("Pour le Président du Conseil départemental et par délégation, "
+                  "Claire Morvan, Directrice de l'insertion"),
+}
+
+_LONG_DEPARTMENT = {
+    "name": "Département d'Ille-et-Vilaine - Direction de l'insertion et des solidarités",
+    "short_name": "Département d'Ille-et-Vilaine",
+    "address": ["Hôtel du Département", "Direction de l'insertion et des solidarités", "1 avenue de la Préfecture",
+                "CS 24218", "35042 RENNES CEDEX"],
+    "phone": "02 61 91 20 00",
+    "email": "observations-rsa.insertion-pays-de-redon-vilaine@example.org",
+    "observations_service": {
+        "name": "Service insertion et lutte contre les exclusions du Pays de Redon et des Vallons de Vilaine",
+        "address": ["Service insertion et lutte contre les exclusions", "Espace social Jean-Baptiste Le Maréchal",
+                    "12 boulevard des Douves-Saint-Nicolas", "35603 SAINT-NICOLAS-DE-REDON CEDEX"],
+    },
+    "signature": ("Pour le Président du Conseil départemental et par délégation, "
+                  "Marie-Christine Le Bourdonnec-Kerjean, Directrice adjointe de l'insertion et des solidarités"),
+}
+
+
+def _fact(kind, day, label, channels, town, place, text):
+    return {"kind": kind, "date": day, "label": label, "channels": channels, "town": town, "place": place,
+            "text": text}
 
 _ORGS = {
     "cd": {
@@ -168,12 +213,24 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None) ->
             "Centre départemental d'action sociale des Vallons de Vilaine, "
             "salle du rez-de-chaussée, 4 place de la Mairie, 35580 Guichen"
         )
-        facts = (
-            "Vous ne vous êtes pas présentée au rendez-vous d'accompagnement du mercredi 24 septembre 2025 "
-            "à 10 h 30 auquel vous aviez été convoquée par lettre du mercredi 3 septembre 2025, et vous "
-            "n'avez pas répondu à nos invitations des 20 août et 10 septembre 2025, ni fait connaître de "
-            "motif légitime."
-        )
+        place_long_missed = place
+        town = "35600 SAINT-NICOLAS-DE-REDON"
+        facts = [
+            _fact("message", date(2025, 8, 20), "invitation", ["courrier", "SMS", "e-mail"], town, None,
+                  f"Le mercredi 20 août 2025 : invitation envoyée par courrier, SMS et e-mail, "
+                  f"à {town}."),
+            _fact("message", date(2025, 9, 3), "relance", ["courrier", "SMS", "e-mail"], town, None,
+                  f"Le mercredi 3 septembre 2025 : relance envoyée par courrier, SMS et e-mail, "
+                  f"à {town}."),
+            _fact("message", date(2025, 9, 10), "convocation", ["courrier", "SMS"], town, None,
+                  f"Le mercredi 10 septembre 2025 : convocation envoyée par courrier et SMS, "
+                  f"à {town}."),
+            _fact("missed", date(2025, 9, 24), "rendez-vous manqué", [], None, place_long_missed,
+                  f"Le mercredi 24 septembre 2025 : vous n'êtes pas venu(e) au rendez-vous, {place_long_missed}."),
+        ]
+        measure = {"rate": 100, "months": 2, "repeat": True}
+        decision = {"rate": 100, "months": 2, "start": date(2025, 11, 1)}
+        lifted_on = date(2025, 11, 26)
         sanction = (
             "la suspension de 50 % du montant de votre RSA pendant une durée d'un mois, "
             "renouvelable si vous ne reprenez pas contact avec votre référent"
@@ -195,10 +252,19 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None) ->
         respond_by = date(2024, 6, 4)
         appt_at = datetime(2024, 6, 3, 14, 30, tzinfo=PARIS)
         place = "CDAS du Pays de Redon, 12 rue des Douves, 35600 Redon"
-        facts = (
-            "Vous ne vous êtes pas présentée au rendez-vous du lundi 3 juin 2024 à 14 h 30 "
-            "auquel vous aviez été convoquée."
-        )
+        facts = [
+            _fact("message", date(2024, 5, 13), "invitation", ["courrier", "SMS"], "35600 REDON", None,
+                  "Le lundi 13 mai 2024 : invitation envoyée par courrier et SMS, à 35600 REDON."),
+            _fact("message", date(2024, 5, 20), "convocation", ["courrier", "SMS"], "35600 REDON", None,
+                  "Le lundi 20 mai 2024 : convocation envoyée par courrier et SMS, à 35600 REDON."),
+            _fact("missed", date(2024, 6, 3), "rendez-vous manqué", [], None,
+                  "CDAS du Pays de Redon, 12 rue des Douves, 35600 Redon",
+                  "Le lundi 3 juin 2024 : vous n'êtes pas venue au rendez-vous, "
+                  "CDAS du Pays de Redon, 12 rue des Douves, 35600 Redon."),
+        ]
+        measure = {"rate": 30, "months": 1, "repeat": False}
+        decision = {"rate": 30, "months": 1, "start": date(2024, 7, 1)}
+        lifted_on = date(2024, 7, 15)
         sanction = "la suspension de 30 % du montant de votre RSA pendant un mois"
         commission = {
             "name": "Commission RSA du Pays de Redon et des Vallons de Vilaine",
@@ -217,6 +283,22 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None) ->
             if long else "Mission locale, 1 quai Jean Bart, 35600 Redon"
         )
 
+    if step in DEPARTMENT_STEPS:
+        issuer = dict(_LONG_DEPARTMENT if long else _DEPARTMENT)
+    else:
+        issuer = {"name": org["name"], "short_name": org["short_name"], "address": list(org["address"]),
+                  "phone": org["phone"], "email": org["email"],
+                  "observations_service": {"name": org["name"], "address": list(org["address"])},
+                  "signature": org["signatory"]}
+
+    ground = (
+        "Vous n'êtes pas venue au rendez-vous de France Travail. Vous ne participez donc pas à votre "
+        "accompagnement (article L262-37 du code de l'action sociale et des familles)."
+        if path == "ft" else
+        "Vous n'êtes pas venue à la convocation. Vous ne participez donc pas à votre accompagnement "
+        "(article L262-37 du code de l'action sociale et des familles)."
+    )
+
     has_respond_by = step in {"invitation_1", "invitation_2", "ft_warning"}
     has_appointment = step in {"convocation", "ft_convocation", "rdv_reminder", "ft_warning"}
     return {
@@ -229,8 +311,12 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None) ->
         "respond_by": respond_by if has_respond_by else None,
         "appointment": {"at": appt_at, "place": place} if has_appointment else None,
         "notice": (
-            {"facts": facts, "sanction": sanction, "observation_days": 10}
-            if step == "pre_sanction_notice" else None
+            {"facts": facts, "ground": ground, "sanction": sanction, "observation_days": 10}
+            if step in ("pre_sanction_notice", "sanction_decision") else None
         ),
         "commission": commission if step == "crsa_referral" else None,
+        "issuer": issuer,
+        "measure": measure,
+        "decision": decision,
+        "lifted_on": lifted_on,
     }

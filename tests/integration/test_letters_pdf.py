@@ -41,6 +41,9 @@ STEPS = (
     "crsa_referral",
     "ft_convocation",
     "ft_warning",
+    "sanction_decision",
+    "sanction_lifting",
+    "procedure_closed",
 )
 PEOPLE = (
     ("Madame", "Marie", "Da Silva", "21 impasse des Tilleuls", None, "35390", "GRAND-FOUGERAY"),
@@ -50,7 +53,11 @@ PEOPLE = (
     (None, "Sébastien", "L'Hôtellier", "lieu-dit La Noë", "Appartement 12", "35480", "GUIPRY-MESSAC"),
     ("Monsieur", "Nicolas", "Saint-Jalmes", "117 avenue du Général de Gaulle", None, "56350", "ALLAIRE"),
     ("Madame", "Nathalie", "Le Goff", "3 place de l'Église", None, "35550", "PIPRIAC"),
+    ("Monsieur", "Yann", "Guéguen", "8 rue du Port", None, "35600", "REDON"),
+    ("Madame", "Élodie", "Perrin", "14 rue de la Libération", "Appartement 3", "35580", "GUICHEN"),
+    (None, "Camille", "Hervé", "2 chemin des Landes", None, "35660", "LANGON"),
 )
+assert len(PEOPLE) >= len(STEPS)
 LONG_PERSON = (
     "Monsieur", "Jean-Baptiste", "Le Bihan-Kerouédan", "12 chemin de la Grée", "Résidence du Parc",
     "35600", "SAINTE-MARIE",

@@ -249,19 +249,20 @@ def test_cd_path_never_answers(app, flux_writer):
         assert (case.step, case.phase, case.status) == ("pre_sanction_notice", "awaiting_receipt", "active")
         assert len(messages_of(app, case.id)) == n_messages
 
-        # Signed on 5 September: 10 days of observations (6 to 15 Sept.), referral on the 16th.
+        # Signed on 5 September: 10 days of observations (6 to 15 Sept.); the 15th is a Sunday, so the
+        # period ends on Monday 16 (a deadline given to a person ends on a working day): referral on the 17th.
         res = cases.apply_event(app, external_id=eid, type="ar_signed", receipt_on=dt.date(2024, 9, 5),
                                    now=local(2024, 9, 6, 15))
         assert res.status == "applied"
         case = case_of(app, eid)
         assert (case.phase, case.receipt_on) == ("observation", dt.date(2024, 9, 5))
-        cycle_at(app, clock, local(2024, 9, 15, 23, 59))  # the 10th day, until its last minute
+        cycle_at(app, clock, local(2024, 9, 16, 23, 59))  # the last (working) day, until its last minute
         case = case_of(app, eid)
         assert (case.step, case.phase, case.status) == ("pre_sanction_notice", "observation", "active")
-        cycle_at(app, clock, local(2024, 9, 16, 10))  # the day after
+        cycle_at(app, clock, local(2024, 9, 17, 10))  # the day after
         case = case_of(app, eid)
         assert (case.step, case.status, case.outcome) == ("crsa_referral", "closed", "crsa_referral")
-        next_session = app.territory.commission.next_session(dt.date(2024, 9, 16))
+        next_session = app.territory.commission.next_session(dt.date(2024, 9, 17))
         assert case.commission_date == next_session == dt.date(2024, 9, 19)
         referral = the(messages_of(app, case.id), "crsa_referral", "letter")
         assert referral.status == "sent"

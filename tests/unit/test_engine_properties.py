@@ -127,6 +127,91 @@ def check_referral_after_observation(sim) -> list[str]:
     return out
 
 
+def check_no_referral_after_observations_without_refer(sim) -> list[str]:
+    """After observations, a hearing request or a legitimate reason at or after sanction_review, crsa_referral
+    only after an agent's review_decision refer (applied at observations_review, after them)."""
+    out = []
+    for e in sim.steps:
+        if _kind(e.path, e.step) != "referral":
+            continue
+        heard = None
+        refer = False
+        in_procedure = False
+        for r in _case_log(sim, e.case_id):
+            if r.n >= e.n:
+                break
+            if isinstance(r, StepEntered):
+                in_procedure = in_procedure or _kind(e.path, r.step) in ("review", "notice")
+            elif isinstance(r, Applied):
+                t = r.event.type
+                if in_procedure and (t in ("observations_received", "hearing_requested")
+                                     or (t == "legitimate_reason" and r.event.until and r.event.until > r.at)):
+                    if r.before.status == "active" and (t != "observations_received" and t != "hearing_requested"
+                                                        or r.before.notice_on is not None):
+                        heard, refer = r, False
+                elif t == "review_decision" and r.event.decision == "refer" and r.before.step == "observations_review":
+                    refer = True
+        if heard is not None and not refer:
+            out.append(f"case {e.case_id}: {e.step} entered at {e.at} after {heard.event.type} ({heard.at}) "
+                       "without an agent's review_decision refer")
+    return out
+
+
+def check_measure_within_bounds(sim) -> list[str]:
+    """Every notice and decision letter states a rate and a duration within the décret's bounds."""
+    out = []
+    measure = POLICY.measure
+    for s in sim.sent:
+        if s.step not in ("pre_sanction_notice", "sanction_decision") or s.channel != "letter":
+            continue
+        state = sim.states[s.case_id]
+        if s.step == "pre_sanction_notice":
+            rate, months, repeat = state.measure_rate, state.measure_months, state.measure_repeat
+        else:
+            rate, months, repeat = state.decision_rate, state.decision_months, state.measure_repeat
+        bounds = measure.repeat if repeat else measure.first
+        if rate is None or months is None or not (bounds.rate[0] <= rate <= bounds.rate[1]) \
+                or not (bounds.months[0] <= months <= bounds.months[1]):
+            out.append(f"case {s.case_id}: {s.step} sent with measure {rate} % / {months} months "
+                       f"(repeat={repeat}) outside {bounds}")
+    return out
+
+
+def _states(sim):
+    for r in sim.log:
+        if isinstance(r, StepEntered):
+            yield r, r.state
+        elif isinstance(r, Applied):
+            yield r, r.after
+
+
+def check_deadlines_on_working_days(sim) -> list[str]:
+    """A date given to a person (respond_by, the last day of the observation period) is a working day."""
+    out = []
+    for r, s in _states(sim):
+        if s.respond_by is not None and not CAL.is_working_day(s.respond_by):
+            out.append(f"case {r.case_id}: respond_by {s.respond_by} is not a working day")
+        if s.phase == "observation" and s.due_at is not None and s.status == "active":
+            last = (s.due_at.astimezone(PARIS) - dt.timedelta(days=1)).date()
+            if not CAL.is_working_day(last):
+                out.append(f"case {r.case_id}: observation period ends on {last}, not a working day")
+    return out
+
+
+def check_no_receipt_before_dispatch(sim) -> list[str]:
+    """A receipt date recorded on a case is neither before the notice was issued nor in the future."""
+    out = []
+    for r in sim.log:
+        if not isinstance(r, Applied) or r.event.type not in ("ar_signed", "ar_unclaimed"):
+            continue
+        got = r.after.receipt_on
+        if got is None or got == r.before.receipt_on:
+            continue
+        if r.after.notice_on is None or got < r.after.notice_on or got > r.at.astimezone(PARIS).date():
+            out.append(f"case {r.case_id}: receipt {got} recorded (notice issued {r.after.notice_on}, event {r.at})")
+    return out
+
+
 def _legitimate_windows(sim) -> list[tuple[int, dt.datetime, int]]:
     """(start n, until, end n) of each legitimate reason: from the event to ``until``, for the person's
     every case; it ends early only if the person books an appointment (the engine's rule)."""
@@ -178,7 +263,13 @@ def check_quiet_periods(sim) -> list[str]:
     legit = _legitimate_windows(sim)
     booked = _booking_windows(sim)
     reminder = POLICY.reminder.step
+    # The Département's letters once the case has left the worker's hands (issue 9): the commission's
+    # decision and its end after a referral, the closing letter of a review.
+    after_closure = {"crsa_referral": {"sanction_decision", "sanction_lifting"}, "review_closed": {"procedure_closed"}}
     for s in sim.sent:
+        c = closed.get(s.case_id)
+        if c is not None and s.n > c.n and s.step in after_closure.get(c.outcome, ()):
+            continue
         for start, until, end in legit:
             if start < s.n < end and s.at < until:
                 out.append(f"case {s.case_id}: {s.step}/{s.channel} sent at {s.at} during a legitimate reason "
@@ -332,6 +423,10 @@ CHECKS = (
     check_review_relies_on_letters,
     check_notice_after_proceed,
     check_referral_after_observation,
+    check_no_referral_after_observations_without_refer,
+    check_measure_within_bounds,
+    check_deadlines_on_working_days,
+    check_no_receipt_before_dispatch,
     check_quiet_periods,
     check_once_per_step_channel,
     check_sending_window,
@@ -356,6 +451,7 @@ EVENT_WEIGHTS = {
     "rdv_booked": 3, "rdv_attended": 1, "rdv_missed": 2, "rdv_cancelled": 2, "legitimate_reason": 3, "npai": 2,
     "address_updated": 2, "phone_updated": 1, "sms_failed": 1, "sms_opt_out": 1, "droit_closed": 1,
     "reoriented": 1, "review_decision": 6, "phone_followup_done": 3, "ar_signed": 4, "ar_unclaimed": 2,
+    "observations_received": 2, "hearing_requested": 1, "sanction_decided": 2, "sanction_lifted": 1,
 }
 assert set(EVENT_WEIGHTS) == set(EVENT_TYPES)
 WEIGHTED_EVENTS = [t for t, w in EVENT_WEIGHTS.items() for _ in range(w)]
@@ -371,6 +467,9 @@ event_op = st.tuples(
         "decision": st.sampled_from(REVIEW_DECISIONS + ("proceed", "proceed")),
         "to": st.sampled_from(sorted(POLICY.paths)),
         "frac": st.floats(0.0, 1.0),            # ar_*: where between the LRAR send and now
+        "rate": st.integers(30, 100),           # review_decision proceed / sanction_decided
+        "months": st.integers(1, 4),
+        "repeat": st.booleans(),
     }),
 )
 # "agent": the event an agent or the post would most plausibly record in the case's current phase
@@ -402,10 +501,27 @@ def _event_params(sim, type_: str, p: dict) -> dict | None:
     if type_ == "reoriented":
         return {"to": p["to"]}
     if type_ == "review_decision":
-        params = {"decision": p["decision"]}
-        if p["decision"] == "legitimate_reason":
+        state = sim.states[sim.case_id]
+        decision = p["decision"]
+        # an agent picks among the decisions the review offers (proceed before the notice, refer after)
+        if decision in ("proceed", "refer"):
+            decision = "refer" if state.notice_on is not None else "proceed"
+        params = {"decision": decision}
+        if decision == "legitimate_reason":
             params["until"] = now + dt.timedelta(days=p["until"])
+        if decision == "proceed":
+            params.update(_measure(p))
         return params
+    if type_ == "sanction_decided":
+        state = sim.states[sim.case_id]
+        if state.outcome != "crsa_referral":
+            return None  # only after a referral to the commission
+        return {**_measure(p), "start_on": now.astimezone(PARIS).date() + dt.timedelta(days=1)}
+    if type_ == "sanction_lifted":
+        state = sim.states[sim.case_id]
+        if state.decision_rate is None:
+            return None
+        return {"receipt_on": max(now.astimezone(PARIS).date(), state.decision_from)}
     if type_ in ("ar_signed", "ar_unclaimed"):
         cid = sim.case_id
         lrar = [s for s in sim.sent if s.case_id == cid and s.postage == "lrar"]
@@ -417,8 +533,21 @@ def _event_params(sim, type_: str, p: dict) -> dict | None:
     return {}
 
 
+def _measure(p: dict) -> dict:
+    repeat = p.get("repeat", False)
+    bounds = POLICY.measure.repeat if repeat else POLICY.measure.first
+    months = p.get("months", bounds.months[0])
+    return {"rate": p.get("rate", bounds.rate[0]), "months": min(max(months, bounds.months[0]), bounds.months[1]),
+            "repeat": repeat}
+
+
 def _agent_event(sim, p: dict) -> str | None:
-    phase = sim.states[sim.case_id].phase
+    state = sim.states[sim.case_id]
+    if state.outcome == "crsa_referral":
+        return "sanction_decided" if state.decision_rate is None else "sanction_lifted"
+    phase = state.phase
+    if phase in ("awaiting_receipt", "observation") and p["frac"] > 0.8:
+        return "observations_received" if p["frac"] > 0.9 else "hearing_requested"
     if phase == "review":
         return "review_decision"
     if phase == "task":
@@ -680,3 +809,122 @@ def test_checker_follows_a_reminder_given_back_after_a_pause_and_catches_a_late_
     monkeypatch.setattr(engine, "_plan_reminder", late)
     problems = check_reminder_timing(_booked_then_paused_before_the_appointment())
     assert problems and "expected 2024-03-25 10:00" in problems[0]
+
+
+# --- due process (issue 9): the new checkers catch what they claim to catch ---------------------------
+
+OPS = {"decision": "proceed", "ahead": 1, "until": 1, "to": "cd", "frac": 1.0}
+
+
+def _to_observation(engine_module=engine, **proceed) -> Sim:
+    """A silent CD case: proceed, the LRAR signed two days later (observation period running)."""
+    return run_life(dict(SILENT_CD, ops=[("advance", 45 * DAY), ("event", "review_decision", {**OPS, **proceed}),
+                                         ("advance", 2 * DAY), ("event", "ar_signed", OPS)]), engine_module)
+
+
+def test_observations_stop_the_referral_until_an_agent_refers():
+    sim = _to_observation()
+    sim.event("observations_received")
+    assert sim.state().step == "observations_review" and sim.state().phase == "review"
+    sim.advance(dt.timedelta(days=30))
+    assert "crsa_referral" not in sim.entered()
+    sim.event("review_decision", decision="refer")
+    sim.advance(dt.timedelta(days=1))
+    assert sim.entered()[-1] == "crsa_referral"
+    assert violations(sim) == []
+
+
+def test_checker_catches_a_referral_after_observations_without_refer(monkeypatch):
+    """A broken engine that records observations and lets the period run to the referral."""
+    monkeypatch.setitem(engine._HANDLERS, "observations_received", lambda case, ev, now, policy, cal: (case, [], ""))
+    sim = _to_observation()
+    sim.event("observations_received")
+    sim.advance(dt.timedelta(days=20))
+    assert "crsa_referral" in sim.entered()
+    problems = check_no_referral_after_observations_without_refer(sim)
+    assert problems and "without an agent's review_decision refer" in problems[0]
+
+
+def test_checker_catches_a_referral_after_a_legitimate_reason_without_refer(monkeypatch):
+    """A broken engine whose pause, once over, resumes the observation period as if nothing happened."""
+    real_resume = engine._resume
+    monkeypatch.setattr(engine, "_in_procedure", lambda case, policy: False)
+    sim = _to_observation()
+    sim.event("legitimate_reason", until=sim.now + dt.timedelta(days=3))
+    sim.advance(dt.timedelta(days=20))
+    assert real_resume is engine._resume and "crsa_referral" in sim.entered()
+    problems = check_no_referral_after_observations_without_refer(sim)
+    assert problems and "legitimate_reason" in problems[0]
+
+
+def test_checker_catches_a_measure_out_of_bounds(monkeypatch):
+    """A broken policy check that lets any rate through: the notice states 150 %."""
+    monkeypatch.setattr(type(POLICY.measure), "check",
+                        lambda self, rate, months, repeat, household_size=None: (rate, months))
+    sim = _to_observation(rate=150, months=9)
+    problems = check_measure_within_bounds(sim)
+    assert problems and "150 %" in problems[0]
+
+
+def test_an_out_of_bounds_measure_is_refused():
+    sim = run_life(dict(SILENT_CD, ops=[("advance", 45 * DAY)]))
+    for params in ({"rate": 20}, {"rate": 101}, {"months": 3}, {"months": 5, "repeat": True}):
+        with pytest.raises(engine.EngineError, match="hors des bornes"):
+            engine.apply(sim.state(), Event("review_decision", sim.now, decision="proceed", **params), sim.now,
+                         POLICY, CAL)
+    d = engine.apply(sim.state(), Event("review_decision", sim.now, decision="proceed", months=4, repeat=True),
+                     sim.now, POLICY, CAL)
+    assert (d.state.measure_rate, d.state.measure_months, d.state.measure_repeat) == (30, 4, True)
+
+
+def test_checker_catches_a_deadline_on_a_sunday(monkeypatch):
+    """A broken engine that gives the person the 15th day, whatever day it is."""
+    def calendar_days(now, days, cal):
+        due = now + dt.timedelta(days=days)
+        return due, cal.local_date(due)
+
+    monkeypatch.setattr(engine, "_respond_deadline", calendar_days)
+    # Saturday 9 March 2024: the 15 days end on Sunday 24 March
+    sim = run_life(dict(SILENT_CD, start=dt.datetime(2024, 3, 9, 10, tzinfo=UTC), ops=[("advance", DAY)]))
+    problems = check_deadlines_on_working_days(sim)
+    assert problems and "2024-03-24" in problems[0]
+
+
+def test_checker_catches_a_receipt_before_the_notice(monkeypatch):
+    """A broken engine that takes any receipt date (the API once accepted 2000-01-01)."""
+    real = engine._on_receipt
+
+    def trusting(case, ev, now, policy, cal):
+        state, actions, note = real(dataclasses.replace(case, notice_on=None), dataclasses.replace(
+            ev, receipt_on=now.astimezone(PARIS).date()), now, policy, cal)
+        return dataclasses.replace(state, notice_on=case.notice_on, receipt_on=ev.receipt_on), actions, note
+
+    monkeypatch.setitem(engine._HANDLERS, "ar_signed", trusting)
+    sim = run_life(dict(SILENT_CD, ops=[("advance", 45 * DAY), ("event", "review_decision", OPS)]))
+    sim.event("ar_signed", receipt_on=dt.date(2000, 1, 1))
+    problems = check_no_receipt_before_dispatch(sim)
+    assert problems and "receipt 2000-01-01" in problems[0]
+
+
+def test_a_receipt_before_the_notice_or_in_the_future_is_refused():
+    sim = run_life(dict(SILENT_CD, ops=[("advance", 45 * DAY), ("event", "review_decision", OPS)]))
+    state = sim.state()
+    for day, words in ((dt.date(2000, 1, 1), "antérieure à l'envoi"),
+                       (sim.now.astimezone(PARIS).date() + dt.timedelta(days=3), "dans le futur")):
+        with pytest.raises(engine.EngineError, match=words):
+            engine.apply(state, Event("ar_signed", sim.now, receipt_on=day), sim.now, POLICY, CAL)
+
+
+def test_after_the_commission_decision_and_lifting_letters_go_from_a_closed_case():
+    sim = _to_observation()
+    sim.advance(dt.timedelta(days=20))
+    assert sim.state().outcome == "crsa_referral"
+    start = sim.now.astimezone(PARIS).date() + dt.timedelta(days=5)
+    sim.event("sanction_decided", rate=50, months=2, start_on=start)
+    sim.advance(dt.timedelta(days=1))
+    assert [s.channel for s in sim.sent_for("sanction_decision")] == ["letter"]
+    sim.event("sanction_lifted", receipt_on=start + dt.timedelta(days=20))
+    sim.advance(dt.timedelta(days=1))
+    assert [s.channel for s in sim.sent_for("sanction_lifting")] == ["letter"]
+    assert sim.state().lifted_on == start + dt.timedelta(days=20)
+    assert violations(sim) == []

@@ -34,8 +34,10 @@ def test_real_paths_match_the_design():
     policy = load_config(CONFIG).policy
     ids = {pid: [s.id for s in p.steps] for pid, p in policy.paths.items()}
     assert ids["cd"] == ["invitation_1", "invitation_2", "convocation", "sanction_review", "pre_sanction_notice",
+                         "observations_review",
                          "crsa_referral"]
     assert ids["ft"] == ["ft_convocation", "ft_warning", "ft_report", "sanction_review", "pre_sanction_notice",
+                         "observations_review",
                          "crsa_referral"]
     assert ids["ft_unregistered"][:3] == ["invitation_1", "phone_followup", "invitation_2"]
     cd = policy.path("cd")
@@ -74,6 +76,35 @@ def test_real_territory_loads():
     assert commission.next_session(dt.date(2024, 5, 1)) == dt.date(2024, 5, 16)
     assert commission.next_session(dt.date(2024, 5, 16)) == dt.date(2024, 6, 20)  # strictly after
     assert commission.next_session(dt.date(2030, 1, 1)) is None
+
+
+def test_real_department_loads():
+    territory = load_config(CONFIG).territory
+    dep = territory.department
+    assert dep.name and dep.observations_service.name and dep.observations_service.address
+    assert dep.signature == ("Pour le Président du Conseil départemental et par délégation, "
+                             f"{dep.signatory_name}, {dep.signatory_title}")
+    assert dep.email.endswith("@example.org") and dep.phone.startswith("02 61 91 ")
+    codes = [dep.review_organisations.default, *dep.review_organisations.by_postcode.values()]
+    assert all(territory.organisations[c].kind == "cd" for c in codes)
+
+
+def test_review_organisation_takes_the_longest_prefix_else_the_default(cfg_dir):
+    edit(cfg_dir, "territory.yaml", lambda d: d["department"].update(review_organisations={
+        "default": "CDAS-REDON", "by_postcode": {"35": "CCAS-REDON", "355": "CDAS-VALLONS", "35580": "CDAS-REDON"}}))
+    dep = load_config(cfg_dir).territory.department
+    assert dep.review_organisation("35580") == "CDAS-REDON"      # the 5-digit prefix beats "355" and "35"
+    assert dep.review_organisation("35550") == "CDAS-VALLONS"    # "355" beats "35"
+    assert dep.review_organisation("35600") == "CCAS-REDON"
+    assert dep.review_organisation("56350") == "CDAS-REDON"      # no prefix: the default
+    assert dep.review_organisation(None) == "CDAS-REDON"
+    assert dep.review_organisation("") == "CDAS-REDON"
+
+
+def test_unquoted_postcode_prefixes_are_read_as_text(cfg_dir):
+    edit(cfg_dir, "territory.yaml",
+         lambda d: d["department"]["review_organisations"].update(by_postcode={35580: "CDAS-VALLONS"}))
+    assert load_config(cfg_dir).territory.department.review_organisation("35580") == "CDAS-VALLONS"
 
 
 # --- broken copies ----------------------------------------------------------------------------------------
@@ -162,6 +193,24 @@ BROKEN_TERRITORY = [
      "organisations.ML-REDON.kind", ["cd, ft, ml"]),
     ("missing commission", lambda d: d.pop("commission"), "commission", []),
     ("bad session date", lambda d: d["commission"].update(sessions=["2024-13-01"]), "commission.sessions[0]", []),
+    ("missing department", lambda d: d.pop("department"), "department", []),
+    ("department without signatory", lambda d: d["department"].pop("signatory_name"),
+     "department.signatory_name", []),
+    ("unknown review organisation by default",
+     lambda d: d["department"]["review_organisations"].update(default="CDAS-NULLE-PART"),
+     "department.review_organisations.default", ["organisation inconnue", "CDAS-NULLE-PART"]),
+    ("review organisation by default not of kind cd",
+     lambda d: d["department"]["review_organisations"].update(default="FT-REDON"),
+     "department.review_organisations.default", ["FT-REDON", "type ft", "type cd"]),
+    ("unknown review organisation for a postcode",
+     lambda d: d["department"]["review_organisations"]["by_postcode"].update({"35390": "CDAS-GRAND-FOUGERAY"}),
+     "department.review_organisations.by_postcode", ["35390", "organisation inconnue", "CDAS-GRAND-FOUGERAY"]),
+    ("review organisation for a postcode not of kind cd",
+     lambda d: d["department"]["review_organisations"]["by_postcode"].update({"356": "ML-REDON"}),
+     "department.review_organisations.by_postcode", ["356", "ML-REDON", "type ml"]),
+    ("bad postcode prefix",
+     lambda d: d["department"]["review_organisations"]["by_postcode"].update({"35A": "CDAS-REDON"}),
+     "department.review_organisations.by_postcode", ["35A", "chiffres"]),
 ]
 
 

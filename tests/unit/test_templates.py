@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.template_samples import STEP_CHANNELS, sample_context
+from tests.template_samples import DEPARTMENT_STEPS, STEP_CHANNELS, sample_context
 from worker.adapters.rendering import (
     Rendered,
     TemplateError,
@@ -74,7 +74,8 @@ def test_every_template_renders(renderer, step, channel, kind, long):
         assert out.html and out.html.lstrip().startswith("<!DOCTYPE html>")
         assert ctx["case"]["reference"] in out.text
         assert ctx["message"]["reference"] in out.text
-        assert ctx["org"]["signatory"] in out.text
+        assert ctx["issuer"]["signature"] in out.text
+        assert ctx["issuer"]["name"] in out.text
         assert "<" not in out.text  # tags stripped
     elif channel == "sms":
         assert out.template_name == f"sms/{step}.txt.j2"
@@ -316,7 +317,7 @@ def test_convocation_is_mandatory(renderer, step):
     assert "lundi 3 juin 2024 à 14 h 30" in letter
     assert ctx["appointment"]["place"] in letter
     assert "pièce d'identité" in letter  # what to bring
-    assert "réduction de votre RSA" in letter
+    assert "suspension" in letter and "réduction" not in letter.lower()
     assert "L262-37" in letter
     assert "obligatoire" in renderer.render(step, "sms", ctx).text.lower()
     email = renderer.render(step, "email", ctx)
@@ -346,25 +347,94 @@ def test_pre_sanction_notice(renderer):
     ctx = sample_context("pre_sanction_notice", long=True)
     out = renderer.render("pre_sanction_notice", "letter", ctx)
     text = out.text
-    assert ctx["notice"]["facts"] in text
-    assert ctx["notice"]["sanction"] in text
-    assert "10 jours" in text
-    assert "assist" in text
-    assert "observations" in text
+    for fact in ctx["notice"]["facts"]:
+        assert fact["text"] in text
+    assert ctx["notice"]["ground"] in text
+    assert "100 % du montant, pendant 2 mois" in text  # the measure envisaged
+    assert "suspension" in text and "réduction" not in text.lower()
+    assert "s'arrête dès que vous reprenez votre accompagnement" in text
+    assert "10 jours à partir de la réception" in text
+    service = ctx["issuer"]["observations_service"]
+    assert service["name"] in text and ", ".join(service["address"]) in text
+    assert ctx["issuer"]["email"] in text and ctx["issuer"]["phone"] in text
+    assert "assistée ou représentée par la personne de votre choix" not in text  # long sample: sex unknown
+    assert "assisté(e) ou représenté(e) par la personne de votre choix" in text
+    assert "consulter votre dossier" in text
     assert "L262-37" in text and "R262-68" in text
     assert "Lettre recommandée avec accusé de réception" in text
     assert "Aucune décision ne sera prise avant la fin de ce délai" in text
     assert "entendu" in text and "équipe pluridisciplinaire" in text
+    assert "Président du Conseil départemental" in text
     other = copy.deepcopy(ctx)
     other["notice"]["observation_days"] = 15
     assert "15 jours" in renderer.render("pre_sanction_notice", "letter", other).text
 
 
+def test_pre_sanction_notice_without_a_measure_states_the_policy_text(renderer):
+    ctx = sample_context("pre_sanction_notice")
+    ctx["measure"] = {"rate": None, "months": None, "repeat": None}
+    text = renderer.render("pre_sanction_notice", "letter", ctx).text
+    assert ctx["notice"]["sanction"] in text and "None" not in text
+
+
 def test_pre_sanction_notice_escapes_facts(renderer):
     ctx = sample_context("pre_sanction_notice")
-    ctx["notice"]["facts"] = "Absence <b>injustifiée</b> & silence."
+    ctx["notice"]["facts"][0]["text"] = "Absence <b>injustifiée</b> & silence."
     html = renderer.render("pre_sanction_notice", "letter", ctx).html
     assert "&lt;b&gt;injustifiée&lt;/b&gt; &amp; silence." in html
+
+
+@pytest.mark.parametrize("step", DEPARTMENT_STEPS)
+def test_the_departement_issues_the_sanction_letters(renderer, step):
+    for kind in KINDS:
+        ctx = sample_context(step, kind=kind)
+        out = renderer.render(step, "letter", ctx)
+        letterhead = out.text.split("Tél. :", 1)[0]
+        assert letterhead.startswith(ctx["issuer"]["name"])
+        assert ctx["org"]["name"] not in letterhead  # the letterhead is the Département's
+        assert out.text.rstrip().endswith(ctx["issuer"]["signature"])
+        assert ctx["issuer"]["signature"].startswith(
+            "Pour le Président du Conseil départemental et par délégation, ")
+        # the referent organisation stays the one to call
+        assert ctx["org"]["short_name"] in out.text and ctx["org"]["phone"] in out.text
+        assert "réduction" not in out.text.lower()
+        assert f"Responsable du traitement : {ctx['issuer']['name']}" in out.text
+
+
+@pytest.mark.parametrize("step", [s for s, c in CASES if c == "letter" and s not in DEPARTMENT_STEPS])
+def test_other_letters_are_issued_by_their_organisation(renderer, step):
+    ctx = sample_context(step)
+    assert ctx["issuer"]["name"] == ctx["org"]["name"] and ctx["issuer"]["signature"] == ctx["org"]["signatory"]
+    text = renderer.render(step, "letter", ctx).text
+    assert text.startswith(ctx["org"]["name"]) and text.rstrip().endswith(ctx["org"]["signatory"])
+
+
+def test_sanction_decision(renderer):
+    ctx = sample_context("sanction_decision")
+    text = renderer.render("sanction_decision", "letter", ctx).text
+    assert "30 % du montant" in text and "1 mois, à partir du lundi 1er juillet 2024" in text
+    assert ctx["notice"]["ground"] in text
+    assert "s'arrête dès que vous reprenez votre accompagnement" in text
+    assert "recours administratif préalable" in text and "L262-47" in text
+    assert "deux mois" in text and "tribunal administratif" in text
+    assert ", ".join(ctx["issuer"]["address"]) in text
+
+
+def test_sanction_lifting_and_procedure_closed(renderer):
+    ctx = sample_context("sanction_lifting")
+    text = renderer.render("sanction_lifting", "letter", ctx).text
+    assert "fin à la suspension" in text and "lundi 15 juillet 2024" in text
+    text = renderer.render("procedure_closed", "letter", sample_context("procedure_closed")).text
+    assert "procédure est close" in text and "ne sera pas suspendu" in text
+
+
+@pytest.mark.parametrize("step", ["pre_sanction_notice", "crsa_referral"])
+def test_sanction_sms_never_name_the_rsa_or_a_sanction(renderer, step):
+    for kind in KINDS:
+        for long in (False, True):
+            text = renderer.render(step, "sms", sample_context(step, kind=kind, long=long)).text.lower()
+            for word in ("rsa", "sanction", "suspen", "réduction", "commission", "manquement"):
+                assert word not in text, (word, text)
 
 
 def test_crsa_referral(renderer):

@@ -69,6 +69,10 @@ class BusinessCalendar:
             d += dt.timedelta(days=1)
         return d
 
+    def working_day_on_or_after(self, day: dt.date) -> dt.date:
+        """``day`` if it is a working day, else the next one: where a deadline given to a person ends."""
+        return day if self.is_working_day(day) else self.next_working_day(day)
+
     def add_working_days(self, day: dt.date, n: int) -> dt.date:
         d = day
         for _ in range(n):

@@ -29,6 +29,10 @@ import datetime as dt
 from worker.domain.calendar import BusinessCalendar
 from worker.domain.policy import Policy, StepSpec
 from worker.domain.model import (
+    OBSERVATIONS_REVIEW,
+    PROCEDURE_CLOSED,
+    SANCTION_DECISION,
+    SANCTION_LIFTING,
     APPOINTMENT,
     AWAITING_RECEIPT,
     AWAITING_SLOT,
@@ -82,6 +86,32 @@ def _step(policy: Policy, case: CaseState, step_id: str | None = None) -> StepSp
 
 def _days(n: int) -> dt.timedelta:
     return dt.timedelta(days=n)
+
+
+def _respond_deadline(now: dt.datetime, days: int, cal: BusinessCalendar) -> tuple[dt.datetime, dt.date]:
+    """(due_at, respond_by): ``days`` from now, the date given to the person moved to a working day."""
+    due = now + _days(days)
+    day = cal.local_date(due)
+    respond_by = cal.working_day_on_or_after(day)
+    return due + (respond_by - day), respond_by
+
+
+def observation_end(receipt_on: dt.date, days: int, cal: BusinessCalendar) -> dt.datetime:
+    """The end of the observation period: ``days`` after the receipt, ending on a working day
+    (the whole of that day is the person's: the period is over at the next midnight)."""
+    last = cal.working_day_on_or_after(receipt_on + _days(days))
+    return cal.start_of_day(last + _days(1))
+
+
+def _notice_spec(policy: Policy, case: CaseState) -> StepSpec:
+    return next(s for s in policy.path(case.path).steps if s.kind == "notice")
+
+
+def _in_procedure(case: CaseState, policy: Policy) -> bool:
+    """At or after sanction_review: a review or the pre-sanction notice."""
+    if case.step is None or not policy.path(case.path).has(case.step):
+        return False
+    return _step(policy, case).kind in ("review", "notice")
 
 
 def channel_usable(case: CaseState, channel: str) -> bool:
@@ -248,8 +278,8 @@ def _enter(case: CaseState, step_id: str, now: dt.datetime, policy: Policy, cal:
     if spec.kind == "invite":
         case, acts = _plan(case, spec, spec.channels, now, cal)
         actions += acts
-        due = now + _days(spec.respond_days)
-        case = _replace(case, phase=WAITING, due_at=due, respond_by=cal.local_date(due))
+        due, respond_by = _respond_deadline(now, spec.respond_days, cal)
+        case = _replace(case, phase=WAITING, due_at=due, respond_by=respond_by)
         if case.first_invitation_at is None:
             case = _replace(case, first_invitation_at=now)
         return case, actions
@@ -275,8 +305,9 @@ def _enter(case: CaseState, step_id: str, now: dt.datetime, policy: Policy, cal:
             case = _replace(case, phase=HELD, hold_reason="npai" if case.npai else "no_address", due_at=None)
             return case, actions + [Flag("held", f"{case.hold_reason}:{step_id}")]
         case, acts = _plan(case, spec, spec.channels, now, cal)
-        case = _replace(case, phase=AWAITING_RECEIPT, receipt_on=None,
-                        due_at=now + _days(policy.delays.receipt_wait_days))
+        case = _replace(case, notice_on=cal.local_date(now))
+        wait_end = cal.working_day_on_or_after(cal.local_date(now + _days(policy.delays.receipt_wait_days)))
+        case = _replace(case, phase=AWAITING_RECEIPT, receipt_on=None, due_at=cal.start_of_day(wait_end + _days(1)))
         return case, actions + acts
 
     if spec.kind == "referral":
@@ -330,13 +361,18 @@ def decide(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCalen
         return Decision(case2, tuple(actions))
 
     if case.phase == OBSERVATION:
-        spec = _step(policy, case)
+        spec = _notice_spec(policy, case)
         if case.receipt_on is None:  # cannot happen: observation starts with a receipt
             return Decision(_replace(case, phase=HELD, hold_reason="no_receipt", due_at=None), (Flag("held", "no_receipt"),))
-        end = cal.start_of_day(case.receipt_on + _days(spec.observation_days + 1))
+        end = observation_end(case.receipt_on, spec.observation_days, cal)
         if now < end:
             return Decision(_replace(case, due_at=end), (), "observation running")
-        case2, actions = _enter(case, spec.next, now, policy, cal, reason="observation_period_over")
+        if case.observations_at is not None and case.review_decision != "refer":
+            # The person answered (or had a legitimate reason) and no one has decided yet.
+            case2, actions = _enter(case, OBSERVATIONS_REVIEW, now, policy, cal, reason="observations")
+            return Decision(case2, tuple(actions))
+        # Silence until the end of the period (or an agent's `refer` at observations_review): the referral.
+        case2, actions = _enter(case, _step(policy, case).next, now, policy, cal, reason="observation_period_over")
         return Decision(case2, tuple(actions))
 
     if case.phase == AWAITING_RECEIPT:
@@ -350,6 +386,11 @@ def _resume(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCale
     phase = case.paused_phase or ENTER
     remaining = case.paused_remaining
     base = _replace(case, paused_until=None, paused_phase=None, paused_remaining=None)
+    if _in_procedure(case, policy) and phase in (REVIEW, AWAITING_RECEIPT, OBSERVATION):
+        # A legitimate reason at or after sanction_review stops the procedure: a person decides what
+        # follows (refer, close...), never the end of the pause alone.
+        case2, actions = _enter(base, OBSERVATIONS_REVIEW, now, policy, cal, reason="legitimate_reason_over")
+        return case2, [Flag("resumed", phase)] + actions
     if phase == APPOINTMENT and case.appointment_at is not None and case.appointment_at <= until:
         # The appointment fell during the legitimate reason: it is not an absence.
         outcome = [AppointmentOutcome("cancelled")]
@@ -376,8 +417,8 @@ def _after_booking_lost(case: CaseState, now: dt.datetime, policy: Policy, cal: 
     spec = _step(policy, case)
     case = _replace(case, appointment_at=None, appointment_kind=None)
     if case.prebook_phase in (WAITING, None) and spec.kind == "invite":
-        due = now + _days(spec.respond_days)
-        return _replace(case, phase=WAITING, due_at=due, respond_by=cal.local_date(due), prebook_phase=None,
+        due, respond_by = _respond_deadline(now, spec.respond_days, cal)
+        return _replace(case, phase=WAITING, due_at=due, respond_by=respond_by, prebook_phase=None,
                         prebook_due_at=None), []
     if case.prebook_phase in (REVIEW, TASK, AWAITING_RECEIPT, OBSERVATION, HELD, ENTER, WAITING):
         due = case.prebook_due_at
@@ -411,7 +452,7 @@ def apply(case: CaseState, event: Event, now: dt.datetime, policy: Policy, cal: 
     handler = _HANDLERS.get(event.type)
     if handler is None:
         raise EngineError(f"type d'événement inconnu : {event.type}")
-    if case.status != "active":
+    if case.status != "active" and event.type not in _AFTER_REFERRAL:
         return Decision(case, (), "case closed: event recorded, nothing changes")
     state, actions, note = handler(case, event, now, policy, cal)
     return Decision(state, tuple(actions), note)
@@ -474,6 +515,9 @@ def _on_legitimate_reason(case, ev, now, policy, cal):
     if ev.until <= now:
         return case, [], "legitimate reason already over"
     case, actions = _cancel(case, "legitimate_reason")
+    if _in_procedure(case, policy):
+        # At or after sanction_review the procedure stops: a person decides what follows.
+        case = _replace(case, observations_at=case.observations_at or now)
     if case.phase == PAUSED:
         until = max(case.paused_until or ev.until, ev.until)
         return _replace(case, paused_until=until, due_at=until), actions + [Flag("paused", "extended")], ""
@@ -558,17 +602,40 @@ def _on_reoriented(case, ev, now, policy, cal):
 
 
 def _on_review_decision(case, ev, now, policy, cal):
-    if ev.decision not in ("proceed", "legitimate_reason", "close"):
-        raise EngineError("review_decision : --decision doit valoir proceed, legitimate_reason ou close")
+    if ev.decision not in ("proceed", "refer", "legitimate_reason", "close"):
+        raise EngineError("review_decision : --decision doit valoir proceed, refer, legitimate_reason ou close")
     if case.phase != REVIEW:
         return case, [], "not under review"
     spec = _step(policy, case)
+    notice_sent = case.notice_on is not None
     if ev.decision == "proceed":
+        if notice_sent:
+            raise EngineError("review_decision proceed : le préavis est déjà parti ; "
+                              "décider refer, close ou legitimate_reason")
+        try:
+            rate, months = policy.measure.check(ev.rate, ev.months, ev.repeat)
+        except ValueError as exc:
+            raise EngineError(f"review_decision proceed : {exc}") from None
         if not letters_reached(case, spec.relies_on):
             case = _replace(case, phase=HELD, hold_reason="npai" if case.npai else "letter_missing", due_at=None)
             return case, [Flag("held", case.hold_reason)], ""
-        case = _replace(case, review_decision="proceed")
-        case, actions = _enter(case, spec.next, now, policy, cal, reason="review_decision:proceed")
+        case = _replace(case, review_decision="proceed", measure_rate=rate, measure_months=months,
+                        measure_repeat=bool(ev.repeat))
+        notice = _notice_spec(policy, case)
+        case, actions = _enter(case, notice.id, now, policy, cal, reason="review_decision:proceed")
+        return case, actions, ""
+    if ev.decision == "refer":
+        if not notice_sent:
+            raise EngineError("review_decision refer : aucun préavis n'est parti ; "
+                              "décider proceed (avec la mesure envisagée), legitimate_reason ou close")
+        case = _replace(case, review_decision="refer")
+        if case.receipt_on is None:
+            # The period has not even started: the referral waits for the receipt date, then for its end.
+            return _replace(case, phase=AWAITING_RECEIPT, due_at=None), [Flag("referral_waits", "receipt")], ""
+        end = observation_end(case.receipt_on, _notice_spec(policy, case).observation_days, cal)
+        if now < end:
+            return _replace(case, phase=OBSERVATION, due_at=end), [Flag("referral_waits", "observation_period")], ""
+        case, actions = _enter(case, spec.next, now, policy, cal, reason="review_decision:refer")
         return case, actions, ""
     if ev.decision == "legitimate_reason":
         if ev.until is None:
@@ -580,7 +647,56 @@ def _on_review_decision(case, ev, now, policy, cal):
         return closed, actions + [OpenCase(case.path, restart, max(ev.until, now), "review_decision:legitimate_reason")], ""
     case = _replace(case, review_decision="close")
     closed, actions = _close(case, "review_closed", now)
-    return closed, actions, ""
+    closed, letter = _plan(closed, PROCEDURE_CLOSED, ("letter",), now, cal, postage="simple")
+    return closed, actions + letter, ""
+
+
+def _on_observations(case, ev, now, policy, cal):
+    """Observations or a hearing request, received after the notice and before the referral."""
+    notice = _notice_spec(policy, case)
+    if case.step not in (notice.id, OBSERVATIONS_REVIEW):
+        return case, [], "no pre-sanction notice pending: recorded"
+    case = _replace(case, observations_at=case.observations_at or now)
+    if case.step == OBSERVATIONS_REVIEW and case.phase == REVIEW:
+        return case, [Flag("observations", ev.type)], "already with an agent"
+    if case.phase == PAUSED:
+        # The pause ends at observations_review anyway (see _resume).
+        return case, [Flag("observations", ev.type)], ""
+    if case.phase in (AWAITING_RECEIPT, OBSERVATION, HELD) or case.step == OBSERVATIONS_REVIEW:
+        case, actions = _enter(case, OBSERVATIONS_REVIEW, now, policy, cal, reason=ev.type)
+        return case, [Flag("observations", ev.type)] + actions, ""
+    return case, [Flag("observations", ev.type)], ""
+
+
+def _on_sanction_decided(case, ev, now, policy, cal):
+    if case.outcome != "crsa_referral":
+        raise EngineError("sanction_decided : ce dossier n'a pas été renvoyé devant la commission")
+    if ev.start_on is None:
+        raise EngineError("sanction_decided : la date de début (--from) est obligatoire")
+    if ev.rate is None or ev.months is None:
+        raise EngineError("sanction_decided : le taux (--rate) et la durée (--months) sont obligatoires")
+    try:
+        rate, months = policy.measure.check(ev.rate, ev.months, ev.repeat or case.measure_repeat)
+    except ValueError as exc:
+        raise EngineError(f"sanction_decided : {exc}") from None
+    if case.decision_rate is not None:
+        return case, [], "decision already recorded"
+    case = _replace(case, decision_rate=rate, decision_months=months, decision_from=ev.start_on)
+    case, actions = _plan(case, SANCTION_DECISION, ("letter",), now, cal, postage="lrar")
+    return case, [Flag("sanction_decided", f"{rate}%/{months}m")] + actions, ""
+
+
+def _on_sanction_lifted(case, ev, now, policy, cal):
+    if case.decision_rate is None:
+        raise EngineError("sanction_lifted : aucune suspension décidée pour ce dossier")
+    lifted = ev.receipt_on or cal.local_date(ev.at)
+    if case.decision_from is not None and lifted < case.decision_from:
+        raise EngineError("sanction_lifted : la levée ne peut pas précéder le début de la suspension")
+    if case.lifted_on is not None:
+        return case, [], "already lifted"
+    case = _replace(case, lifted_on=lifted)
+    case, actions = _plan(case, SANCTION_LIFTING, ("letter",), now, cal, postage="simple")
+    return case, [Flag("sanction_lifted")] + actions, ""
 
 
 def _on_phone_followup_done(case, ev, now, policy, cal):
@@ -593,20 +709,32 @@ def _on_phone_followup_done(case, ev, now, policy, cal):
 
 def _on_receipt(case, ev, now, policy, cal):
     receipt = ev.receipt_on or cal.local_date(ev.at)
+    if receipt > cal.local_date(now):
+        raise EngineError(f"{ev.type} : date de réception {receipt:%d/%m/%Y} dans le futur")
+    if case.notice_on is not None and receipt < case.notice_on:
+        raise EngineError(f"{ev.type} : date de réception {receipt:%d/%m/%Y} antérieure à l'envoi du préavis "
+                          f"({case.notice_on:%d/%m/%Y})")
     spec = _step(policy, case) if case.step else None
+    if case.step == OBSERVATIONS_REVIEW and case.receipt_on is None:
+        # Observations came before the receipt: the period still runs from it (a `refer` waits for its end).
+        notice = _notice_spec(policy, case)
+        end = observation_end(receipt, notice.observation_days, cal)
+        if case.phase == AWAITING_RECEIPT:  # refer decided, waiting for the receipt
+            return _replace(case, receipt_on=receipt, phase=OBSERVATION, due_at=end), [Flag("receipt", ev.type)], ""
+        return _replace(case, receipt_on=receipt), [Flag("receipt", ev.type)], ""
     if spec is None or spec.kind != "notice":
         return case, [], "no registered letter awaiting receipt"
     if case.phase == AWAITING_RECEIPT:
-        end = cal.start_of_day(receipt + _days(spec.observation_days + 1))
+        end = observation_end(receipt, spec.observation_days, cal)
         return _replace(case, receipt_on=receipt, phase=OBSERVATION, due_at=end), [Flag("receipt", ev.type)], ""
     if case.phase == PAUSED and case.paused_phase == AWAITING_RECEIPT:
-        end = cal.start_of_day(receipt + _days(spec.observation_days + 1))
+        end = observation_end(receipt, spec.observation_days, cal)
         remaining = max(0.0, (end - now).total_seconds())
         return _replace(case, receipt_on=receipt, paused_phase=OBSERVATION, paused_remaining=remaining), [Flag("receipt", ev.type)], ""
     if case.receipt_on is None and case.prebook_phase == AWAITING_RECEIPT and (
             case.phase == APPOINTMENT or (case.phase == PAUSED and case.paused_phase == APPOINTMENT)):
         # The person booked while the LRAR was on its way: the receipt still starts the period.
-        end = cal.start_of_day(receipt + _days(spec.observation_days + 1))
+        end = observation_end(receipt, spec.observation_days, cal)
         return _replace(case, receipt_on=receipt, prebook_phase=OBSERVATION, prebook_due_at=end), [Flag("receipt", ev.type)], ""
     return case, [], "receipt already known"
 
@@ -628,7 +756,13 @@ _HANDLERS = {
     "phone_followup_done": _on_phone_followup_done,
     "ar_signed": _on_receipt,
     "ar_unclaimed": _on_receipt,
+    "observations_received": _on_observations,
+    "hearing_requested": _on_observations,
+    "sanction_decided": _on_sanction_decided,
+    "sanction_lifted": _on_sanction_lifted,
 }
+# Events that still apply once the case has left the worker's hands (referred to the commission).
+_AFTER_REFERRAL = frozenset({"sanction_decided", "sanction_lifted"})
 
 
 # --- just before sending ----------------------------------------------------------------------
@@ -644,9 +778,15 @@ def send_verdict(case: CaseState, message: MessageView, now: dt.datetime, policy
     if message.status not in OPEN:
         return f"cancel:status_{message.status}"
     if case.status != "active":
-        # The referral letter is written as the case leaves the worker's hands.
-        if not (case.outcome == "crsa_referral" and message.step == case.step):
+        # The referral letter is written as the case leaves the worker's hands; the Département's
+        # decision and lifting letters after the commission; the closing letter of a review.
+        wanted = {"crsa_referral": (case.step, SANCTION_DECISION, SANCTION_LIFTING),
+                  "review_closed": (PROCEDURE_CLOSED,)}.get(case.outcome or "", ())
+        if message.step not in wanted:
             return "cancel:case_closed"
+        if not channel_usable(case, message.channel):
+            return f"cancel:channel_unusable_{message.channel}"
+        return "defer" if message.channel in WINDOWED_CHANNELS and not cal.in_window(now) else "send"
     elif case.phase == PAUSED:
         return "cancel:legitimate_reason"
     if not channel_usable(case, message.channel):

@@ -40,8 +40,17 @@ EVENT_TYPES = (
     "phone_followup_done",
     "ar_signed",
     "ar_unclaimed",
+    "observations_received",
+    "hearing_requested",
+    "sanction_decided",
+    "sanction_lifted",
 )
-REVIEW_DECISIONS = ("proceed", "legitimate_reason", "close")
+REVIEW_DECISIONS = ("proceed", "refer", "legitimate_reason", "close")
+OBSERVATIONS_REVIEW = "observations_review"  # the human step after observations or a legitimate reason
+# Letters of the Département after the procedure (planned on a closed case).
+SANCTION_DECISION = "sanction_decision"
+SANCTION_LIFTING = "sanction_lifting"
+PROCEDURE_CLOSED = "procedure_closed"
 
 # Phases of an active case.
 ENTER = "enter"  # the case enters `step` when due
@@ -103,6 +112,17 @@ class CaseState:
     first_invitation_at: dt.datetime | None = None
     outcome: str | None = None
     closed_at: dt.datetime | None = None
+    notice_on: dt.date | None = None  # the pre-sanction notice was issued that day: no receipt before
+    # The measure envisaged (review_decision proceed), printed in the pre-sanction notice.
+    measure_rate: int | None = None
+    measure_months: int | None = None
+    measure_repeat: bool = False
+    observations_at: dt.datetime | None = None  # first observations / hearing request after the notice
+    # After the commission: the measure decided, and its end.
+    decision_rate: int | None = None
+    decision_months: int | None = None
+    decision_from: dt.date | None = None
+    lifted_on: dt.date | None = None
     messages: tuple[MessageView, ...] = ()
 
 
@@ -116,6 +136,10 @@ class Event:
     to: str | None = None
     reason: str | None = None
     receipt_on: dt.date | None = None
+    rate: int | None = None  # review_decision proceed / sanction_decided: percent of the RSA suspended
+    months: int | None = None
+    repeat: bool = False  # a repeated failure (the décret's wider range)
+    start_on: dt.date | None = None  # sanction_decided: first day of the suspension
 
 
 # --- actions -------------------------------------------------------------------

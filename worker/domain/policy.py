@@ -8,6 +8,7 @@ people who edit these files are the department's staff).
 from __future__ import annotations
 
 import datetime as dt
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -111,6 +112,44 @@ class Delays(_Strict):
     receipt_wait_days: int = 30
 
 
+class Bounds(_Strict):
+    rate: tuple[int, int]  # percent of the RSA suspended, min and max
+    months: tuple[int, int]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Bounds":
+        for name in ("rate", "months"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high or (name == "rate" and high > 100):
+                raise ValueError(f"{name} : bornes invalides {low}–{high}")
+        return self
+
+
+class MeasureSpec(_Strict):
+    """The suspension's bounds (CASF R262-68 as amended by décret n° 2025-478): see docs/legal.md."""
+
+    first: Bounds = Bounds(rate=(30, 100), months=(1, 2))
+    repeat: Bounds = Bounds(rate=(30, 100), months=(1, 4))
+    household_cap_rate: int = 50  # households of more than one person
+
+    def check(self, rate: int | None, months: int | None, repeat: bool,
+              household_size: int | None = None) -> tuple[int, int]:
+        """The measure (rate, months) with the defaults (the range's minimum); ValueError in French."""
+        bounds = self.repeat if repeat else self.first
+        rate = bounds.rate[0] if rate is None else rate
+        months = bounds.months[0] if months is None else months
+        label = "en cas de répétition" if repeat else "pour un premier manquement"
+        if not bounds.rate[0] <= rate <= bounds.rate[1]:
+            raise ValueError(f"taux {rate} % hors des bornes {label} ({bounds.rate[0]} à {bounds.rate[1]} %)")
+        if not bounds.months[0] <= months <= bounds.months[1]:
+            raise ValueError(f"durée {months} mois hors des bornes {label} "
+                             f"({bounds.months[0]} à {bounds.months[1]} mois)")
+        if household_size is not None and household_size > 1 and rate > self.household_cap_rate:
+            raise ValueError(f"taux {rate} % au-delà du plafond de {self.household_cap_rate} % "
+                             "pour un foyer de plus d'une personne")
+        return rate, months
+
+
 class ReminderSpec(_Strict):
     step: str = "rdv_reminder"
     channels: tuple[str, ...] = ("sms",)
@@ -119,6 +158,7 @@ class ReminderSpec(_Strict):
 class Policy(_Strict):
     delays: Delays = Delays()
     reminder: ReminderSpec = ReminderSpec()
+    measure: MeasureSpec = MeasureSpec()
     paths: dict[str, PathSpec]
     routing: dict[str, str]
     # The sanction envisaged, as the pre-sanction notice states it.
@@ -212,10 +252,128 @@ class Commission(_Strict):
         return None
 
 
+# The kinds of the organisations of the territory being validated, so that the
+# Département's review organisations are checked where they are written (the error
+# then names their own key). Set by Territory around its validation only.
+_ORG_KINDS: ContextVar[dict[str, str] | None] = ContextVar("_ORG_KINDS", default=None)
+
+
+def _cd_organisation(code: str) -> str:
+    kinds = _ORG_KINDS.get()
+    if kinds is None:  # a Department validated on its own: nothing to check against
+        return code
+    if code not in kinds:
+        raise ValueError(f"organisation inconnue {code!r} (absente de 'organisations')")
+    if kinds[code] != "cd":
+        raise ValueError(f"l'organisation {code!r} est de type {kinds[code]} : il faut une organisation de type cd")
+    return code
+
+
+class ReviewOrganisations(_Strict):
+    """Which CD organisation reviews a France Travail case handed to the Département."""
+    default: str
+    by_postcode: dict[str, str] = {}
+
+    @field_validator("default")
+    @classmethod
+    def _default(cls, v: str) -> str:
+        return _cd_organisation(v)
+
+    @field_validator("by_postcode", mode="before")
+    @classmethod
+    def _prefixes(cls, v: object) -> object:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for prefix, code in v.items():
+            prefix = str(prefix)
+            if not (prefix.isdigit() and 1 <= len(prefix) <= 5):
+                raise ValueError(f"{prefix!r} : un début de code postal fait de 1 à 5 chiffres")
+            out[prefix] = code
+        return out
+
+    @field_validator("by_postcode")
+    @classmethod
+    def _codes(cls, v: dict[str, str]) -> dict[str, str]:
+        for prefix, code in v.items():
+            try:
+                _cd_organisation(code)
+            except ValueError as exc:
+                raise ValueError(f"{prefix} : {exc}") from None
+        return v
+
+
+class ObservationsService(_Strict):
+    name: str
+    address: tuple[str, ...]
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("au moins une ligne d'adresse")
+        return v
+
+
+class Department(_Strict):
+    """The Département: its Président alone envisages and decides an RSA suspension
+    (CASF L262-37). It issues the sanction letters."""
+    name: str
+    short_name: str
+    address: tuple[str, ...]
+    observations_service: ObservationsService
+    phone: str
+    email: str
+    signatory_name: str
+    signatory_title: str
+    review_organisations: ReviewOrganisations
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("au moins une ligne d'adresse")
+        return v
+
+    @field_validator("signatory_name", "signatory_title", "name", "short_name")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("ne peut pas être vide")
+        return v
+
+    @property
+    def signature(self) -> str:
+        """The signature line of the letters the Département issues."""
+        return (f"Pour le Président du Conseil départemental et par délégation, "
+                f"{self.signatory_name}, {self.signatory_title}")
+
+    def review_organisation(self, postcode: str | None) -> str:
+        """The CD organisation that reviews a case of this postcode: the longest
+        matching prefix, else the default."""
+        code = (postcode or "").strip()
+        best = max((p for p in self.review_organisations.by_postcode if code.startswith(p)), key=len, default=None)
+        return self.review_organisations.by_postcode[best] if best is not None else self.review_organisations.default
+
+
 class Territory(_Strict):
     timezone: str = "Europe/Paris"
     organisations: dict[str, Organisation]
     commission: Commission
+    department: Department
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_org_kinds(cls, data: object, handler):
+        kinds = None
+        if isinstance(data, dict) and isinstance(data.get("organisations"), dict):
+            kinds = {str(code): (org.get("kind") if isinstance(org, dict) else getattr(org, "kind", None))
+                     for code, org in data["organisations"].items()}
+        token = _ORG_KINDS.set(kinds)
+        try:
+            return handler(data)
+        finally:
+            _ORG_KINDS.reset(token)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,10 @@ class EventIn(BaseModel):
     to: str | None = Field(default=None, max_length=32)
     reason: str | None = Field(default=None, max_length=2000)
     receipt_on: IsoDate | None = None
+    rate: int | None = Field(default=None, ge=0, le=100)  # review_decision proceed / sanction_decided (%)
+    months: int | None = Field(default=None, ge=0, le=24)
+    repeat: bool = False
+    start_on: IsoDate | None = None  # sanction_decided: first day of the suspension
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
@@ -95,6 +99,8 @@ class EventIn(BaseModel):
                 raise ValueError(f"review_decision : decision doit valoir {', '.join(REVIEW_DECISIONS)}")
             if self.decision == "legitimate_reason" and self.until is None:
                 raise ValueError("review_decision legitimate_reason : la date de fin du motif (until) est obligatoire")
+        if self.type == "sanction_decided" and (self.rate is None or self.months is None or self.start_on is None):
+            raise ValueError("sanction_decided : le taux (rate), la durée (months) et le début (start_on) sont obligatoires")
         return self
 
 
@@ -266,7 +272,8 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
                     app_ctx, external_id=event.external_id, type=event.type, now=moment,
                     until=_aware(event.until, tz), appointment_at=_aware(event.appointment_at, tz),
                     decision=event.decision, to=event.to, reason=event.reason, receipt_on=receipt_on,
-                    source="api", idempotency_key=event.idempotency_key))
+                    source="api", idempotency_key=event.idempotency_key, rate=event.rate, months=event.months,
+                    repeat=event.repeat, start_on=event.start_on))
         except errors.ServiceError as exc:
             if not await run_in_threadpool(cases.person_exists, app_ctx, event.external_id):
                 return JSONResponse(status_code=404, content={"detail": "personne inconnue"})

@@ -169,7 +169,12 @@ def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, 
           at: Optional[str] = typer.Option(None, "--at", help="Date de l'événement (ISO 8601)"),
           until: Optional[str] = typer.Option(None, "--until", help="Fin du motif légitime"),
           appointment_at: Optional[str] = typer.Option(None, "--appointment-at", help="Date du rendez-vous"),
-          decision: Optional[str] = typer.Option(None, "--decision", help="proceed | legitimate_reason | close"),
+          decision: Optional[str] = typer.Option(None, "--decision",
+                                                 help="proceed | refer | legitimate_reason | close"),
+          rate: Optional[int] = typer.Option(None, "--rate", help="Taux de suspension envisagé ou décidé (%)"),
+          months: Optional[int] = typer.Option(None, "--months", help="Durée de la suspension (mois)"),
+          repeat: bool = typer.Option(False, "--repeat", help="Manquement répété (bornes du décret plus larges)"),
+          start: Optional[str] = typer.Option(None, "--from", help="sanction_decided : début de la suspension (AAAA-MM-JJ)"),
           to: Optional[str] = typer.Option(None, "--to", help="Nouveau parcours (cd, ft, ft_unregistered, ml)"),
           reason: Optional[str] = typer.Option(None, "--reason", help="Motif (texte libre, non journalisé)"),
           key: Optional[str] = typer.Option(None, "--key", help="Clé d'idempotence (un même événement n'est appliqué qu'une fois)"),
@@ -183,12 +188,19 @@ def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, 
     receipt_on = None
     if type in ("ar_signed", "ar_unclaimed"):
         receipt_on = ctx.calendar.local_date(moment)
+    start_on = None
+    if start is not None:
+        try:
+            start_on = dt.date.fromisoformat(start)
+        except ValueError:
+            raise CliError(f"--from : date invalide {start!r} (attendu AAAA-MM-JJ)") from None
     try:
         res = cases.apply_event(ctx, external_id=external_id, type=type, now=moment,
                                 until=_parse_dt(until, "--until", ctx),
-                                   appointment_at=_parse_dt(appointment_at, "--appointment-at", ctx),
-                                   decision=decision, to=to, reason=reason, receipt_on=receipt_on,
-                                   source="cli", idempotency_key=key)
+                                appointment_at=_parse_dt(appointment_at, "--appointment-at", ctx),
+                                decision=decision, to=to, reason=reason, receipt_on=receipt_on,
+                                source="cli", idempotency_key=key, rate=rate, months=months, repeat=repeat,
+                                start_on=start_on)
     except errors.ServiceError as exc:
         raise CliError(str(exc)) from None
     if as_json:

@@ -126,14 +126,16 @@ def apply_to_active_case(s: Session, app, person: Person, event: Event, now: dt.
 def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt.datetime | None = None,
                 appointment_at: dt.datetime | None = None, decision: str | None = None, to: str | None = None,
                 reason: str | None = None, receipt_on: dt.date | None = None, source: str = "cli",
-                idempotency_key: str | None = None, message_id: int | None = None) -> EventResult:
+                idempotency_key: str | None = None, message_id: int | None = None, rate: int | None = None,
+                months: int | None = None, repeat: bool = False, start_on: dt.date | None = None) -> EventResult:
     """Record an event and apply it to the person's active case, once."""
     if type not in EVENT_TYPES:
         raise ServiceError(f"type d'événement inconnu : {type} (attendu : {', '.join(EVENT_TYPES)})")
     if type == "reoriented" and (not to or to not in app.policy.paths):
         raise ServiceError(f"reoriented : parcours inconnu {to!r} (attendu : {', '.join(app.policy.paths)})")
     payload = {"until": until, "appointment_at": appointment_at, "decision": decision, "to": to,
-               "reason_given": bool(reason), "receipt_on": receipt_on, "message_id": message_id}
+               "reason_given": bool(reason), "receipt_on": receipt_on, "message_id": message_id,
+               "rate": rate, "months": months, "repeat": repeat, "start_on": start_on}
     payload = {k: v for k, v in payload.items() if v not in (None, False)}
     for attempt in range(3):
         try:
@@ -154,7 +156,8 @@ def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt
                 if type in CONTACT_EVENTS:
                     _update_person_contact(person, type, now)
                 event = Event(type=type, at=now, until=until, appointment_at=appointment_at, decision=decision,
-                              to=to, reason=reason, receipt_on=receipt_on)
+                              to=to, reason=reason, receipt_on=receipt_on, rate=rate, months=months,
+                              repeat=repeat, start_on=start_on)
                 if type == "reoriented" and to:
                     person.orientation = {"ft_unregistered": "ft"}.get(to, to)
                 case = None

@@ -9,7 +9,32 @@ from sqlalchemy.orm import Session
 
 from worker.adapters.rendering import date_fr
 from worker.adapters.store.models import Appointment, Case, Message, Person
+from worker.domain.model import REACHED
 from worker.domain.postal import address_block
+
+# The steps whose letters the Département issues: only the Président du Conseil
+# départemental envisages and decides an RSA suspension (CASF L262-37).
+DEPARTMENT_STEPS = frozenset(
+    {"pre_sanction_notice", "crsa_referral", "sanction_decision", "sanction_lifting", "procedure_closed"})
+
+# The steps before the review whose messages are the facts of the pre-sanction notice.
+FACT_STEPS = {
+    "invitation_1": "invitation",
+    "invitation_2": "relance",
+    "convocation": "convocation",
+    "ft_convocation": "convocation",
+    "ft_warning": "dernier rappel",
+}
+CHANNEL_LABELS = {"letter": "courrier", "sms": "SMS", "email": "e-mail"}
+_CHANNEL_ORDER = ("letter", "sms", "email")
+
+# The ground of CASF L262-37 for each path's failure: short plain sentences.
+GROUNDS = {
+    "cd": ("Vous n'êtes pas venu{e} à la convocation. Vous ne participez donc pas à votre accompagnement "
+           "(article L262-37 du code de l'action sociale et des familles)."),
+    "ft": ("Vous n'êtes pas venu{e} au rendez-vous de France Travail. Vous ne participez donc pas à votre "
+           "accompagnement (article L262-37 du code de l'action sociale et des familles)."),
+}
 
 
 def _civility(sex: str | None) -> str:
@@ -23,20 +48,74 @@ def _address_lines(person: Person) -> list[str]:
                          postcode=person.postcode or "", city=person.city or "")
 
 
-def _notice_context(s: Session, app, case: Case) -> SimpleNamespace:
-    spec = app.policy.path(case.path)
-    notice = next((st for st in spec.steps if st.kind == "notice"), None)
+def _e(sex: str | None) -> str:
+    return {"F": "e", "M": ""}.get(sex or "", "(e)")
+
+
+def _ground(path: str, sex: str | None) -> str:
+    return (GROUNDS["ft"] if path == "ft" else GROUNDS["cd"]).format(e=_e(sex))
+
+
+def _facts(s: Session, app, case: Case, person: Person) -> list[SimpleNamespace]:
+    """The dated facts of the notice: what was sent before the review (only what left:
+    sent, dispatched or delivered), one fact per step and day, then the missed appointment."""
+    cal = app.calendar
+    rows = s.execute(select(Message).where(Message.case_id == case.id, Message.step.in_(tuple(FACT_STEPS)),
+                                           Message.sent_at.is_not(None))
+                     .order_by(Message.sent_at, Message.id)).scalars().all()
+    grouped: dict[tuple[dt.date, str], list[str]] = {}
+    for m in rows:
+        if m.status not in REACHED:
+            continue
+        channels = grouped.setdefault((cal.local_date(m.sent_at), m.step), [])
+        if m.channel not in channels:
+            channels.append(m.channel)
+    town = " ".join(p for p in (person.postcode, person.city) if p) or None
+    facts = []
+    for (day, step), channels in sorted(grouped.items(), key=lambda kv: kv[0][0]):
+        channels = sorted(channels, key=lambda c: _CHANNEL_ORDER.index(c) if c in _CHANNEL_ORDER else 9)
+        labels = [CHANNEL_LABELS.get(c, c) for c in channels]
+        where = town if "letter" in channels else None
+        text = f"Le {date_fr(day)} : {FACT_STEPS[step]} envoyée par {_join_fr(labels)}"
+        text += f", à {where}." if where else "."
+        facts.append(SimpleNamespace(kind="message", date=day, step=step, label=FACT_STEPS[step],
+                                     channels=labels, town=where, place=None, text=text))
     missed = s.execute(select(Appointment).where(Appointment.case_id == case.id, Appointment.status == "missed")
                        .order_by(Appointment.at.desc()).limit(1)).scalar()
-    cal = app.calendar
     if missed is not None:
-        facts = (f"Vous avez été convoqué(e) à un rendez-vous le {_fr_date(cal.local_date(missed.at))} "
-                 "auquel vous ne vous êtes pas présenté(e), sans nous avoir fait connaître de motif légitime.")
-    else:
-        facts = ("Vous n'avez pas répondu aux invitations et à la convocation qui vous ont été adressées, "
-                 "sans nous avoir fait connaître de motif légitime.")
-    return SimpleNamespace(facts=facts, sanction=app.policy.sanction_text,
+        day = cal.local_date(missed.at)
+        place = missed.place or app.territory.organisations[case.organisation].convocation.place
+        text = f"Le {date_fr(day)} : vous n'êtes pas venu{_e(person.sex)} au rendez-vous, {place}."
+        facts.append(SimpleNamespace(kind="missed", date=day, step=missed.step, label="rendez-vous manqué",
+                                     channels=[], town=None, place=place, text=text))
+    return facts
+
+
+def _join_fr(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " et " + items[-1]
+
+
+def _notice_context(s: Session, app, case: Case, person: Person) -> SimpleNamespace:
+    spec = app.policy.path(case.path)
+    notice = next((st for st in spec.steps if st.kind == "notice"), None)
+    return SimpleNamespace(facts=_facts(s, app, case, person), ground=_ground(case.path, person.sex),
+                           sanction=app.policy.sanction_text,
                            observation_days=notice.observation_days if notice else 10)
+
+
+def _issuer(app, step: str, org) -> SimpleNamespace:
+    """Who speaks in the letter: the Département for the sanction steps, else the organisation."""
+    if step in DEPARTMENT_STEPS:
+        dep = app.territory.department
+        return SimpleNamespace(
+            name=dep.name, short_name=dep.short_name, address=list(dep.address), phone=dep.phone, email=dep.email,
+            observations_service=SimpleNamespace(name=dep.observations_service.name,
+                                                 address=list(dep.observations_service.address)),
+            signature=dep.signature)
+    return SimpleNamespace(name=org.name, short_name=org.short_name, address=list(org.address), phone=org.phone,
+                           email=org.email,
+                           observations_service=SimpleNamespace(name=org.name, address=list(org.address)),
+                           signature=org.signatory)
 
 
 def _fr_date(d: dt.date) -> str:
@@ -53,7 +132,9 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
     if case.commission_date is not None or msg.step == "crsa_referral":
         c = app.territory.commission
         commission = SimpleNamespace(name=c.name, place=c.place, session_date=case.commission_date)
-    notice = _notice_context(s, app, case) if msg.step == "pre_sanction_notice" else None
+    # the notice's facts and ground: in the notice, and as the grounds of the decision
+    notice = (_notice_context(s, app, case, person) if msg.step in ("pre_sanction_notice", "sanction_decision")
+              else None)
     address_lines = _address_lines(person) if msg.channel == "letter" else [
         f"{_civility(person.sex)} {person.first_name} {person.last_name}"]
     return {
@@ -70,6 +151,16 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
         "appointment": appointment,
         "notice": notice,
         "commission": commission,
+        "issuer": _issuer(app, msg.step, org),
+        # the measure envisaged (notice) and decided (decision letter); read with getattr so that
+        # this works before and after these columns exist on the case
+        "measure": SimpleNamespace(rate=getattr(case, "measure_rate", None),
+                                   months=getattr(case, "measure_months", None),
+                                   repeat=getattr(case, "measure_repeat", None)),
+        "decision": SimpleNamespace(rate=getattr(case, "decision_rate", None),
+                                    months=getattr(case, "decision_months", None),
+                                    start=getattr(case, "decision_from", None)),
+        "lifted_on": getattr(case, "lifted_on", None),
     }
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -132,6 +133,16 @@ class Case(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Due process (migration 0004): the measure envisaged, observations, the commission's decision.
+    notice_on: Mapped[dt.date | None] = mapped_column(Date)
+    measure_rate: Mapped[int | None] = mapped_column(Integer)
+    measure_months: Mapped[int | None] = mapped_column(Integer)
+    measure_repeat: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    observations_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    decision_rate: Mapped[int | None] = mapped_column(Integer)
+    decision_months: Mapped[int | None] = mapped_column(Integer)
+    decision_from: Mapped[dt.date | None] = mapped_column(Date)
+    lifted_on: Mapped[dt.date | None] = mapped_column(Date)
     claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=0)
 
