@@ -681,7 +681,9 @@ def _on_sanction_decided(case, ev, now, policy, cal):
         raise EngineError(f"sanction_decided : {exc}") from None
     if case.decision_rate is not None:
         return case, [], "decision already recorded"
-    case = _replace(case, decision_rate=rate, decision_months=months, decision_from=ev.start_on)
+    # a repetition established by the commission is recorded with the case (the decision's bounds)
+    case = _replace(case, decision_rate=rate, decision_months=months, decision_from=ev.start_on,
+                    measure_repeat=case.measure_repeat or bool(ev.repeat))
     case, actions = _plan(case, SANCTION_DECISION, ("letter",), now, cal, postage="lrar")
     return case, [Flag("sanction_decided", f"{rate}%/{months}m")] + actions, ""
 
