@@ -151,6 +151,8 @@ def check_no_referral_after_observations_without_refer(sim) -> list[str]:
                         heard, refer = r, False
                 elif t == "review_decision" and r.event.decision == "refer" and r.before.step == "observations_review":
                     refer = True
+                elif t == "review_decision" and r.event.decision == "proceed" and r.after.step != r.before.step:
+                    heard = None  # an agent weighed it and sent a (new) notice: only what follows counts
         if heard is not None and not refer:
             out.append(f"case {e.case_id}: {e.step} entered at {e.at} after {heard.event.type} ({heard.at}) "
                        "without an agent's review_decision refer")
@@ -158,7 +160,8 @@ def check_no_referral_after_observations_without_refer(sim) -> list[str]:
 
 
 def check_measure_within_bounds(sim) -> list[str]:
-    """Every notice and decision letter states a rate and a duration within the décret's bounds."""
+    """Every notice and decision letter states a rate and a duration within the décret's bounds, and a
+    decision is never harsher than the measure the notice announced."""
     out = []
     measure = POLICY.measure
     for s in sim.sent:
@@ -174,6 +177,10 @@ def check_measure_within_bounds(sim) -> list[str]:
                 or not (bounds.months[0] <= months <= bounds.months[1]):
             out.append(f"case {s.case_id}: {s.step} sent with measure {rate} % / {months} months "
                        f"(repeat={repeat}) outside {bounds}")
+        elif s.step == "sanction_decision" and (state.measure_rate is None or rate > state.measure_rate
+                                                or months > state.measure_months):
+            out.append(f"case {s.case_id}: decision {rate} % / {months} months harsher than the notice "
+                       f"({state.measure_rate} % / {state.measure_months} months)")
     return out
 
 
@@ -516,7 +523,13 @@ def _event_params(sim, type_: str, p: dict) -> dict | None:
         state = sim.states[sim.case_id]
         if state.outcome != "crsa_referral":
             return None  # only after a referral to the commission
-        return {**_measure(p), "start_on": now.astimezone(PARIS).date() + dt.timedelta(days=1)}
+        # the commission decides within what the notice announced (a harsher measure is refused)
+        measure = _measure({**p, "repeat": state.measure_repeat})
+        if state.measure_rate is not None:
+            measure.update(rate=min(measure["rate"], state.measure_rate),
+                           months=min(measure["months"], state.measure_months))
+        return {"rate": measure["rate"], "months": measure["months"],
+                "start_on": now.astimezone(PARIS).date() + dt.timedelta(days=1)}
     if type_ == "sanction_lifted":
         state = sim.states[sim.case_id]
         if state.decision_rate is None:
@@ -916,7 +929,7 @@ def test_a_receipt_before_the_notice_or_in_the_future_is_refused():
 
 
 def test_after_the_commission_decision_and_lifting_letters_go_from_a_closed_case():
-    sim = _to_observation()
+    sim = _to_observation(rate=50, months=2)
     sim.advance(dt.timedelta(days=20))
     assert sim.state().outcome == "crsa_referral"
     start = sim.now.astimezone(PARIS).date() + dt.timedelta(days=5)
@@ -927,4 +940,52 @@ def test_after_the_commission_decision_and_lifting_letters_go_from_a_closed_case
     sim.advance(dt.timedelta(days=1))
     assert [s.channel for s in sim.sent_for("sanction_lifting")] == ["letter"]
     assert sim.state().lifted_on == start + dt.timedelta(days=20)
+    assert violations(sim) == []
+
+
+def test_a_decision_harsher_than_the_notice_is_refused():
+    sim = _to_observation(rate=40, months=1)
+    sim.advance(dt.timedelta(days=20))
+    assert sim.state().outcome == "crsa_referral"
+    start = sim.now.astimezone(PARIS).date() + dt.timedelta(days=5)
+    for rate, months in ((50, 1), (40, 2)):
+        with pytest.raises(engine.EngineError, match="dépasse la mesure annoncée"):
+            engine.apply(sim.state(), Event("sanction_decided", sim.now, rate=rate, months=months, start_on=start),
+                         sim.now, POLICY, CAL)
+    d = engine.apply(sim.state(), Event("sanction_decided", sim.now, rate=30, months=1, start_on=start),
+                     sim.now, POLICY, CAL)
+    assert (d.state.decision_rate, d.state.decision_months) == (30, 1)
+
+
+def test_checker_catches_a_decision_harsher_than_the_notice(monkeypatch):
+    """A broken engine that records whatever the commission is said to have decided."""
+    real = engine._on_sanction_decided
+
+    def lenient(case, ev, now, policy, cal):
+        state, actions, note = real(case, dataclasses.replace(ev, rate=case.measure_rate,
+                                                              months=case.measure_months), now, policy, cal)
+        return dataclasses.replace(state, decision_rate=ev.rate, decision_months=ev.months), actions, note
+
+    monkeypatch.setitem(engine._HANDLERS, "sanction_decided", lenient)
+    sim = _to_observation(rate=40, months=1)
+    sim.advance(dt.timedelta(days=20))
+    sim.event("sanction_decided", rate=60, months=2, start_on=sim.now.astimezone(PARIS).date())
+    sim.advance(dt.timedelta(days=1))
+    problems = check_measure_within_bounds(sim)
+    assert problems and "harsher than the notice" in problems[0]
+
+
+def test_silence_after_a_new_decision_to_proceed_still_leads_to_the_commission():
+    """A legitimate reason at sanction_review, then an agent decides to proceed: the reason was weighed.
+    If the person then says nothing, the end of the observation period puts the case on the agenda."""
+    sim = run_life(dict(SILENT_CD, ops=[("advance", 45 * DAY)]))
+    assert sim.state().step == "sanction_review"
+    sim.event("legitimate_reason", until=sim.now + dt.timedelta(days=3))
+    sim.advance(dt.timedelta(days=4))
+    assert (sim.state().step, sim.state().phase) == ("observations_review", "review")
+    sim.event("review_decision", decision="proceed", rate=30, months=1)
+    sim.advance(dt.timedelta(days=2))
+    sim.event("ar_signed", receipt_on=sim.now.astimezone(PARIS).date())
+    sim.advance(dt.timedelta(days=20))
+    assert sim.entered()[-1] == "crsa_referral"
     assert violations(sim) == []

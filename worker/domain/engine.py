@@ -619,8 +619,10 @@ def _on_review_decision(case, ev, now, policy, cal):
         if not letters_reached(case, spec.relies_on):
             case = _replace(case, phase=HELD, hold_reason="npai" if case.npai else "letter_missing", due_at=None)
             return case, [Flag("held", case.hold_reason)], ""
+        # The agent's decision covers what the person said or had until now: from the notice on,
+        # only what comes after it stops the referral.
         case = _replace(case, review_decision="proceed", measure_rate=rate, measure_months=months,
-                        measure_repeat=bool(ev.repeat))
+                        measure_repeat=bool(ev.repeat), observations_at=None)
         notice = _notice_spec(policy, case)
         case, actions = _enter(case, notice.id, now, policy, cal, reason="review_decision:proceed")
         return case, actions, ""
@@ -676,14 +678,16 @@ def _on_sanction_decided(case, ev, now, policy, cal):
     if ev.rate is None or ev.months is None:
         raise EngineError("sanction_decided : le taux (--rate) et la durée (--months) sont obligatoires")
     try:
-        rate, months = policy.measure.check(ev.rate, ev.months, ev.repeat or case.measure_repeat)
+        rate, months = policy.measure.check(ev.rate, ev.months, case.measure_repeat)
     except ValueError as exc:
         raise EngineError(f"sanction_decided : {exc}") from None
+    if case.measure_rate is not None and (rate > case.measure_rate or months > (case.measure_months or 0)):
+        # The person answered the measure the notice stated: a harsher one needs a new notice.
+        raise EngineError(f"sanction_decided : {rate} % pendant {months} mois dépasse la mesure annoncée dans le "
+                          f"préavis ({case.measure_rate} % pendant {case.measure_months} mois)")
     if case.decision_rate is not None:
         return case, [], "decision already recorded"
-    # a repetition established by the commission is recorded with the case (the decision's bounds)
-    case = _replace(case, decision_rate=rate, decision_months=months, decision_from=ev.start_on,
-                    measure_repeat=case.measure_repeat or bool(ev.repeat))
+    case = _replace(case, decision_rate=rate, decision_months=months, decision_from=ev.start_on)
     case, actions = _plan(case, SANCTION_DECISION, ("letter",), now, cal, postage="lrar")
     return case, [Flag("sanction_decided", f"{rate}%/{months}m")] + actions, ""
 
@@ -786,23 +790,20 @@ def send_verdict(case: CaseState, message: MessageView, now: dt.datetime, policy
                   "review_closed": (PROCEDURE_CLOSED,)}.get(case.outcome or "", ())
         if message.step not in wanted:
             return "cancel:case_closed"
-        if not channel_usable(case, message.channel):
-            return f"cancel:channel_unusable_{message.channel}"
-        return "defer" if message.channel in WINDOWED_CHANNELS and not cal.in_window(now) else "send"
     elif case.phase == PAUSED:
         return "cancel:legitimate_reason"
     if not channel_usable(case, message.channel):
         return f"cancel:channel_unusable_{message.channel}"
-    is_reminder = message.step == policy.reminder.step
-    if is_reminder:
-        if case.phase != APPOINTMENT or message.seq != case.appointment_count:
-            return "cancel:appointment_changed"
-        if case.appointment_at is not None and now >= case.appointment_at:
-            return "cancel:appointment_passed"
-    elif case.phase == APPOINTMENT and case.appointment_kind == "booked":
-        return "cancel:rdv_booked"
-    elif message.step != case.step:
-        return "cancel:step_changed"
+    if case.status == "active":  # (a closed case's letters above do not depend on its step)
+        if message.step == policy.reminder.step:
+            if case.phase != APPOINTMENT or message.seq != case.appointment_count:
+                return "cancel:appointment_changed"
+            if case.appointment_at is not None and now >= case.appointment_at:
+                return "cancel:appointment_passed"
+        elif case.phase == APPOINTMENT and case.appointment_kind == "booked":
+            return "cancel:rdv_booked"
+        elif message.step != case.step:
+            return "cancel:step_changed"
     if message.channel in WINDOWED_CHANNELS and not cal.in_window(now):
         return "defer"
     return "send"

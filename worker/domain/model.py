@@ -117,7 +117,9 @@ class CaseState:
     measure_rate: int | None = None
     measure_months: int | None = None
     measure_repeat: bool = False
-    observations_at: dt.datetime | None = None  # first observations / hearing request after the notice
+    # Set when, since the last decision to proceed, the person sent observations, asked to be heard or had
+    # a legitimate reason: the referral then waits for an agent's `refer` (observations_review).
+    observations_at: dt.datetime | None = None
     # After the commission: the measure decided, and its end.
     decision_rate: int | None = None
     decision_months: int | None = None
@@ -135,10 +137,10 @@ class Event:
     decision: str | None = None
     to: str | None = None
     reason: str | None = None
-    receipt_on: dt.date | None = None
+    receipt_on: dt.date | None = None  # ar_*: the receipt date; sanction_lifted: the day it ends
     rate: int | None = None  # review_decision proceed / sanction_decided: percent of the RSA suspended
     months: int | None = None
-    repeat: bool = False  # a repeated failure (the décret's wider range)
+    repeat: bool = False  # review_decision proceed: a repeated failure (the décret's wider range)
     start_on: dt.date | None = None  # sanction_decided: first day of the suspension
 
 
