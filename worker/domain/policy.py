@@ -8,7 +8,6 @@ people who edit these files are the department's staff).
 from __future__ import annotations
 
 import datetime as dt
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -252,32 +251,10 @@ class Commission(_Strict):
         return None
 
 
-# The kinds of the organisations of the territory being validated, so that the
-# Département's review organisations are checked where they are written (the error
-# then names their own key). Set by Territory around its validation only.
-_ORG_KINDS: ContextVar[dict[str, str] | None] = ContextVar("_ORG_KINDS", default=None)
-
-
-def _cd_organisation(code: str) -> str:
-    kinds = _ORG_KINDS.get()
-    if kinds is None:  # a Department validated on its own: nothing to check against
-        return code
-    if code not in kinds:
-        raise ValueError(f"organisation inconnue {code!r} (absente de 'organisations')")
-    if kinds[code] != "cd":
-        raise ValueError(f"l'organisation {code!r} est de type {kinds[code]} : il faut une organisation de type cd")
-    return code
-
-
 class ReviewOrganisations(_Strict):
     """Which CD organisation reviews a France Travail case handed to the Département."""
     default: str
     by_postcode: dict[str, str] = {}
-
-    @field_validator("default")
-    @classmethod
-    def _default(cls, v: str) -> str:
-        return _cd_organisation(v)
 
     @field_validator("by_postcode", mode="before")
     @classmethod
@@ -292,27 +269,18 @@ class ReviewOrganisations(_Strict):
             out[prefix] = code
         return out
 
-    @field_validator("by_postcode")
-    @classmethod
-    def _codes(cls, v: dict[str, str]) -> dict[str, str]:
-        for prefix, code in v.items():
-            try:
-                _cd_organisation(code)
-            except ValueError as exc:
-                raise ValueError(f"{prefix} : {exc}") from None
-        return v
+
+def _address_lines(v: tuple[str, ...]) -> tuple[str, ...]:
+    if not v:
+        raise ValueError("au moins une ligne d'adresse")
+    return v
 
 
 class ObservationsService(_Strict):
     name: str
     address: tuple[str, ...]
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v:
-            raise ValueError("au moins une ligne d'adresse")
-        return v
+    _address = field_validator("address")(_address_lines)
 
 
 class Department(_Strict):
@@ -328,12 +296,7 @@ class Department(_Strict):
     signatory_title: str
     review_organisations: ReviewOrganisations
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v:
-            raise ValueError("au moins une ligne d'adresse")
-        return v
+    _address = field_validator("address")(_address_lines)
 
     @field_validator("signatory_name", "signatory_title", "name", "short_name")
     @classmethod
@@ -362,18 +325,22 @@ class Territory(_Strict):
     commission: Commission
     department: Department
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _with_org_kinds(cls, data: object, handler):
-        kinds = None
-        if isinstance(data, dict) and isinstance(data.get("organisations"), dict):
-            kinds = {str(code): (org.get("kind") if isinstance(org, dict) else getattr(org, "kind", None))
-                     for code, org in data["organisations"].items()}
-        token = _ORG_KINDS.set(kinds)
-        try:
-            return handler(data)
-        finally:
-            _ORG_KINDS.reset(token)
+    @model_validator(mode="after")
+    def _review_organisations(self) -> "Territory":
+        """The Département's review organisations exist and are CD organisations (the message names
+        the key, as Policy's do)."""
+        review = self.department.review_organisations
+        key = "department.review_organisations"
+        for where, prefix, code in [("default", None, review.default),
+                                    *(("by_postcode", p, c) for p, c in review.by_postcode.items())]:
+            label = f"{prefix} : " if prefix else ""
+            org = self.organisations.get(code)
+            if org is None:
+                raise ValueError(f"{key}.{where}: {label}organisation inconnue {code!r} (absente de 'organisations')")
+            if org.kind != "cd":
+                raise ValueError(f"{key}.{where}: {label}l'organisation {code!r} est de type {org.kind} : "
+                                 "il faut une organisation de type cd")
+        return self
 
 
 @dataclass(frozen=True)
