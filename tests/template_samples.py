@@ -53,7 +53,7 @@ _DEPARTMENT = {
     "email": "insertion-redon@example.org",
     "observations_service": {
         "name": "Service insertion du Pays de Redon et des Vallons de Vilaine",
-        "address": ["Service insertion", "12 rue des Douves", "35600 REDON"],
+        "address": ["12 rue des Douves", "35600 REDON"],
     },
     "signature": ("Pour le Président du Conseil départemental et par délégation, "
                   "Claire Morvan, Directrice de l'insertion"),

@@ -9,6 +9,7 @@ exercised; events get an explicit ``now``. Runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import collections
+import html
 import datetime as dt
 import json
 from zoneinfo import ZoneInfo
@@ -331,7 +332,22 @@ def test_ft_registered_path(app, flux_writer):
         assert (case.step, case.phase) == ("sanction_review", "review")
         cycle_at(app, clock, local(2024, 8, 4, 10))
         assert case_of(app, eid).phase == "review"
-    assert step_history(app, eid) == ["ft_convocation", "ft_warning", "ft_report", "sanction_review"]
+        # The agent proceeds: the Département's notice states the measure and the dated facts.
+        cases.apply_event(app, external_id=eid, type="review_decision", decision="proceed", rate=40, months=2,
+                          now=local(2024, 8, 5, 11))
+        cycle_at(app, clock, local(2024, 8, 5, 11, 5))
+        case = case_of(app, eid)
+        letter = letter_for(app, the(messages_of(app, case.id), "pre_sanction_notice", "letter"))
+        text = " ".join(html.unescape(letter).split())
+        assert app.territory.department.name in text
+        assert "Pour le Président du Conseil départemental et par délégation" in text
+        assert "40 % du montant, pendant 2 mois" in text
+        assert "convocation envoyée par courrier, SMS et e-mail" in text
+        assert "dernier rappel envoyé par courrier, SMS et e-mail" in text
+        assert "rendez-vous" in text and "lundi 17 juin 2024" in text
+        assert org.short_name in text  # the referent, to call
+    assert step_history(app, eid) == ["ft_convocation", "ft_warning", "ft_report", "sanction_review",
+                                      "pre_sanction_notice"]
     assert_outbox_matches_db(app)
 
 

@@ -363,6 +363,7 @@ def test_pre_sanction_notice(renderer):
     assert "L262-37" in text and "R262-68" in text
     assert "Lettre recommandée avec accusé de réception" in text
     assert "Aucune décision ne sera prise avant la fin de ce délai" in text
+    assert "jour ouvrable suivant" in text  # the period ends on a working day, as the engine counts it
     assert "entendu" in text and "équipe pluridisciplinaire" in text
     assert "Président du Conseil départemental" in text
     other = copy.deepcopy(ctx)

@@ -17,7 +17,8 @@ from worker.domain.postal import address_block
 DEPARTMENT_STEPS = frozenset(
     {"pre_sanction_notice", "crsa_referral", "sanction_decision", "sanction_lifting", "procedure_closed"})
 
-# The steps before the review whose messages are the facts of the pre-sanction notice.
+# The steps before the review whose messages are the facts of the pre-sanction notice, and how
+# the notice names them ("envoyée" agrees with the word).
 FACT_STEPS = {
     "invitation_1": "invitation",
     "invitation_2": "relance",
@@ -25,6 +26,7 @@ FACT_STEPS = {
     "ft_convocation": "convocation",
     "ft_warning": "dernier rappel",
 }
+_MASCULINE = frozenset({"dernier rappel"})
 CHANNEL_LABELS = {"letter": "courrier", "sms": "SMS", "email": "e-mail"}
 _CHANNEL_ORDER = ("letter", "sms", "email")
 
@@ -76,7 +78,8 @@ def _facts(s: Session, app, case: Case, person: Person) -> list[SimpleNamespace]
         channels = sorted(channels, key=lambda c: _CHANNEL_ORDER.index(c) if c in _CHANNEL_ORDER else 9)
         labels = [CHANNEL_LABELS.get(c, c) for c in channels]
         where = town if "letter" in channels else None
-        text = f"Le {date_fr(day)} : {FACT_STEPS[step]} envoyée par {_join_fr(labels)}"
+        sent = "envoyé" if FACT_STEPS[step] in _MASCULINE else "envoyée"
+        text = f"Le {date_fr(day)} : {FACT_STEPS[step]} {sent} par {_join_fr(labels)}"
         text += f", à {where}." if where else "."
         facts.append(SimpleNamespace(kind="message", date=day, step=step, label=FACT_STEPS[step],
                                      channels=labels, town=where, place=None, text=text))
@@ -118,10 +121,6 @@ def _issuer(app, step: str, org) -> SimpleNamespace:
                            signature=org.signatory)
 
 
-def _fr_date(d: dt.date) -> str:
-    return date_fr(d)
-
-
 def build_context(s: Session, app, msg: Message, case: Case, person: Person, now: dt.datetime) -> dict:
     org = app.territory.organisations[case.organisation]
     cal = app.calendar
@@ -152,15 +151,10 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
         "notice": notice,
         "commission": commission,
         "issuer": _issuer(app, msg.step, org),
-        # the measure envisaged (notice) and decided (decision letter); read with getattr so that
-        # this works before and after these columns exist on the case
-        "measure": SimpleNamespace(rate=getattr(case, "measure_rate", None),
-                                   months=getattr(case, "measure_months", None),
-                                   repeat=getattr(case, "measure_repeat", None)),
-        "decision": SimpleNamespace(rate=getattr(case, "decision_rate", None),
-                                    months=getattr(case, "decision_months", None),
-                                    start=getattr(case, "decision_from", None)),
-        "lifted_on": getattr(case, "lifted_on", None),
+        # the measure envisaged (notice) and decided (decision letter)
+        "measure": SimpleNamespace(rate=case.measure_rate, months=case.measure_months, repeat=case.measure_repeat),
+        "decision": SimpleNamespace(rate=case.decision_rate, months=case.decision_months, start=case.decision_from),
+        "lifted_on": case.lifted_on,
     }
 
 
