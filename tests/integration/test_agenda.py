@@ -52,7 +52,8 @@ def test_each_human_gate_is_on_the_agenda(relance_app, flux_writer):
         by_person = {(i.external_id, i.section): i for i in items}
         review = by_person[(SILENT, "review")]
         assert review.step == "sanction_review" and review.since == dt.date(2024, 7, 22)
-        assert f"relance event review_decision {SILENT} --decision" in review.todo
+        assert f"relance event review_decision {SILENT} --decision proceed|legitimate_reason|close" in review.todo
+        assert "--rate" in review.todo and "--months" in review.todo
         assert "convocation annulée" in by_person[(CANCELS, "held")].todo
         orientation = by_person[(UNORIENTED, "orientation")]  # 42 days from 10 June: 22 July
         assert orientation.todo == "orienter avant le 22/07/2024 (J-0)"
@@ -68,3 +69,12 @@ def test_each_human_gate_is_on_the_agenda(relance_app, flux_writer):
         cases.apply_event(app, external_id=SILENT, type="review_decision", decision="close",
                              now=local(2024, 7, 23, 9))
         assert (SILENT, "review") not in {(i.external_id, i.section) for i in agenda(app, local(2024, 7, 23, 10))}
+
+        # after the notice, the person writes: the agent is asked to read, then refer or close
+        cases.apply_event(app, external_id=UNORIENTED, type="review_decision", decision="proceed",
+                          now=local(2024, 7, 23, 9))
+        _cycle(app, clock, local(2024, 7, 23, 10))
+        cases.apply_event(app, external_id=UNORIENTED, type="observations_received", now=local(2024, 7, 25, 9))
+        item = {(i.external_id, i.section): i for i in agenda(app, local(2024, 7, 25, 10))}[(UNORIENTED, "review")]
+        assert item.step == "observations_review"
+        assert f"relance event review_decision {UNORIENTED} --decision refer|legitimate_reason|close" in item.todo

@@ -44,6 +44,14 @@ REASONS = {
     "reoriented": "réorientation",
     "review_decision:proceed": "décision de l'agent : poursuivre",
     "review_decision:legitimate_reason": "décision de l'agent : motif légitime",
+    "review_decision:refer": "décision de l'agent : renvoi en commission",
+    "observations": "la personne a répondu ou avait un motif légitime",
+    "observations_received": "observations reçues",
+    "hearing_requested": "demande à être entendu(e)",
+    "ar_signed": "accusé de réception signé",
+    "ar_unclaimed": "pli non réclamé (avis de passage)",
+    "receipt": "attend la date de réception du préavis",
+    "observation_period": "attend la fin du délai d'observations",
 }
 
 APPOINTMENT_OUTCOMES = {"attended": "honoré", "missed": "manqué", "cancelled": "annulé"}
@@ -65,6 +73,10 @@ FLAGS = {
     "email_unusable": "e-mail inutilisable : courriers maintenus",
     "address_invalid": "adresse impropre à un courrier",
     "orientation_deadline": "non orienté",
+    "observations": "réponse après le préavis : à examiner",
+    "referral_waits": "renvoi en commission décidé",
+    "sanction_decided": "suspension décidée",
+    "sanction_lifted": "suspension levée",
 }
 
 
@@ -140,5 +152,5 @@ def case_entry(detail: dict, tz: dt.tzinfo | None = None) -> str:
         return f"non orienté : échéance des 6 semaines le {_date_fr(detail.get('deadline'))} ({left})"
     if flag in FLAGS:
         extra = None if flag in _PLAIN_FLAGS else detail.get("detail")
-        return f"signalé : {FLAGS[flag]}" + (f" ({extra})" if extra else "")
+        return f"signalé : {FLAGS[flag]}" + (f" ({reason(extra)})" if extra else "")
     return json.dumps(detail, ensure_ascii=False, default=str)

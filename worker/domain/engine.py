@@ -689,7 +689,7 @@ def _on_sanction_decided(case, ev, now, policy, cal):
         return case, [], "decision already recorded"
     case = _replace(case, decision_rate=rate, decision_months=months, decision_from=ev.start_on)
     case, actions = _plan(case, SANCTION_DECISION, ("letter",), now, cal, postage="lrar")
-    return case, [Flag("sanction_decided", f"{rate}%/{months}m")] + actions, ""
+    return case, [Flag("sanction_decided", f"{rate} % pendant {months} mois")] + actions, ""
 
 
 def _on_sanction_lifted(case, ev, now, policy, cal):

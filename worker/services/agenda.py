@@ -4,7 +4,8 @@ The engine never passes a human gate on its own. A case waits for an agent
 when:
 
 * ``review``: a review decision (``sanction_review``: look for a legitimate
-  reason, then ``review_decision proceed | legitimate_reason | close``);
+  reason, then ``review_decision proceed | legitimate_reason | close``;
+  ``observations_review`` after the notice: ``refer | legitimate_reason | close``);
 * ``task``: a task, such as the phone follow-up of a person not registered
   with France Travail (``phone_followup_done``);
 * ``held``: the case is blocked: the address came back (NPAI), no LRAR
@@ -83,9 +84,13 @@ def agenda(app, now: dt.datetime, organisation: str | None = None) -> list[Item]
             q = q.where(Case.organisation == organisation)
         for case, external_id in s.execute(q):
             since = app.calendar.local_date(case.step_entered_at) if case.step_entered_at else None
-            if case.phase == "review":
+            if case.phase == "review" and case.notice_on is not None:
+                todo = (f"réponse après le préavis ({case.step}) : lire les observations ou le motif, puis "
+                        f"relance event review_decision {external_id} --decision refer|legitimate_reason|close")
+            elif case.phase == "review":
                 todo = (f"décision d'examen ({case.step}) : chercher un motif légitime, puis "
-                        f"relance event review_decision {external_id} --decision proceed|legitimate_reason|close")
+                        f"relance event review_decision {external_id} --decision proceed|legitimate_reason|close "
+                        "(proceed : --rate et --months de la suspension envisagée)")
             elif case.phase == "task":
                 todo = f"appel de suivi ({case.step}), puis relance event phone_followup_done {external_id}"
             else:
