@@ -10,19 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from worker.entrypoints.tasks.dispatch import MAX_ROUNDS, relay, sweep  # noqa: F401 - jobs of the scheduler too
+from worker.entrypoints.tasks._common import as_task_arg, now_or_clock
+from worker.entrypoints.tasks.dispatch import relay, sweep
 from worker.services import sending
 
 log = logging.getLogger("relance.jobs")
-UTC = dt.timezone.utc
-
-
-def _now(now: dt.datetime | None) -> dt.datetime:
-    return now or dt.datetime.now(UTC)
-
-
-def _iso(now: dt.datetime | None) -> str | None:
-    return now.isoformat() if now is not None else None
 
 
 def scan_inbox(app, now: dt.datetime | None = None) -> None:
@@ -30,7 +22,7 @@ def scan_inbox(app, now: dt.datetime | None = None) -> None:
 
     inbox = app.settings.inbox
     if inbox.exists() and any(p.is_file() and not p.name.startswith(".") for p in inbox.iterdir()):
-        task.apply_async(args=[_iso(now)])
+        task.apply_async(args=[as_task_arg(now)])
 
 
 def scan_bounces(app, now: dt.datetime | None = None) -> None:
@@ -40,25 +32,25 @@ def scan_bounces(app, now: dt.datetime | None = None) -> None:
     maildir = app.settings.bounce_maildir
     new = maildir / "new" if maildir is not None else None
     if new is not None and new.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in new.iterdir()):
-        task.apply_async(args=[_iso(now)])
+        task.apply_async(args=[as_task_arg(now)])
 
 
 def reconcile(app, now: dt.datetime | None = None) -> int:
-    return sending.reconcile_stuck(app, _now(now))
+    return sending.reconcile_stuck(app, now_or_clock(now))
 
 
 def digests(app, now: dt.datetime | None = None) -> int:
     """The agents' daily digests, once a working day from RELANCE_DIGEST_TIME (:mod:`worker.services.digests`)."""
     from worker.services.digests import send_due
 
-    return sum(1 for r in send_due(app, _now(now)) if r.status != "already")
+    return sum(1 for r in send_due(app, now_or_clock(now)) if r.status != "already")
 
 
 def watch_orientation(app, now: dt.datetime | None = None) -> int:
     """Flag the unoriented cases near their 6-week deadline (:mod:`worker.services.orientation`)."""
     from worker.services.orientation import watch
 
-    return len(watch(app, _now(now)))
+    return len(watch(app, now_or_clock(now)))
 
 
 def cycle(app, now: dt.datetime | None = None) -> dict:

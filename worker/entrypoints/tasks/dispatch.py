@@ -10,27 +10,19 @@ import datetime as dt
 from worker.entrypoints.queues import BY_CHANNEL
 from worker.entrypoints.tasks import cases as case_tasks
 from worker.entrypoints.tasks import email, letters, sms
+from worker.entrypoints.tasks._common import as_task_arg, now_or_clock
 from worker.services import cases, sending
 
-UTC = dt.timezone.utc
 MAX_ROUNDS = 50
-
-
-def _now(now: dt.datetime | None) -> dt.datetime:
-    return now or dt.datetime.now(UTC)
-
-
-def _iso(now: dt.datetime | None) -> str | None:
-    return now.isoformat() if now is not None else None
 
 
 def sweep(app, now: dt.datetime | None = None) -> int:
     """Enqueue an ``advance`` task for every due case (in batches, claimed)."""
     total = 0
     for _ in range(MAX_ROUNDS):
-        ids = cases.due_case_ids(app, _now(now), app.settings.sweep_batch_size)
+        ids = cases.due_case_ids(app, now_or_clock(now), app.settings.sweep_batch_size)
         for case_id in ids:
-            case_tasks.advance.apply_async(args=[case_id, _iso(now)])
+            case_tasks.advance.apply_async(args=[case_id, as_task_arg(now)])
         total += len(ids)
         if len(ids) < app.settings.sweep_batch_size and not app.settings.eager:
             break
@@ -44,9 +36,9 @@ def relay(app, now: dt.datetime | None = None) -> int:
     tasks = {"sms": sms.send, "letter": letters.send, "email": email.send}
     total = 0
     for _ in range(MAX_ROUNDS):
-        rows = sending.due_messages(app, _now(now), app.settings.relay_batch_size)
+        rows = sending.due_messages(app, now_or_clock(now), app.settings.relay_batch_size)
         for message_id, channel in rows:
-            tasks[channel].apply_async(args=[message_id, _iso(now)], queue=BY_CHANNEL[channel])
+            tasks[channel].apply_async(args=[message_id, as_task_arg(now)], queue=BY_CHANNEL[channel])
         total += len(rows)
         if not rows or (len(rows) < app.settings.relay_batch_size and not app.settings.eager):
             break
