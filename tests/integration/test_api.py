@@ -441,6 +441,12 @@ BAD_EVENTS = [
     ({"type": "legitimate_reason", "external_id": CD_PERSON}, None, "until"),
     ({"type": "review_decision", "external_id": CD_PERSON, "decision": "peut-être"}, None, "decision"),
     ({"type": "reoriented", "external_id": CD_PERSON}, None, "to"),
+    ({"type": "npai", "external_id": CD_PERSON, "taux": 30}, "taux", "start_on"),  # the accepted fields, all
+    ({"type": "review_decision", "external_id": CD_PERSON, "decision": "proceed", "rate": "beaucoup"}, "rate",
+     "nombre entier"),
+    ({"type": "review_decision", "external_id": CD_PERSON, "decision": "proceed", "rate": 150}, "rate",
+     "au plus 100"),
+    ({"type": "sanction_decided", "external_id": CD_PERSON, "rate": 30, "months": 1}, None, "start_on"),
     ("{pas du json", None, "JSON valide"),
     ("", None, "JSON valide"),
     ([1, 2], None, "objet JSON"),
@@ -482,6 +488,14 @@ def test_service_error_is_422_with_its_message(env, monkeypatch):
     r = _post_event(client, {"type": "npai", "external_id": CD_PERSON})
     assert r.status_code == 422
     assert r.json() == {"detail": "rdv_booked : ce rendez-vous est déjà passé"}
+
+
+def test_a_receipt_date_in_the_future_is_refused(env):
+    app, client, _ = env
+    r = _post_event(client, {"type": "ar_signed", "external_id": CD_PERSON, "at": "2024-06-03T09:00",
+                             "receipt_on": "2024-06-10"})
+    assert r.status_code == 422
+    assert "date de réception 10/06/2024 dans le futur" in r.json()["detail"]
 
 
 def test_acknowledged_receipt_defaults_to_the_event_day(env):

@@ -104,11 +104,6 @@ class EventIn(BaseModel):
         return self
 
 
-_FIELD_LABELS = {
-    "type": "type", "external_id": "external_id", "at": "at", "until": "until",
-    "appointment_at": "appointment_at", "decision": "decision", "to": "to", "reason": "reason",
-    "receipt_on": "receipt_on", "idempotency_key": "idempotency_key",
-}
 
 
 def _french_error(err: dict) -> dict:
@@ -120,7 +115,7 @@ def _french_error(err: dict) -> dict:
     if kind == "missing":
         message = "champ obligatoire"
     elif kind == "extra_forbidden":
-        message = "champ inconnu (champs acceptés : " + ", ".join(_FIELD_LABELS) + ")"
+        message = "champ inconnu (champs acceptés : " + ", ".join(EventIn.model_fields) + ")"
     elif kind in ("json_invalid", "json_type"):
         message = "le corps de la requête n'est pas un JSON valide"
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -135,6 +130,13 @@ def _french_error(err: dict) -> dict:
         message = "ne doit pas être vide"
     elif kind == "string_too_long":
         message = f"trop long ({ctx.get('max_length')} caractères au plus)"
+    elif kind in ("int_parsing", "int_type", "int_from_float"):
+        message = "un nombre entier est attendu"
+    elif kind in ("greater_than_equal", "less_than_equal"):
+        bound = "au moins" if kind == "greater_than_equal" else "au plus"
+        message = f"{bound} {ctx.get('ge', ctx.get('le'))}"
+    elif kind in ("bool_parsing", "bool_type"):
+        message = "true ou false attendu"
     elif kind == "value_error":
         message = str(ctx.get("error") or err.get("msg", "valeur invalide"))
     else:
