@@ -10,6 +10,9 @@ contexts of tests/template_samples.py, renders each letter with WeasyPrint
 long sample values (long names, addresses and organisation names) and writes
 ``<step>-long.png``. A step written ``<step>:<kind>`` uses that organisation kind
 (``cd``, ``ft``, ``ml``, ``msa``) and writes ``<step>-<kind>.png``. ``--all-pages`` writes every page (``<step>-<n>.png``).
+A step written ``<step>@large`` is the large-print variant (``<step>-large.png``, first page);
+``<step>@en`` / ``<step>@ar`` the summary in English / Arabic attached to the French letter
+(``<step>-summary-en.png``: the summary's page).
 """
 from __future__ import annotations
 
@@ -42,6 +45,10 @@ STEPS = (
     "sanction_decision:ft",
     "sanction_lifting:ft",
     "procedure_closed:ft",
+    # issue 10: large print (16 pt), and the summaries in English and Arabic
+    "convocation@large",
+    "invitation_1@en",
+    "convocation@ar",
 )
 
 
@@ -59,12 +66,27 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "-long" if args.long else ""
     with tempfile.TemporaryDirectory() as tmp:
         for entry in args.steps:
+            entry, _, variant = entry.partition("@")
             step, _, kind = entry.partition(":")
-            rendered = renderer.render(step, "letter", sample_context(step, long=args.long, kind=kind or None))
+            extra = {"large": {"large_print": True}, "en": {"language": "en"}, "ar": {"language": "ar"}}.get(
+                variant, {})
+            rendered = renderer.render(step, "letter", sample_context(step, long=args.long, kind=kind or None,
+                                                                      **extra))
             name = f"{step}-{kind}" if kind else step
+            if variant == "large":
+                name += "-large"
+            elif variant:
+                name += f"-summary-{variant}"
             pdf = Path(tmp) / f"{name}.pdf"
             pdf.write_bytes(render_pdf([rendered.html], base_url=str(ROOT / "templates")))
-            if args.all_pages:
+            if variant in ("en", "ar"):  # the summary's page: the last one
+                info = subprocess.run(["pdfinfo", str(pdf)], check=True, capture_output=True, text=True).stdout
+                last = next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages:"))
+                target = args.out / f"{name}{suffix}"
+                subprocess.run(["pdftoppm", "-r", str(args.dpi), "-png", "-singlefile", "-f", last, "-l", last,
+                                str(pdf), str(target)], check=True)
+                written = [target.with_suffix(".png")]
+            elif args.all_pages:
                 prefix = args.out / f"{name}{suffix}"
                 subprocess.run(
                     ["pdftoppm", "-r", str(args.dpi), "-png", str(pdf), str(prefix)], check=True

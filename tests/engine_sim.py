@@ -47,6 +47,7 @@ from worker.domain.model import (
     Decision,
     Event,
     Flag,
+    HandOver,
     MarkReturned,
     MessageView,
     NeedSlot,
@@ -187,6 +188,7 @@ class Sim:
         self.cal = cal
         self.engine = engine
         self.slot_time = slot_time
+        self.review_organisation = "CDAS-RENNES"  # the department's reviewing organisation (HandOver)
         self.lag = lag  # the scheduler's delay: due cases and messages are handled this late
         self.now = start
         self.organisation = organisation
@@ -221,13 +223,14 @@ class Sim:
 
     # --- cases -------------------------------------------------------------------
     def open_case(self, path: str, start_step: str | None = None, due_at: dt.datetime | None = None,
-                  reason: str = "flux", from_case: int | None = None) -> int:
+                  reason: str = "flux", from_case: int | None = None, pause_category: str | None = None) -> int:
         cid = len(self.states) + 1
         p = self.person
         state = self.engine.new_case(path=path, organisation=self.organisation,
                                      droit_opened_on=self.droit_opened_on, now=self.now, policy=self.policy,
                                      cal=self.cal, has_address=p.has_address, has_phone=p.has_phone,
-                                     has_email=p.has_email, start_step=start_step, due_at=due_at)
+                                     has_email=p.has_email, start_step=start_step, due_at=due_at,
+                                     pause_category=pause_category)
         state = dataclasses.replace(state, id=cid, npai=p.npai, phone_unusable=p.phone_unusable,
                                     sms_opt_out=p.sms_opt_out, email_unusable=p.email_unusable)
         self.states[cid] = state
@@ -295,7 +298,11 @@ class Sim:
                 follow_ups.append(self.engine.assign_slot(state, slot, self.now, self.policy, self.cal))
             elif isinstance(action, OpenCase):
                 self.open_case(action.path, start_step=action.start_step, due_at=action.due_at,
-                               reason=action.reason, from_case=cid)
+                               reason=action.reason, from_case=cid, pause_category=action.pause_category)
+            elif isinstance(action, HandOver):
+                # repository.persist picks the department's organisation from the postcode
+                state = dataclasses.replace(state, organisation=self.review_organisation,
+                                            reported_by=state.reported_by or before.organisation)
             elif isinstance(action, (RecordAppointment, AppointmentOutcome, ReferToCommission, Flag)):
                 pass
             else:  # pragma: no cover - a new action type the simulator does not know
@@ -407,6 +414,9 @@ class Sim:
         """Apply an event now (to the active case) and process what becomes due at once."""
         self.run_until(self.now)
         cid = self.case_id if case_id is None else case_id
+        if (type_ == "legitimate_reason" or params.get("decision") == "legitimate_reason") \
+                and "category" not in params:
+            params["category"] = "hospitalisation"  # the scenarios' default: a reason with an end date
         ev = Event(type=type_, at=self.now, **params)
         before = self.state(cid)
         decision = self.engine.apply(before, ev, self.now, self.policy, self.cal)

@@ -137,7 +137,7 @@ _LONG_ORGS = {
         "address": ["Espace social Jean-Baptiste Le Maréchal", "12 boulevard des Douves-Saint-Nicolas", "CS 40123", "35603 SAINT-NICOLAS-DE-REDON CEDEX"],
         "phone": "02 61 91 10 10",
         "email": "accueil-rsa.cdas-pays-de-redon-vallons@example.org",
-        "booking_url": "https://rendez-vous.example.org/rsa/cdas-pays-de-redon-vilaine",
+        "booking_url": "https://rendez-vous.example.org/accompagnement/cdas-pays-de-redon-vilaine",
     },
     "ft": {
         "code": "FT-REDON-VALLONS",
@@ -148,7 +148,7 @@ _LONG_ORGS = {
         "address": ["Parc d'activités de la Gare-Saint-Melaine", "8 avenue de la Gare", "35600 REDON"],
         "phone": "02 61 91 10 40",
         "email": "conseillers-rsa.ft-redon-vallons@example.org",
-        "booking_url": "https://rendez-vous.example.org/rsa/france-travail-redon-vilaine",
+        "booking_url": "https://rendez-vous.example.org/accompagnement/france-travail-redon-vilaine",
     },
     "ml": {
         "code": "ML-REDON-VALLONS",
@@ -159,7 +159,7 @@ _LONG_ORGS = {
         "address": ["Maison de l'emploi et de la formation", "1 quai Jean Bart", "35600 REDON"],
         "phone": "02 61 91 10 50",
         "email": "referents-rsa.mission-locale-redon-vallons@example.org",
-        "booking_url": "https://rendez-vous.example.org/rsa/mission-locale-redon-vilaine",
+        "booking_url": "https://rendez-vous.example.org/accompagnement/mission-locale-redon-vilaine",
     },
     "msa": {
         "code": "MSA-PORTES-BRETAGNE",
@@ -170,8 +170,60 @@ _LONG_ORGS = {
         "address": ["20 rue de Rennes", "35510 CESSON-SEVIGNE"],
         "phone": "02 61 91 10 60",
         "email": "action-sociale.msa-portes-de-bretagne@example.org",
-        "booking_url": "https://rendez-vous.example.org/rsa/msa-portes-de-bretagne-redon",
+        "booking_url": "https://rendez-vous.example.org/accompagnement/msa-portes-de-bretagne-redon",
     },
+}
+
+
+# What the organisation's `convocation` block says about the appointment (config/territory.yaml):
+# access, length, what to bring, who the person meets (worker/domain/policy.DEFAULT_MEET by kind).
+_VENUES = {
+    "cd": {"access": "À 5 minutes à pied de la gare de Redon. Bus ligne 1, arrêt Douves. Entrée de plain-pied.",
+           "duration": 90,
+           "meet": "une personne du CDAS (Département) et une personne de France Travail, ensemble"},
+    "ft": {"access": "En face de la gare de Redon. Bus lignes 1 et 2, arrêt Gare. Entrée accessible en fauteuil.",
+           "duration": 45, "meet": "une conseillère ou un conseiller France Travail"},
+    "ml": {"access": "Sur le port, à 10 minutes à pied de la gare. Bus ligne 2, arrêt Port. Rez-de-chaussée.",
+           "duration": 60, "meet": "une conseillère ou un conseiller de la Mission locale"},
+    "msa": {"access": None, "duration": 60,
+            "meet": "une travailleuse sociale ou un travailleur social de la MSA"},
+}
+_LONG_ACCESS = ("Dans la zone d'activités de la Gare-Saint-Melaine, à 15 minutes à pied de la gare SNCF. "
+                "Car BreizhGo ligne 6, arrêt Maison de l'emploi. Parking gratuit devant le bâtiment. "
+                "Ascenseur au fond du hall, à gauche.")
+_BRING = ["pièce d'identité ou titre de séjour", "numéro d'allocataire CAF ou MSA", "CV si vous en avez un"]
+_LONG_BRING = _BRING + ["diplômes et attestations de formation",
+                        "tout document utile sur votre santé, votre logement ou la garde de vos enfants"]
+
+# The information notice's controller (config/territory.yaml `privacy`).
+_PRIVACY = {
+    "department": {"controller": "Département d'Ille-et-Vilaine", "dpo_email": "dpo@ille-et-vilaine.example.org",
+                   "dpo_address": ["Délégué à la protection des données", "1 avenue de la Préfecture", "CS 24218",
+                                   "35042 RENNES CEDEX"],
+                   "notice_url": "https://www.ille-et-vilaine.example.org/rsa-donnees",
+                   "recipients": ("le Département, le CDAS ou le CCAS, France Travail, la Mission locale et, "
+                                  "si besoin, la commission RSA")},
+    "ft": {"controller": "France Travail", "dpo_email": "dpo@francetravail.example.org",
+           "dpo_address": ["France Travail, Délégué à la protection des données", "1 avenue du Docteur Gley",
+                           "75987 PARIS CEDEX 20"],
+           "notice_url": "https://www.francetravail.example.org/donnees-personnelles",
+           "recipients": "France Travail, le Département et, si besoin, la commission RSA"},
+    "ml": {"controller": "Mission locale du Pays de Redon", "dpo_email": "dpo@mission-locale-redon.example.org",
+           "dpo_address": ["Mission locale, Délégué à la protection des données", "1 quai Jean Bart", "35600 REDON"],
+           "notice_url": "https://www.mission-locale-redon.example.org/donnees",
+           "recipients": "la Mission locale, le Département, France Travail et, si besoin, la commission RSA"},
+    "msa": {"controller": "MSA Portes de Bretagne", "dpo_email": "dpo@msa-portes-bretagne.example.org",
+            "dpo_address": ["MSA Portes de Bretagne, Délégué à la protection des données", "20 rue de Rennes",
+                            "35510 CESSON-SEVIGNE"],
+            "notice_url": "https://www.msa-portes-bretagne.example.org/donnees",
+            "recipients": "la MSA, le Département et, si besoin, la commission RSA"},
+}
+_LONG_PRIVACY_DEPARTMENT = {
+    "controller": "Département d'Ille-et-Vilaine - Direction de l'insertion et des solidarités",
+    "dpo_email": "delegue-protection-donnees.insertion@ille-et-vilaine.example.org",
+    "dpo_address": ["Délégué à la protection des données", "Direction des affaires juridiques",
+                    "1 avenue de la Préfecture", "CS 24218", "35042 RENNES CEDEX"],
+    "notice_url": "https://www.ille-et-vilaine.example.org/solidarites/rsa/protection-des-donnees-personnelles",
 }
 
 
@@ -179,11 +231,13 @@ def _default_kind(step: str) -> str:
     return "ft" if step.startswith("ft_") else "cd"
 
 
-def sample_context(step: str, *, long: bool = False, kind: str | None = None) -> dict:
+def sample_context(step: str, *, long: bool = False, kind: str | None = None, language: str = "fr",
+                   large_print: bool = False) -> dict:
     """A complete context for ``step`` (every name of the contract is present).
 
     ``kind`` picks the organisation (``cd``, ``ft``, ``ml``, ``msa``); by default
-    France Travail for ``ft_*`` steps, the CDAS otherwise.
+    France Travail for ``ft_*`` steps, the CDAS otherwise. ``language`` (``fr``,
+    ``en``, ``ar``) and ``large_print`` are the person's.
     """
     kind = kind or _default_kind(step)
     org = dict((_LONG_ORGS if long else _ORGS)[kind])
@@ -299,8 +353,19 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None) ->
         "(article L262-37 du code de l'action sociale et des familles)."
     )
 
+    person = dict(person, language=language, large_print=large_print)
+    venue = dict(_VENUES[kind], place=place, bring=list(_LONG_BRING if long else _BRING))
+    if long:
+        venue.update(access=_LONG_ACCESS, duration=120)
+    privacy = dict(_PRIVACY["department"] if kind in ("cd",) or step in DEPARTMENT_STEPS else _PRIVACY[kind])
+    if long and (kind == "cd" or step in DEPARTMENT_STEPS):
+        privacy.update(_LONG_PRIVACY_DEPARTMENT)
+    if step in DEPARTMENT_STEPS:
+        privacy["controller"] = issuer["name"]  # the Département's name, as its letterhead says
+    privacy.update(source="la CAF ou la MSA", retention_months=24)
+
     has_respond_by = step in {"invitation_1", "invitation_2", "ft_warning"}
-    has_appointment = step in {"convocation", "ft_convocation", "rdv_reminder", "ft_warning"}
+    has_appointment = step in {"convocation", "ft_convocation", "rdv_reminder"}
     return {
         "person": person,
         "org": org,
@@ -310,12 +375,16 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None) ->
         "today": today,
         "respond_by": respond_by if has_respond_by else None,
         "appointment": {"at": appt_at, "place": place} if has_appointment else None,
+        # the last reminder names the appointment the person missed (its date and place)
+        "missed": {"at": appt_at, "place": place} if step == "ft_warning" else None,
         "notice": (
             {"facts": facts, "ground": ground, "sanction": sanction, "observation_days": 10}
             if step in ("pre_sanction_notice", "sanction_decision") else None
         ),
         "commission": commission if step == "crsa_referral" else None,
         "issuer": issuer,
+        "venue": venue,
+        "privacy": privacy,
         "measure": measure,
         "decision": decision,
         "lifted_on": lifted_on,

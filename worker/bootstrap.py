@@ -70,15 +70,44 @@ def build_app(settings: Settings | None = None) -> AppContext:
         parse_hhmm(settings.digest_time)
     except ValueError as exc:
         raise ConfigError("environnement", "RELANCE_DIGEST_TIME", str(exc)) from None
-    # Real channels are validated at start-up, not at the first send.
+    # Real channels are validated at start-up, not at the first send. The Twilio token is a
+    # secret given only to the processes that send SMS or check callbacks (compose: secrets
+    # per service): the others validate the rest of the Twilio settings without it, and a
+    # worker consuming the `sms` queue checks it at start (require_channel_secrets).
     try:
         if settings.sms_backend == "twilio":
-            settings.twilio_settings()
+            (settings if settings.twilio_auth_token else
+             settings.model_copy(update={"twilio_auth_token": "<absent>"})).twilio_settings()
         if settings.email_backend == "smtp":
             settings.smtp_settings()
     except ValueError as exc:
         raise ConfigError("environnement", _setting_name(str(exc)), str(exc)) from None
+    from worker.adapters.store import audit
+
+    for url in {settings.db_url, settings.owner_db_url}:  # the audit chain of this database is keyed
+        audit.register_key(url, settings.audit_key)
     return AppContext(settings=settings, config=config, calendar=cal)
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse the development keys, or short ones, before touching real data (ConfigError naming the
+    variable and saying how to generate a key). The demo and the tests build their context with
+    :func:`build_app` and keys of their own."""
+    problems = settings.weak_secrets()
+    if problems:
+        name, problem = problems[0]
+        raise ConfigError("environnement", name, problem)
+
+
+# Files written from now on (SQLite database, letters, outbox logs, reports, digests, batches: all
+# personal data) are neither world-readable nor group-writable.
+PROCESS_UMASK = 0o027
+
+
+def restrict_umask() -> None:
+    import os
+
+    os.umask(os.umask(PROCESS_UMASK) | PROCESS_UMASK)
 
 
 def _setting_name(message: str) -> str:
@@ -101,10 +130,147 @@ _APP: AppContext | None = None
 def get_app() -> AppContext:
     global _APP
     if _APP is None:
-        _APP = build_app()
+        settings = get_settings()
+        check_secrets(settings)  # every process on real data comes here: CLI, workers, scheduler, API
+        restrict_umask()
+        _APP = build_app(settings)
     return _APP
 
 
 def set_app(app: AppContext | None) -> None:
     global _APP
     _APP = app
+
+
+# --- start-up: schema, logging, the start-up line ------------------------------------------------
+
+
+class SchemaError(RuntimeError):
+    """The database is unreachable or its schema is not the one this code expects (French, one line)."""
+
+
+def _redacted_db(url: str) -> str:
+    from worker.settings import redact_url
+
+    return redact_url(url)
+
+
+def schema_revisions(url: str) -> tuple[str | None, str]:
+    """(the database's Alembic revision or None, the code's head revision)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from worker.adapters.store.session import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    # A throwaway connection: a pooled one opened here would be inherited by the Celery
+    # pool's forked children and shared between processes.
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    return current, head
+
+
+def require_schema(ctx: AppContext) -> None:
+    """Ordinary commands and services never create or migrate the schema: they say what to run."""
+    url = ctx.db_url
+    if url.startswith("sqlite"):
+        from pathlib import Path
+
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:" and not Path(path).exists():
+            raise SchemaError(f"base absente ({path}) : lancez d'abord « relance db upgrade »")
+    try:
+        current, head = schema_revisions(url)
+    except SchemaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - driver errors may quote the URL: the type only
+        raise SchemaError(f"base de données injoignable ({_redacted_db(url)}) : {type(exc).__name__}") from None
+    if current == head:
+        return
+    if current is None:
+        raise SchemaError("la base n'a pas de schéma : lancez d'abord « relance db upgrade »")
+    from alembic.script import ScriptDirectory
+
+    from worker.adapters.store.session import alembic_config
+
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
+    if current not in known:
+        raise SchemaError(f"le schéma de la base (révision {current}) est plus récent que ce programme : "
+                          "mettez Relance à jour")
+    raise SchemaError(f"le schéma de la base n'est pas à jour (révision {current}, attendue {head}) : "
+                      "lancez « relance db upgrade »")
+
+
+def upgrade_schema(ctx: AppContext, wait_seconds: float = 0.0, *, sleep=None, clock=None) -> None:
+    """``relance db upgrade``: wait up to ``wait_seconds`` for the database to answer, then migrate
+    (as the owner role: ``RELANCE_DATABASE_OWNER_URL``, default ``RELANCE_DATABASE_URL``)."""
+    import time
+
+    from worker.adapters.store.session import ping_database, upgrade
+
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
+    deadline = clock() + max(0.0, wait_seconds)
+    while True:
+        try:
+            ping_database(ctx.settings.owner_db_url)
+            break
+        except Exception as exc:  # noqa: BLE001 - not up yet (compose: PostgreSQL still starting)
+            if clock() >= deadline:
+                waited = f" après {wait_seconds:g} s d'attente" if wait_seconds else ""
+                raise SchemaError(f"base de données injoignable{waited} ({_redacted_db(ctx.settings.owner_db_url)}) : "
+                                  f"{type(exc).__name__}") from None
+            sleep(min(2.0, max(0.1, deadline - clock())))
+    upgrade(ctx.settings.owner_db_url)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S%z"  # local time with its offset: 2024-06-03T10:00:00+0200
+
+
+def configure_logging(settings: Settings) -> None:
+    """The long-running services' logs (scheduler, api): RELANCE_LOG_LEVEL, times with their zone."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT, datefmt=LOG_DATEFMT)
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    root.setLevel(settings.log_level)
+    logging.getLogger("relance").setLevel(settings.log_level)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("relance")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def startup_line(settings: Settings, role: str, queues: str) -> str:
+    """What a service says when it starts: version, database and broker (no password), queues, zone."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    offset = dt.datetime.now(ZoneInfo(settings.timezone)).strftime("%z")
+    broker = "memory:// (tâches exécutées dans le processus)" if settings.eager else _redacted_db(settings.broker_url)
+    return (f"relance {version()} {role} started: database {_redacted_db(settings.db_url)}, broker {broker}, "
+            f"queues {queues}, time zone {settings.timezone} (UTC{offset}), log level {settings.log_level}")
+
+
+def require_channel_secrets(ctx: AppContext, queues: str) -> None:
+    """A worker that sends SMS through Twilio needs its token: ConfigError naming it, at start."""
+    names = {q.strip() for q in queues.split(",")}
+    if "sms" in names and ctx.settings.sms_backend == "twilio" and not ctx.settings.twilio_auth_token:
+        raise ConfigError("environnement", "RELANCE_TWILIO_AUTH_TOKEN",
+                          "obligatoire pour un worker de la file sms avec RELANCE_SMS_BACKEND=twilio")

@@ -183,6 +183,9 @@ class Stack:
             "RELANCE_DATABASE_URL": self.pg_url,
             "RELANCE_BROKER_URL": self.redis_url,
             "RELANCE_DATA_DIR": str(self.data_dir),
+            # The commands refuse the development keys (real data): the tests bring their own.
+            "RELANCE_NIR_HASH_KEY": "tests-only-nir-hash-key-0123456789abcdef",
+            "RELANCE_AUDIT_KEY": "tests-only-audit-chain-key-0123456789abcdef",
             "RELANCE_SMS_BACKEND": "twilio",
             "RELANCE_TWILIO_ACCOUNT_SID": self.fake.account_sid,
             "RELANCE_TWILIO_AUTH_TOKEN": self.fake.auth_token,

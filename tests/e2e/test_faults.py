@@ -213,7 +213,8 @@ def test_same_event_delivered_twice(stack):
     assert "'status': 'duplicate'" in stack.wait_tasks([third.id])[0]
 
     with session_scope(stack.pg_url) as s:
-        events = s.execute(select(InboundEvent).where(InboundEvent.idempotency_key == key)).scalars().all()
+        events = s.execute(select(InboundEvent).where(  # keys are stored scoped: <person id>:<type>:<key>
+            InboundEvent.idempotency_key.endswith(f":rdv_booked:{key}"))).scalars().all()
         assert len(events) == 1 and events[0].status == "applied"
         audited = [d for (d,) in s.execute(select(AuditEntry.data).where(
             AuditEntry.kind == "event", AuditEntry.case_id == case_id))]
@@ -281,5 +282,55 @@ def test_sweep_and_relay_through_the_maintenance_queue(stack):
     relays = [maintenance.relay.apply_async(args=[_iso(SIM_NOW)]) for _ in range(2)]
     stack.wait_tasks([r.id for r in relays])
     stack.wait_until(lambda: not stack.unsettled(SIM_NOW), 60, "every message sent", procs=[worker])
+    summary = assert_exactly_once(stack, SIM_NOW)
+    assert summary["by_status"] == {"sent": summary["due"]}
+
+
+def _queued_ids(stack) -> list[int]:
+    """The message ids of the send tasks waiting in Redis (kombu's JSON envelope, base64 body)."""
+    import base64
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(stack.redis_url, socket_timeout=2)
+    ids = []
+    try:
+        for queue in (queues.SMS, queues.LETTERS, queues.EMAIL):
+            for raw in client.lrange(queue, 0, -1):
+                envelope = json.loads(raw)
+                args = json.loads(base64.b64decode(envelope["body"]))[0]
+                ids.append(int(args[0]))
+    finally:
+        client.close()
+    return ids
+
+
+def test_queues_stay_bounded_with_the_workers_down_for_an_hour(stack):
+    """Issue 11: with the workers down, the relay re-published every pending message every 5 minutes
+    (3 187 pending became 18 690 queued in an hour). Now: the scheduler's cycle every simulated minute
+    for an hour (an injected clock, no sleeping) leaves each pending message queued once; when a
+    worker comes back, everything goes out exactly once."""
+    planner = stack.start_worker("cases", (queues.CASES,), concurrency=2)
+    stack.ingest_and_plan(SIM_NOW)
+    stack.wait_until(lambda: not stack.queue_lengths()[queues.CASES], 30, "advance tasks done", procs=[planner])
+    planner.stop()  # from here on, no worker at all
+    pending = {m["id"] for m in stack.messages() if m["status"] == "pending" and m["not_before"] <= SIM_NOW}
+    assert pending
+
+    lengths = []
+    for minute in range(61):
+        counts = jobs.scheduler_cycle(stack.app, SIM_NOW + minute * MIN)
+        assert None not in counts.values(), counts
+        lengths.append(sum(stack.queue_lengths().values()))
+    queued = _queued_ids(stack)
+    assert sorted(queued) == sorted(pending), "each pending message queued exactly once"
+    assert max(lengths) == len(pending), lengths
+    print(f"\nworkers down for a simulated hour: {len(pending)} pending, queue length at most {max(lengths)} "
+          f"(was one more copy of each every 5 minutes)")
+
+    worker = stack.start_worker("w", queues.ALL, concurrency=2)
+    stack.wait_until(lambda: not stack.unsettled(SIM_NOW), 60, "every message sent once the workers are back",
+                     procs=[worker])
     summary = assert_exactly_once(stack, SIM_NOW)
     assert summary["by_status"] == {"sent": summary["due"]}

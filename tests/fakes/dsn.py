@@ -13,9 +13,12 @@ from email.parser import BytesHeaderParser
 
 def postfix_dsn(original: bytes, recipient: str, *, action: str = "failed", status: str = "5.1.1",
                 diagnostic: str = "smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown",
-                headers_only: bool = False, boundary: str = "8F1A2B3C4D.1717405200/mx.example.net") -> bytes:
+                headers_only: bool = False, boundary: str = "8F1A2B3C4D.1717405200/mx.example.net",
+                envelope_sender: str | None = None) -> bytes:
+    """``envelope_sender``: the address the notice goes back to (the original's SMTP MAIL FROM,
+    e.g. a VERP address); default the original's From."""
     headers = BytesHeaderParser().parsebytes(original)
-    sender = headers.get("From", "relance@example.org")
+    sender = envelope_sender or headers.get("From", "relance@example.org")
     head, _sep, _body = original.partition(b"\r\n\r\n")
     if not _sep:
         head, _sep, _body = original.partition(b"\n\n")

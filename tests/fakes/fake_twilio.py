@@ -26,9 +26,14 @@ number); ``fail_next`` wins over rules. Kinds:
 ``unavailable``     HTTP 503, code 20503
 ``invalid_number``  HTTP 400, code 21211 (message quotes the number, like Twilio)
 ``not_mobile``      HTTP 400, code 21614
+``landline``        HTTP 400, code 21635 ('To' number cannot be a landline)
+``geo_permission``  HTTP 400, code 21408 (destination disabled in Geo Permissions)
+``bad_route``       HTTP 400, code 21612 (this To/From combination cannot be routed)
 ``opt_out``         HTTP 400, code 21610
 ``unknown``         HTTP 400, code 99999
 ``undelivered``     201, then callbacks sent -> undelivered (ErrorCode 30006)
+``unreachable``     201, then callbacks sent -> undelivered (ErrorCode 30003, handset off)
+``partial``         201, then callbacks sent -> partially_delivered
 ``failed``          201, then one callback failed (ErrorCode 30008)
 ``out_of_order``    201, then callbacks delivered -> sent (a late "sent")
 ``no_callback``     201, no callback at all
@@ -78,6 +83,11 @@ ERROR_KINDS: dict[str, tuple[int, int, str]] = {
     "unavailable": (503, 20503, "Service Unavailable"),
     "invalid_number": (400, 21211, "The 'To' number {to} is not a valid phone number."),
     "not_mobile": (400, 21614, "'To' number {to} is not a valid mobile number"),
+    "landline": (400, 21635, "'To' number {to} cannot be a landline"),
+    "geo_permission": (400, 21408, "Permission to send an SMS has not been enabled for the region "
+                                   "indicated by the 'To' number: {to}"),
+    "bad_route": (400, 21612, "Message cannot be sent with the current combination of 'To' ({to}) "
+                              "and/or 'From' parameters"),
     "opt_out": (400, 21610, "Attempt to send to unsubscribed recipient"),
     "unknown": (400, 99999, "Something unexpected happened"),
 }
@@ -85,6 +95,8 @@ ERROR_KINDS: dict[str, tuple[int, int, str]] = {
 CALLBACK_KINDS: dict[str, tuple[tuple[str, int | None], ...]] = {
     "deliver": (("sent", None), ("delivered", None)),
     "undelivered": (("sent", None), ("undelivered", 30006)),
+    "unreachable": (("sent", None), ("undelivered", 30003)),
+    "partial": (("sent", None), ("partially_delivered", None)),
     "failed": (("failed", 30008),),
     "out_of_order": (("delivered", None), ("sent", None)),
     "no_callback": (),

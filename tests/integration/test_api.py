@@ -405,7 +405,8 @@ def test_event_without_at_is_dated_by_the_clock(env):
 def test_duplicate_idempotency_key(env):
     app, client, _ = env
     body = {"type": "legitimate_reason", "external_id": CD_PERSON, "until": "2024-07-01",
-            "reason": "hospitalisation", "idempotency_key": "agenda-42"}
+            "category": "hospitalisation", "reason": "hospitalisée à Pontchaillou depuis lundi",
+            "idempotency_key": "agenda-42"}
     first = _post_event(client, body)
     assert first.status_code == 201 and first.json()["status"] == "applied"
     second = _post_event(client, body)
@@ -416,7 +417,8 @@ def test_duplicate_idempotency_key(env):
     with session_scope(app.db_url) as s:
         assert s.execute(select(func.count()).select_from(InboundEvent)).scalar_one() == 1
         ev = s.get(InboundEvent, first.json()["event_id"])
-        assert "hospitalisation" not in json.dumps(ev.payload)  # the reason's text is not stored
+        assert "Pontchaillou" not in json.dumps(ev.payload)  # the reason's text is not stored, its category is
+        assert ev.payload["category"] == "hospitalisation"
 
 
 def test_unknown_person_is_404(env):
@@ -438,7 +440,7 @@ BAD_EVENTS = [
     ({"type": "npai", "external_id": CD_PERSON, "appointement_at": "2024-06-12"}, "appointement_at",
      "champ inconnu"),
     ({"type": "rdv_booked", "external_id": CD_PERSON}, None, "appointment_at"),
-    ({"type": "legitimate_reason", "external_id": CD_PERSON}, None, "until"),
+    ({"type": "legitimate_reason", "external_id": CD_PERSON}, None, "category"),
     ({"type": "review_decision", "external_id": CD_PERSON, "decision": "peut-être"}, None, "decision"),
     ({"type": "reoriented", "external_id": CD_PERSON}, None, "to"),
     ({"type": "npai", "external_id": CD_PERSON, "taux": 30}, "taux", "start_on"),  # the accepted fields, all

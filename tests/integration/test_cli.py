@@ -25,6 +25,9 @@ class Cli:
         self.data_dir = workdir / "data"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELANCE_")}
         self.env["RELANCE_DATA_DIR"] = str(self.data_dir)
+        # The commands refuse the development keys (real data): the tests bring their own.
+        self.env["RELANCE_NIR_HASH_KEY"] = "tests-only-nir-hash-key-0123456789abcdef"
+        self.env["RELANCE_AUDIT_KEY"] = "tests-only-audit-chain-key-0123456789abcdef"
         self.env.pop("PYTHONPATH", None)
 
     @property
@@ -105,7 +108,9 @@ def test_db_upgrade_then_ingest_json(cli):
     assert cli.run("db", "upgrade").stdout.strip() == "Base à jour."
     assert cli.db.exists()
     assert ("alembic_version",) in _sql(cli, "SELECT name FROM sqlite_master WHERE type='table'")
-    out = cli.json("ingest", str(SAMPLES / "flux_2024-05_with_errors.csv"), "--json")
+    proc = cli.run("ingest", str(SAMPLES / "flux_2024-05_with_errors.csv"), "--json", ok=False)
+    assert proc.returncode == 3  # done, with rejected rows (README, exit codes)
+    out = json.loads(proc.stdout)
     assert set(out) == {"accepted", "updated", "unchanged", "rejected", "warnings"}
     assert (out["accepted"], out["updated"], out["unchanged"]) == (22, 0, 0)
     assert [(r["line"], r["external_id"]) for r in out["rejected"]] == [
@@ -116,7 +121,9 @@ def test_db_upgrade_then_ingest_json(cli):
     assert all(r["field"] and r["reason"] for r in out["rejected"])
     assert [(w["line"], w["external_id"], w["field"]) for w in out["warnings"]] == [
         (18, "CAF35-0003106", "phone"), (23, "CAF35-0003111", "email")]
-    again = cli.json("ingest", str(SAMPLES / "flux_2024-05_with_errors.csv"), "--json")
+    proc = cli.run("ingest", str(SAMPLES / "flux_2024-05_with_errors.csv"), "--json", ok=False)
+    assert proc.returncode == 3
+    again = json.loads(proc.stdout)
     assert (again["accepted"], again["updated"], again["unchanged"]) == (0, 0, 22)
     # The human-readable form.
     text = cli.run("ingest", str(SAMPLES / "flux_2024-06.jsonl")).stdout
@@ -126,6 +133,7 @@ def test_db_upgrade_then_ingest_json(cli):
 def test_ingest_errors_are_one_line(cli):
     line = cli.fails("ingest", "missing.csv")
     assert "missing.csv" in line
+    cli.run("db", "upgrade")  # commands never create the schema themselves
     pdf = cli.cwd / "flux.csv"
     pdf.write_bytes(b"%PDF-1.4\n1 0 obj\n<< >>\nendobj\n")
     assert "PDF" in cli.fails("ingest", str(pdf))
@@ -193,12 +201,13 @@ def test_tick_event_timeline_are_dated_by_simulated_time(cli, flux_writer):
                           ("event", "npai", "CAF35-9999999"),
                           ("event", "review_decision", eid, "--decision", "peut-etre"),
                           ("event", "npai", eid, "--at", "demain"), ("timeline", "CAF35-9999999"))
-    for line, expected in zip(lines, ("--until", "foo", "CAF35-9999999", "--decision", "--at", "CAF35-9999999")):
+    for line, expected in zip(lines, ("--category", "foo", "CAF35-9999999", "--decision", "--at", "CAF35-9999999")):
         assert expected in line, line
     assert _sql(cli, "SELECT count(*) FROM events") == [(1,)]
 
 
 def test_tick_through_the_inbox(cli):
+    cli.run("db", "upgrade")  # commands never create the schema themselves
     inbox = cli.data_dir / "inbox"
     inbox.mkdir(parents=True)
     shutil.copy(SAMPLES / "flux_2024-06.jsonl", inbox / "flux_2024-06.jsonl")
@@ -242,6 +251,7 @@ def test_bad_config_names_the_file_and_the_key(cli, tmp_path):
 
 def test_audit_verify_detects_tampering(cli, flux_writer):
     path = flux_writer([{"external_id": "CAF35-0006101"}, {"external_id": "CAF35-0006102"}])
+    cli.run("db", "upgrade")  # commands never create the schema themselves
     cli.run("ingest", str(path), "--now", "2024-06-03T08:00")
     cli.run("tick", "--now", "2024-06-03T10:00")
     out = cli.run("audit", "verify").stdout
@@ -253,6 +263,12 @@ def test_audit_verify_detects_tampering(cli, flux_writer):
     data["channel"] = "email" if data["channel"] != "email" else "sms"
     con = sqlite3.connect(cli.db)
     with con:
+        # The database refuses it (migration 0005)...
+        with pytest.raises(sqlite3.IntegrityError, match="ajout seul"):
+            con.execute("UPDATE audit_log SET data = ? WHERE id = ?", (json.dumps(data), target))
+    with con:
+        # ...but whoever holds the file can drop the triggers first.
+        con.execute("DROP TRIGGER audit_log_append_only")
         con.execute("UPDATE audit_log SET data = ? WHERE id = ?", (json.dumps(data), target))
     con.close()
     line = cli.fails("audit", "verify")
@@ -273,20 +289,32 @@ def test_email_bounces_by_hand(cli, flux_writer):
     original["Subject"] = "Votre RSA"
     original["Message-ID"] = "<local@example.org>"
     original["X-Relance-Reference"] = f"RL-{case_id:06d}-{message_id:07d}"
+    # the token relance puts in each e-mail: without it a notice is not applied (issue 11, forged bounces)
+    from worker.adapters.dsn import bounce_token
+    from worker.settings import Settings
+
+    key = Settings(_env_file=None, nir_hash_key=cli.env["RELANCE_NIR_HASH_KEY"]).bounce_token_key
+    original["X-Relance-Token"] = bounce_token(key, original["X-Relance-Reference"])
     original.set_content("Bonjour")
     notice = cli.cwd / "bounce.eml"
     notice.write_bytes(postfix_dsn(original.as_bytes(), "lea.morel@example.net"))
-    junk = cli.cwd / "junk.eml"
-    junk.write_bytes(b"Subject: hello\r\n\r\nnot a report\r\n")
+    junk = cli.cwd / "junk.eml"  # a report without its delivery-status part: unusable
+    junk.write_bytes(b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; boundary=b\r\n\r\n"
+                     b"--b\r\nContent-Type: text/plain\r\n\r\nnot a report\r\n--b--\r\n")
+    reply = cli.cwd / "reply.eml"  # not a report at all: a person's answer, forwarded to agents
+    reply.write_bytes(b"Subject: hello\r\n\r\nnot a report\r\n")
 
-    out = cli.run("email", "bounces", str(notice), str(junk)).stdout
-    assert out.splitlines()[0] == "1 non-remises enregistrées, 0 déjà connues, 0 sans effet, 1 fichiers rejetés."
-    assert "rejeté : junk.eml : pas un avis de non-remise" in out
+    result = cli.run("email", "bounces", str(notice), str(junk), str(reply), ok=False)
+    out = result.stdout
+    assert result.returncode == 3  # a file rejected: the distinct exit code of rejected input
+    assert out.splitlines()[0] == ("1 non-remises enregistrées, 0 déjà connues, 1 réponses de bénéficiaires "
+                                   "transmises aux agents, 0 sans effet, 1 fichiers rejetés.")
+    assert "rejeté : junk.eml : avis sans partie delivery-status" in out
     assert _sql(cli, "SELECT status FROM messages WHERE id = ?", message_id) == [("failed",)]
     assert _sql(cli, "SELECT email_status FROM persons") == [("failed",)]
     assert "lea.morel" not in out
     assert cli.json("email", "bounces", str(notice), "--json") == {
-        "applied": 0, "duplicates": 1, "ignored": [], "rejected": []}
+        "applied": 0, "duplicates": 1, "replies": 0, "ignored": [], "rejected": []}
     assert notice.exists()  # a file given by hand stays where it is
 
     # a bounce for an address the person no longer has marks the message, not the new address

@@ -66,7 +66,7 @@ def test_one_digest_per_organisation_and_working_day_by_smtp(waiting, smtp):
     text = mail.message.get_body(("plain",)).get_content()
     html = mail.message.get_body(("html",)).get_content()
     for body in (text, html):
-        assert EID in body and "phone_followup_done" in body and "Tâches (1)" in body
+        assert EID in body and "Tâches (1)" in body and "relance event" not in body and "appel de suivi" in body
         assert "Testeur" not in body and "Alix" not in body  # no name
     assert result.path.read_text(encoding="utf-8").strip() == text.strip().replace("\r\n", "\n")
     assert result.path.with_suffix(".sent").read_text(encoding="utf-8").split() == [RECIPIENT]

@@ -200,7 +200,7 @@ def test_every_page_carries_the_letter_reference_and_later_pages_their_number(le
 
 def test_accents_are_extracted_as_text(batch):
     text = _norm(" ".join(_pages_text(batch.pdf)))
-    for word in ("Bâtiment B", "Résidence Les Ajoncs", "bénéficiez", "solidarité", "réception"):
+    for word in ("Bâtiment B", "Résidence Les Ajoncs", "légitime", "solidarité", "réception"):
         assert word in text
 
 
@@ -236,8 +236,8 @@ def test_split_pdf_gives_one_pdf_per_letter(letters, batch):
             first_page = _norm(reader.pages[0].extract_text())
             assert letter["person"]["address_lines"][0] in first_page
             assert f"Réf. : {letter['reference']}" in first_page
-            # the letterhead and footer, drawn from the batch's layer, came along
-            assert "Protection de vos données" in first_page
+            # the letterhead, drawn from the batch's layer, and the information notice came along
+            assert "Protection de vos données" in first_page and "Tél. :" in first_page
 
 
 def test_split_pdf_rejects_a_range_outside_the_pdf(batch):
@@ -266,14 +266,16 @@ def test_combine_letters_keeps_styles_once_and_marks_each_section(letters):
     head, body = combined.split("</head>", 1)
     letters_part, layers_part = body.split('<section class="letter relance-layer"', 1)
     assert "data-layer" not in letters_part
-    assert "Protection de vos données" not in letters_part
+    assert 'class="letterhead' not in letters_part and 'class="place-date' not in letters_part
+    # the information notice is each letter's footnote, in its own flow (not a layer)
+    assert letters_part.count("Protection de vos données") == len(letters)
     layers = combined.count('<section class="letter relance-layer" id="relance-layer-')
     assert 1 <= layers < len(letters)
     assert layers_part.count('class="letterhead" data-layer') == layers
     # without layers, each letter keeps its own
     plain = combine_letters([l["html"] for l in letters], layers=False)
     assert "relance-layer" not in plain
-    assert plain.count('class="footer" data-layer') == len(letters)
+    assert plain.count('class="letterhead" data-layer') == len(letters)
 
 
 def test_combine_letters_accepts_fragments_and_replaces_ids():
@@ -446,7 +448,7 @@ def _raster(pdf: bytes, page: int) -> bytes:
 
 @pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="poppler-utils not installed")
 def test_a_letter_of_the_batch_prints_exactly_as_the_letter_alone(letters, batch):
-    """The layered batch (letterhead and footer drawn from one form XObject per
+    """The layered batch (letterhead, place and date drawn from one form XObject per
     organisation) gives, page by page, the same pixels as the letter rendered
     on its own by plain WeasyPrint."""
     import weasyprint
@@ -467,7 +469,7 @@ def test_the_batch_pdf_holds_one_form_per_distinct_layer(letters, batch):
         forms |= {name for name in xobjects if name.startswith("/RelanceLayer")}
     organisations = {re.search(r'class="org-name">([^<]*)<', l["html"]).group(1) for l in letters}
     assert len(organisations) >= 2
-    # one layer per organisation and footer wording, far fewer than the letters
+    # one layer per organisation and day (and postage mention), far fewer than the letters
     assert len(organisations) <= len(forms) < len(letters)
     # each letter's first page draws its layer once; later pages draw none
     for letter in letters:
@@ -519,26 +521,125 @@ def test_a_layer_element_in_the_flow_that_fills_a_page_is_refused(letters):
         render_batch([LetterHtml("A", html)])
 
 
+KINDS = ("cd", "ft", "ml", "msa")
+# pdftotext's word boxes span the font's ascent and descent: 1.164 em for DejaVu Sans (measured:
+# a 12 pt word is 13.97 pt high), so a word's font size is its box height / 1.164.
+EM_BOX = 1.164
+
+
+def _size(word) -> float:
+    """The font size (pt) of a pdftotext word (x0, y0, x1, y1, text in mm)."""
+    return (word[3] - word[1]) * MM / EM_BOX
+
+
+def _notice_top(words) -> float:
+    """Page y (mm) of the information notice's first line ("Protection de vos données.")."""
+    starts = [w for i, w in enumerate(words) if w[4] == "Protection" and i + 2 < len(words)
+              and words[i + 1][4] == "de" and words[i + 2][4] == "vos"]
+    assert starts, "no information notice on the first page"
+    return starts[-1][1]
+
+
 @pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
 @pytest.mark.parametrize("step", STEPS)
 def test_each_letter_fits_one_sheet_and_its_footer_stays_on_the_paper(step, tmp_path):
-    """With ordinary values every letter is one page (one sheet in the
-    envelope); with long values at most two, and the first page's footer (in
-    its bottom margin) ends at least 10 mm above the paper's edge."""
+    """With ordinary values every letter is one page, for every organisation kind (the pre-sanction
+    notice, two at most); with long values at most two. The first page's footer is the information
+    notice (a footnote): it ends at least 10 mm above the paper's edge, and the text of the letter
+    never reaches it. Sizes measured on the PDF: the text 12 pt, the notice at least 9 pt (issue 10,
+    "Readable print")."""
     import weasyprint
 
     from tests.template_samples import sample_context
 
     renderer = _renderer()
+    most = 2 if step == "pre_sanction_notice" else 1
+    for kind in ("ft",) if step.startswith("ft_") else KINDS:  # France Travail's steps are its own
+        ordinary = renderer.render(step, "letter", sample_context(step, kind=kind)).html
+        assert len(weasyprint.HTML(string=ordinary).render().pages) <= most, (step, kind)
+    for long in (False, True):
+        html = renderer.render(step, "letter", sample_context(step, long=long)).html
+        pdf = weasyprint.HTML(string=html).write_pdf()
+        assert len(PdfReader(io.BytesIO(pdf)).pages) <= 2
+        words = _first_page_words(pdf, tmp_path)
+        top = _notice_top(words)
+        notice = [w for w in words if w[1] >= top - 0.5]
+        assert any("CNIL" in w[4] for w in notice), "the data-protection notice is at the bottom of the first page"
+        assert max(w[3] for w in notice) <= 287
+        # the text of the letter never reaches the notice
+        text = [w for w in words if 97 <= w[1] < top - 0.5]
+        assert max(w[3] for w in text) < top
+        # sizes: the text in 12 pt (the subject and body), the notice 9 pt or more
+        body_sizes = sorted(_size(w) for w in text)
+        assert abs(body_sizes[len(body_sizes) // 2] - 12) < 0.3, body_sizes[len(body_sizes) // 2]
+        assert min(_size(w) for w in notice) >= 8.9
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+@pytest.mark.parametrize("step", STEPS)
+def test_large_print_letters_are_set_in_16_pt(step, tmp_path):
+    """person.large_print: the text in 16 pt (measured on the PDF), the information notice after the
+    signature in the same size; the page count may grow. The print batch keeps the large print
+    (the class is on the letter's section, which the batch keeps)."""
+    import weasyprint
+
+    from tests.template_samples import sample_context
+
+    renderer = _renderer()
+    html = renderer.render(step, "letter", sample_context(step, large_print=True)).html
+    assert '<body class="large-print">' in html and '<section class="letter large-print"' in html
+    pdf = weasyprint.HTML(string=html).write_pdf()
+    pages = len(PdfReader(io.BytesIO(pdf)).pages)
+    assert pages <= 4
+    sizes = []
+    for page in range(1, pages + 1):
+        words = _first_page_words(pdf, tmp_path, page=page)
+        sizes += [_size(w) for w in words if (page > 1 or w[1] >= 97) and w[1] < 281]
+    sizes.sort()
+    assert abs(sizes[len(sizes) // 2] - 16) < 0.3, sizes[len(sizes) // 2]
+    assert sizes[len(sizes) // 10] > 15.5  # 9 words in 10 in 16 pt (the legal note too)
+    text = _norm(" ".join(_pages_text(pdf)))
+    assert "Protection de vos données." in text and "CNIL" in text
+    # the same letter in a print batch, with an ordinary one: the same pages as on its own
     ordinary = renderer.render(step, "letter", sample_context(step)).html
-    assert len(weasyprint.HTML(string=ordinary).render().pages) == 1
-    long_html = renderer.render(step, "letter", sample_context(step, long=True)).html
-    pdf = weasyprint.HTML(string=long_html).write_pdf()
-    assert len(PdfReader(io.BytesIO(pdf)).pages) <= 2
-    words = _first_page_words(pdf, tmp_path)
-    footer = [w for w in words if w[1] > 265]
-    assert any("cnil" in w[4] for w in footer), "the data-protection notice is in the first page's footer"
-    assert max(w[3] for w in footer) <= 287
-    # and the text of the letter never reaches the footer
-    text_bottom = max(w[3] for w in words if w[1] <= 265)
-    assert text_bottom < min(w[1] for w in footer)
+    batch = render_batch([LetterHtml("A", ordinary), LetterHtml("B", html)])
+    assert batch.pages_per_letter["B"][1] == pages
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+@pytest.mark.parametrize("language", ["en", "ar"])
+@pytest.mark.parametrize("step", ["invitation_1", "invitation_2", "convocation", "ft_convocation"])
+def test_the_summary_in_english_or_arabic_is_one_page_after_the_french_letter(step, language, tmp_path):
+    """person.language en / ar: the French letter (one page), then its summary on one page of its
+    own; Arabic right to left, in a font that has the Arabic letters (DejaVu Sans: no glyph missing)."""
+    import weasyprint
+
+    from tests.template_samples import sample_context
+
+    renderer = _renderer()
+    heading = "Summary in English" if language == "en" else "ملخص باللغة العربية"
+    for long in (False, True):
+        ctx = sample_context(step, language=language, long=long)
+        html = renderer.render(step, "letter", ctx).html
+        pdf = weasyprint.HTML(string=html).write_pdf()
+        pages = [_norm(p).replace("\u2066", "").replace("\u2069", "") for p in _pages_text(pdf)]
+        # the summary is the last page, and only it (one page of its own)
+        assert [i for i, p in enumerate(pages) if heading in p] == [len(pages) - 1], (step, language, long)
+        summary = pages[-1]
+        if not long:
+            assert len(pages) == 2, (step, language)
+            assert "Objet :" in pages[0] and "Salutations distinguées." in pages[0]
+        assert ctx["org"]["phone"] in summary
+        assert f"Réf. {ctx['message']['reference']}" in summary and f"Page {len(pages)}" in summary
+        if language == "en":
+            assert "The letter in French before this page is the official one" in summary
+        else:
+            assert 'dir="rtl"' in html and 'lang="ar"' in html
+            assert "الرسالة الرسمية هي الرسالة المكتوبة بالفرنسية" in summary
+    # DejaVu Sans has every letter (Arabic included): no other font was fetched as a fallback
+    if shutil.which("pdffonts"):
+        path = tmp_path / "summary.pdf"
+        path.write_bytes(pdf)
+        fonts = subprocess.run(["pdffonts", str(path)], capture_output=True, text=True, check=True).stdout
+        embedded = [line.split()[0] for line in fonts.splitlines()[2:] if line.strip()]
+        assert embedded and all("DejaVu-Sans" in name for name in embedded), embedded

@@ -5,8 +5,14 @@ production paths: its letters are real HTML files in the shared letters folder
 and real ``sent`` messages. Each test works on its own copy of it.
 
 47 simulated days (2024-04-01 .. 2024-05-17) give ordinary letters from the
-first day, a pre-sanction notice (LRAR) on 2024-04-27 and two more on
-2024-05-16/17 that still await their receipt when the demo stops.
+first day and pre-sanction notices (LRAR) on 2024-05-16 and 17 that still await
+their receipt when the demo stops (France Travail's absences are confirmed by an
+agent before its last reminder, so the first notices come in mid-May).
+
+The batches of D1 and D2 are run on a database that has lived on to 17 May: by then most
+cases of D1's letters have moved on, which would (rightly) drop those letters as stale. The
+tests of the batch mechanics therefore run them with ``drop_stale=False``; the stale rule has
+its own test on the demo's last day, where the cases are as they are.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import pytest
 from pypdf import PdfReader
 from sqlalchemy import func, select, update
 
+from worker.adapters.rendering import date_plain
 from worker.services import letter_returns
 from worker.services import print_batches as letters
 
@@ -32,12 +39,12 @@ from worker.services import timeline
 from worker.bootstrap import build_app
 from worker.adapters.store.models import AuditEntry, Case, InboundEvent, Message, Person
 from worker.adapters.store.session import session_scope
-from worker.entrypoints.demo import run_demo
+from worker.entrypoints.demo import DEMO_SECRETS, run_demo
 from worker.settings import Settings
 
 DEMO_DAYS = 47
 D1 = dt.date(2024, 4, 16)  # a Tuesday with letters; the batch also takes those of 1 and 9 April
-D2 = dt.date(2024, 4, 29)  # the Monday after the first pre-sanction notice (sent on Saturday 27)
+D2 = dt.date(2024, 5, 16)  # the day of the first pre-sanction notices
 RELANCE = Path(sys.executable).with_name("relance")
 POSTCODE_CITY = re.compile(r"(\d{5}) ([A-Z0-9]+(?: [A-Z0-9]+)*)")
 
@@ -57,7 +64,8 @@ def demo(demo_dir, tmp_path) -> Path:
 
 
 def make_app(out: Path):
-    return build_app(Settings(data_dir=out, database_url=f"sqlite:///{out / 'relance.db'}"))
+    return build_app(Settings(data_dir=out, database_url=f"sqlite:///{out / 'relance.db'}",
+                              **{k.removeprefix("RELANCE_").lower(): v for k, v in DEMO_SECRETS.items()}))
 
 
 def letter_rows(app) -> dict[int, dict]:
@@ -65,15 +73,15 @@ def letter_rows(app) -> dict[int, dict]:
     with session_scope(app.db_url) as s:
         rows = s.execute(
             select(Message, Case.organisation, Case.phase, Case.status, Person.last_name, Person.postcode,
-                   Person.external_id)
+                   Person.external_id, Case.step)
             .join(Case, Case.id == Message.case_id).join(Person, Person.id == Case.person_id)
             .where(Message.channel == "letter")).all()
         return {m.id: {"id": m.id, "reference": m.reference, "step": m.step, "status": m.status,
                        "postage": m.postage or "simple", "sent_at": m.sent_at, "batch_id": m.batch_id,
                        "pages": m.pages, "error": m.error, "provider_ref": m.provider_ref, "org": org,
                        "case_id": m.case_id, "case_phase": phase, "case_status": cstatus, "last_name": last,
-                       "postcode": postcode, "external_id": ext}
-                for m, org, phase, cstatus, last, postcode, ext in rows}
+                       "postcode": postcode, "external_id": ext, "case_step": cstep}
+                for m, org, phase, cstatus, last, postcode, ext, cstep in rows}
 
 
 def due_on(app, rows: dict[int, dict], day: dt.date) -> dict[int, dict]:
@@ -149,6 +157,8 @@ def check_batch(app, batch, rows: dict[int, dict], day: dt.date, stem: str) -> l
         assert m["case_reference"] == f"RL-{row['case_id']:06d}" and m["step"] == row["step"]
         first = pages[m["first_page"] - 1]
         assert m["reference"] in first
+        # dated on the working day its batch goes out, even a letter that waited since an earlier day
+        assert f", le {date_plain(day)}" in " ".join(first.split()), m["reference"]  # no weekday
         # Exactly one recipient block per letter: the name once on the first page, nowhere else.
         block = address_block(first, row["last_name"])
         assert 2 <= len(block) <= 6 and row["last_name"].upper() in block[0]
@@ -179,7 +189,7 @@ def test_print_batch_of_a_demo_day(demo, monkeypatch):
     set_status(app, in_flight["id"], status="sending")
 
     now = cal.at(D1, dt.time(16, 0))
-    batches = letters.produce_batches(app, D1, now)
+    batches = letters.produce_batches(app, D1, now, drop_stale=False)
     printed = {i: r for i, r in due.items() if i not in (lost["id"], in_flight["id"])}
     groups = {(r["org"], r["postage"]) for r in printed.values()}
     assert sorted((b.organisation, b.postage) for b in batches) == sorted(groups)
@@ -210,12 +220,12 @@ def test_print_batch_of_a_demo_day(demo, monkeypatch):
     # A second run of the day prints nothing again.
     folder = app.settings.print_dir / D1.isoformat()
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
-    assert letters.produce_batches(app, D1, now + dt.timedelta(hours=1)) == []
+    assert letters.produce_batches(app, D1, now + dt.timedelta(hours=1), drop_stale=False) == []
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == before
 
     # The letter in flight is sent after the first batch: the next run of the day writes a _2 batch.
     set_status(app, in_flight["id"], status="sent")
-    again = letters.produce_batches(app, D1, now + dt.timedelta(hours=2))
+    again = letters.produce_batches(app, D1, now + dt.timedelta(hours=2), drop_stale=False)
     assert len(again) == 1 and again[0].references == (in_flight["reference"],)
     stem = f"{in_flight['org']}_{in_flight['postage']}_2"
     check_batch(app, again[0], letter_rows(app), D1, stem)
@@ -233,12 +243,12 @@ def test_print_batch_of_a_demo_day(demo, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr("worker.adapters.pdf.write_print_batch", broken)
         with pytest.raises(letters.BatchError, match="disque plein"):
-            letters.produce_batches(app, D2, cal.at(D2, dt.time(16, 0)))
+            letters.produce_batches(app, D2, cal.at(D2, dt.time(16, 0)), drop_stale=False)
     rows = letter_rows(app)
     assert all(rows[i]["status"] == "sent" and rows[i]["batch_id"] is None for i in due2)
 
     # ... and the next run prints them: the LRAR notice in its own _lrar batch.
-    batches2 = letters.produce_batches(app, D2, cal.at(D2, dt.time(16, 30)))
+    batches2 = letters.produce_batches(app, D2, cal.at(D2, dt.time(16, 30)), drop_stale=False)
     rows = letter_rows(app)
     lrar = [b for b in batches2 if b.postage == "lrar"]
     assert lrar and all(b.pdf_path.name.endswith("_lrar.pdf") for b in lrar)
@@ -261,26 +271,26 @@ def test_interrupted_run_is_recovered(demo):
     """A run that died after its claim: finished from the manifest if printed, released otherwise."""
     app = make_app(demo)
     cal = app.calendar
-    batches = letters.produce_batches(app, D2, cal.at(D2, dt.time(16, 0)))
+    batches = letters.produce_batches(app, D2, cal.at(D2, dt.time(16, 0)), drop_stale=False)
     lrar = next(b for b in batches if b.postage == "lrar")
     printed_id = int(lrar.references[0].rsplit("-", 1)[1])
     # As if a run claimed it at 14:00, wrote the PDF and died before recording it.
-    token = "claim:2024-04-29:20240429T120000:0123456789ab"
+    token = "claim:2024-05-16:20240516T120000:0123456789ab"
     set_status(app, printed_id, status="sent", batch_id=token, pages=None)
     # And another letter (already due) claimed by a run that died before writing anything.
-    may_day = dt.date(2024, 5, 1)  # few letters: a cheap second batch
+    may_day = dt.date(2024, 5, 17)  # the next day's batch
     later = next(r for r in letter_rows(app).values()
                  if r["status"] == "sent" and cal.local_date(r["sent_at"]) == may_day)
-    set_status(app, later["id"], batch_id="claim:2024-04-29:20240429T120000:ba9876543210")
+    set_status(app, later["id"], batch_id="claim:2024-05-16:20240516T120000:ba9876543210")
 
     # A claim younger than 30 minutes belongs to a run still working: left alone.
-    assert letters.produce_batches(app, D2, cal.at(D2, dt.time(14, 10))) == []
+    assert letters.produce_batches(app, D2, cal.at(D2, dt.time(14, 10)), drop_stale=False) == []
     assert letter_rows(app)[printed_id]["batch_id"] == token
 
-    out = letters.produce_batches(app, may_day, cal.at(may_day, dt.time(16, 0)))
+    out = letters.produce_batches(app, may_day, cal.at(may_day, dt.time(16, 0)), drop_stale=False)
     rows = letter_rows(app)
     assert rows[printed_id]["status"] == "dispatched" and rows[printed_id]["batch_id"] == lrar.batch_id
-    assert rows[printed_id]["pages"] == lrar.pages
+    assert rows[printed_id]["pages"] == read_manifest(lrar.manifest_path)[0]["pages"]
     assert rows[later["id"]]["status"] == "dispatched"
     assert any(later["reference"] in b.references for b in out)
     assert not any(r["batch_id"] and r["batch_id"].startswith("claim:") for r in rows.values())
@@ -408,12 +418,13 @@ def test_daily_job_skips_days_off(demo):
 def _env(data_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELANCE_")}
     env["RELANCE_DATA_DIR"] = str(data_dir)
+    env.update(DEMO_SECRETS)  # the demo's data is keyed with the demo's keys
     return env
 
 
 def test_cli_batch_twice_at_once_and_returns(demo, tmp_path):
     app = make_app(demo)
-    day = dt.date(2024, 4, 9)
+    day = LAST  # the cases are as they are: letters of cases that moved on are dropped, not printed
     due = due_on(app, letter_rows(app), day)
     env = _env(demo)
     # Two machines start the batch at the same moment: every letter is printed exactly once.
@@ -425,29 +436,73 @@ def test_cli_batch_twice_at_once_and_returns(demo, tmp_path):
     assert "courriers" in "".join(out for out, _ in outs)
     folder = demo / "outbox" / "print" / day.isoformat()
     refs = [m["reference"] for f in sorted(folder.glob("*_manifest.csv")) for m in read_manifest(f)]
-    assert len(refs) == len(set(refs))
-    assert sorted(refs) == sorted(r["reference"] for r in due.values())
+    assert len(refs) == len(set(refs)) and refs
     rows = letter_rows(app)
-    assert all(rows[i]["status"] == "dispatched" and rows[i]["batch_id"].startswith(f"{day}/") for i in due)
+    printed = {i for i in due if rows[i]["status"] == "dispatched"}
+    assert sorted(refs) == sorted(rows[i]["reference"] for i in printed)
+    assert all(rows[i]["batch_id"].startswith(f"{day}/") for i in printed)
+    with session_scope(app.db_url) as s:  # every other due letter was dropped, once, with its reason
+        dropped = {m.id: m.cancel_reason for m in s.execute(select(Message).where(
+            Message.id.in_(set(due) - printed))).scalars()}
+    assert all(rows[i]["status"] == "cancelled" and reason.startswith("not_printed:")
+               for i, reason in dropped.items())
 
     again = subprocess.run([str(RELANCE), "letters", "batch", "--date", day.isoformat()], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "Aucun courrier à imprimer pour le 09/04/2024" in again.stdout
+    assert again.returncode == 0 and "Aucun courrier à imprimer pour le 17/05/2024" in again.stdout
 
     # Returns, comma-separated UTF-8 this time.
-    target = rows[min(due)]
+    target = rows[min(printed)]
     path = tmp_path / "retours.csv"
-    path.write_text(f"reference,date,outcome\n{target['reference']},2024-04-20,npai\nRL-1,2024-04-20,npai\n",
+    path.write_text(f"reference,date,outcome\n{target['reference']},2024-05-20,npai\nRL-1,2024-05-20,npai\n",
                     encoding="utf-8")
     first = subprocess.run([str(RELANCE), "letters", "returns", str(path), "--json"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 3, first.stderr  # done, with a rejected line (README, exit codes)
     report = json.loads(first.stdout)
     assert report["applied"] == 1 and report["duplicates"] == 0
     assert [r["line"] for r in report["rejected"]] == [3]
     second = subprocess.run([str(RELANCE), "letters", "returns", str(path)], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
-    assert second.returncode == 0, second.stderr
+    assert second.returncode == 3, second.stderr  # done, with a rejected line
     assert "0 retours enregistrés, 1 déjà connus, 1 lignes rejetées" in second.stdout
     assert "ligne 3 :" in second.stdout
     assert [e for e in timeline.timeline(app, target["external_id"]) if e["kind"] == "event" and e["type"] == "npai"]
+
+
+# --- stale letters (issue 10): never printed once the case moved on --------------------------------
+
+LAST = dt.date(2024, 5, 17)  # the demo's last day: the cases are as they are
+
+
+def test_letters_whose_case_moved_on_are_dropped_from_the_batch(demo):
+    from worker.services import cases
+
+    app = make_app(demo)
+    cal = app.calendar
+    rows = letter_rows(app)
+    due = due_on(app, rows, LAST)
+    live = [r for r in due.values() if r["case_status"] == "active" and r["case_phase"] == "waiting"
+            and r["step"].startswith("invitation") and r["step"] == r["case_step"]]
+    assert len(live) >= 4, "the demo should leave invitation letters of waiting cases unprinted"
+    booked, paused, closed = live[:3]
+    untouched = {r["id"] for r in live[3:]}
+    now = cal.at(LAST, dt.time(15, 0))
+    cases.apply_event(app, external_id=booked["external_id"], type="rdv_booked", now=now,
+                      appointment_at=cal.at(LAST + dt.timedelta(days=6), dt.time(10, 0)))
+    cases.apply_event(app, external_id=paused["external_id"], type="legitimate_reason", now=now,
+                      category="hospitalisation", until=now + dt.timedelta(days=20))
+    cases.apply_event(app, external_id=closed["external_id"], type="droit_closed", now=now)
+    batches = letters.produce_batches(app, LAST, cal.at(LAST, dt.time(16, 0)))
+    printed = {ref for b in batches for ref in b.references}
+    after = letter_rows(app)
+    for row, reason in ((booked, "rdv_booked"), (paused, "legitimate_reason"), (closed, "case_closed")):
+        assert row["reference"] not in printed
+        assert after[row["id"]]["status"] == "cancelled" and after[row["id"]]["batch_id"] is None
+        with session_scope(app.db_url) as s:
+            assert s.get(Message, row["id"]).cancel_reason == f"not_printed:{reason}"
+    # the letters of cases still at their step go out
+    assert untouched and all(after[i]["status"] == "dispatched" and rows[i]["reference"] in printed
+                             for i in untouched)
+    # and nothing is both printed and cancelled
+    assert not [i for i, r in after.items() if r["status"] == "cancelled" and r["reference"] in printed]

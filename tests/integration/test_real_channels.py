@@ -487,6 +487,7 @@ def test_a_bounce_after_acceptance_flags_the_email_and_letters_carry_on(sqlite_w
     unknown = other.raw.replace(other.message["X-Relance-Reference"].encode(), b"RL-999999-9999999")
     unknown = unknown.replace(other.message["Message-ID"].encode(), b"<nobody@elsewhere.example>")
     _drop_bounce(w, "1717405202.M3P1.mx", postfix_dsn(unknown, "x@example.net"))
+    # not a report: a person's reply, forwarded to agents (issue 10), never a bounce
     (maildir / "new" / "1717405203.M4P1.mx").write_bytes(b"Subject: hello\r\n\r\nnot a report\r\n")
 
     w.cycle(NOW + dt.timedelta(hours=1))  # the scheduler's cycle scans the Maildir
@@ -499,7 +500,7 @@ def test_a_bounce_after_acceptance_flags_the_email_and_letters_carry_on(sqlite_w
     assert others and all(m.status == "sent" for m in others)  # one bounce, one message
     assert not list((maildir / "new").iterdir())
     assert sorted(p.name for p in (maildir / "cur").iterdir()) == [
-        "1717405200.M1P1.mx:2,S", "1717405201.M2P1.mx:2,S", "1717405202.M3P1.mx:2,F", "1717405203.M4P1.mx:2,F"]
+        "1717405200.M1P1.mx:2,S", "1717405201.M2P1.mx:2,S", "1717405202.M3P1.mx:2,F", "1717405203.M4P1.mx:2,S"]
     statuses = [(i["channel"], i["status"]) for i in timeline.timeline(w.app, CD_WITH_EMAIL)
                 if i["kind"] == "message" and i.get("channel") == "email"]
     assert ("email", "failed") in statuses
@@ -507,7 +508,7 @@ def test_a_bounce_after_acceptance_flags_the_email_and_letters_carry_on(sqlite_w
     # the same notice again changes nothing
     _drop_bounce(w, "1717405300.M5P1.mx", postfix_dsn(received.raw, person.email))
     assert bounces.scan_bounces(w.app, NOW + dt.timedelta(hours=2)) == {
-        "applied": 0, "duplicates": 1, "ignored": [], "rejected": []}
+        "applied": 0, "duplicates": 1, "replies": 0, "ignored": [], "rejected": []}
 
     # next step: letters and SMS, no e-mail to the bounced address
     w.cycle(_next_step_time(w, CD_WITH_EMAIL))
@@ -572,7 +573,66 @@ def test_a_technical_failure_is_not_requeued_during_a_legitimate_reason(sqlite_w
     _phone, msg = _first_sms_answered(w, "unknown")
     later = NOW + dt.timedelta(hours=1)
     cases.apply_event(w.app, external_id=CD_PERSON, type="legitimate_reason", now=later,
-                         until=NOW + dt.timedelta(days=10))
+                         until=NOW + dt.timedelta(days=10), category="sick_leave")
     with pytest.raises(MessageOpsError, match="motif légitime en cours"):
         requeue_message(w.app, msg.id, reason="vérifié", now=later)
     assert w.message(msg.id).status == "technical-failure"
+
+
+# --- Twilio codes through the real client (issue 11) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,code", [("geo_permission", 21408), ("bad_route", 21612)])
+def test_an_account_refusal_alerts_ops_and_keeps_the_phone(sqlite_world, kind, code):
+    """21408 (Geo Permissions: e.g. +262/+590/+594/+596 not enabled) and 21612 (sender/route): the
+    account's problem. Before issue 11 they flagged the person's phone unusable for good."""
+    w = sqlite_world
+    phone, msg = _first_sms_answered(w, kind)
+    assert msg.status == "technical-failure" and f"Twilio {code}" in msg.error and "alerte" in msg.error
+    assert phone not in msg.error
+    assert w.person(CD_PERSON).phone_status == "ok"
+    assert not w.case(CD_PERSON).phone_unusable
+    assert w.sms_events(CD_PERSON) == []
+    assert [m.status for m in w.messages(CD_PERSON, "letter")] == ["sent"]
+    # ops fix the account, put the message back: it goes, to the same phone
+    w.fake.clear_rule(phone)
+    from worker.services import message_ops
+
+    message_ops.requeue_message(w.app, msg.id, reason="Geo Permissions activées", now=NOW + dt.timedelta(hours=1))
+    w.cycle(NOW + dt.timedelta(hours=1))
+    assert w.message(msg.id).status == "delivered"
+    assert len(w.requests_to(phone)) == 2
+
+
+def test_a_landline_refused_by_twilio_flags_the_phone_as_not_mobile(sqlite_world):
+    w = sqlite_world
+    phone, msg = _first_sms_answered(w, "landline")
+    assert msg.status == "failed" and "21635" in msg.error
+    assert w.person(CD_PERSON).phone_status == "not_mobile"
+    assert w.case(CD_PERSON).phone_unusable
+    assert w.sms_events(CD_PERSON) == [("sms_failed", "applied")]
+    w.cycle(_next_step_time(w, CD_PERSON))
+    assert [m.status for m in w.messages(CD_PERSON, "letter", step="invitation_2")] == ["sent"]
+    assert all(m.status != "sent" for m in w.messages(CD_PERSON, "sms", step="invitation_2"))
+    assert len(w.requests_to(phone)) == 1
+
+
+def test_an_unreachable_handset_gets_the_sms_again_later(sqlite_world):
+    w = sqlite_world
+    phone, msg = _first_sms_answered(w, "unreachable")  # accepted, then undelivered 30003
+    assert msg.status == "pending" and "injoignable" in msg.error
+    assert msg.not_before == NOW + dt.timedelta(minutes=30)
+    assert w.person(CD_PERSON).phone_status == "ok" and w.sms_events(CD_PERSON) == []
+    w.fake.clear_rule(phone)  # the handset is back
+    w.cycle(msg.not_before)
+    msg = w.message(msg.id)
+    assert msg.status == "delivered" and msg.attempts == 2
+    assert len([r for r in w.requests_to(phone) if r.status == 201]) == 2
+
+
+def test_a_partial_delivery_is_recorded_on_the_message(sqlite_world):
+    w = sqlite_world
+    _phone, msg = _first_sms_answered(w, "partial")
+    assert msg.status == "sent" and "remise partielle" in msg.error
+    callbacks = [c for c in w.fake.callbacks if c.message_sid == msg.provider_ref]
+    assert [(c.message_status, c.status_code) for c in callbacks] == [("sent", 204), ("partially_delivered", 204)]

@@ -23,6 +23,8 @@ from worker.entrypoints import jobs
 from worker.adapters.store import repository
 
 from worker.services import cases, ingest, sending, timeline
+from worker.services.agenda import agenda
+from worker.services.errors import ServiceError
 from worker.adapters.store.models import Appointment, Case, InboundEvent, Message, Person
 from worker.adapters.store.session import session_scope
 
@@ -218,7 +220,10 @@ def test_cd_path_never_answers(app, flux_writer):
         cycle_at(app, clock, local(2024, 7, 20, 0, 0))
         case = case_of(app, eid)
         assert (case.step, case.phase) == ("sanction_review", "review")
-        assert [a.status for a in appointments_of(app, case.id)] == ["missed"]
+        # nobody recorded the absence: the reviewing agent sees it was never confirmed
+        assert [a.status for a in appointments_of(app, case.id)] == ["unconfirmed"]
+        [item] = [i for i in agenda(app, local(2024, 7, 22)) if i.external_id == eid]
+        assert "absence non confirmée" in item.todo
         n_messages = len(messages_of(app, case.id))
 
         # ... and nothing more happens on its own, however long we wait.
@@ -314,22 +319,39 @@ def test_ft_registered_path(app, flux_writer):
         # (its reminder: see test_reminder_of_a_monday_convocation_goes_before_the_weekend)
         cycle_at(app, clock, local(2024, 6, 14, 10))
         cycle_at(app, clock, local(2024, 6, 17, 9))
-        # Absent: missed at the end of the next working day -> ft_warning.
+        # Nothing recorded by the end of the next working day: no absence is assumed, an agent confirms.
         cycle_at(app, clock, local(2024, 6, 18, 23, 59))
         assert case_of(app, eid).step == "ft_convocation"
         cycle_at(app, clock, local(2024, 6, 19, 0, 0))
         case = case_of(app, eid)
+        assert (case.step, case.phase, case.due_at) == ("ft_convocation", "appointment", None)
+        [todo] = [i for i in agenda(app, local(2024, 6, 19, 8), "FT-REDON") if i.external_id == eid]
+        assert todo.section == "task" and "présence à confirmer au rendez-vous du 17/06/2024 10:00" in todo.todo
+        cycle_at(app, clock, local(2024, 6, 25, 10))
+        assert case_of(app, eid).step == "ft_convocation" and not [s for s in sent(app, case.id)
+                                                                   if s[0] == "ft_warning"]
+        # France Travail confirms the absence: the last reminder goes (the letter at once).
+        cases.apply_event(app, external_id=eid, type="rdv_missed", now=local(2024, 6, 25, 10, 30))
+        case = case_of(app, eid)
         assert (case.step, case.phase) == ("ft_warning", "waiting")
-        assert sent(app, case.id)[-1] == ("ft_warning", "letter")  # at midnight: the letter only
-        cycle_at(app, clock, local(2024, 6, 19, 9, 0))
+        cycle_at(app, clock, local(2024, 6, 25, 10, 35))
         assert sorted(s for s in sent(app, case.id) if s[0] == "ft_warning") == [
             ("ft_warning", "email"), ("ft_warning", "letter"), ("ft_warning", "sms")]
+        warning = " ".join(html.unescape(letter_for(app, the(messages_of(app, case.id), "ft_warning",
+                                                              "letter"))).split())
+        assert "le <strong>lundi 17 juin 2024 à 10 h" in warning and " ".join(org.convocation.place.split()) in warning
+        assert "avertissement" not in warning.lower()
         # Silent 15 days -> ft_report -> the department's sanction_review.
-        cycle_at(app, clock, local(2024, 7, 3, 23, 59))
+        cycle_at(app, clock, local(2024, 7, 10, 10))
         assert case_of(app, eid).step == "ft_warning"
-        cycle_at(app, clock, local(2024, 7, 4, 0, 0))
+        cycle_at(app, clock, local(2024, 7, 10, 10, 31))
         case = case_of(app, eid)
         assert (case.step, case.phase) == ("sanction_review", "review")
+        # The department's organisation for the person's postcode (35600: the default) reviews it.
+        assert (case.organisation, case.reported_by) == ("CDAS-REDON", "FT-REDON")
+        [todo] = [i for i in agenda(app, local(2024, 7, 11), "CDAS-REDON") if i.external_id == eid]
+        assert "manquement signalé par FT-REDON" in todo.todo
+        assert not [i for i in agenda(app, local(2024, 7, 11), "FT-REDON") if i.external_id == eid]
         cycle_at(app, clock, local(2024, 8, 4, 10))
         assert case_of(app, eid).phase == "review"
         # The agent proceeds: the Département's notice states the measure and the dated facts.
@@ -345,7 +367,8 @@ def test_ft_registered_path(app, flux_writer):
         assert "convocation envoyée par courrier, SMS et e-mail" in text
         assert "dernier rappel envoyé par courrier, SMS et e-mail" in text
         assert "rendez-vous" in text and "lundi 17 juin 2024" in text
-        assert org.short_name in text  # the referent, to call
+        # the referent to call is now the department's reviewing organisation
+        assert app.territory.organisations["CDAS-REDON"].short_name in text
     assert step_history(app, eid) == ["ft_convocation", "ft_warning", "ft_report", "sanction_review",
                                       "pre_sanction_notice"]
     assert_outbox_matches_db(app)
@@ -456,7 +479,7 @@ def test_a_reminder_cancelled_by_a_short_pause_is_sent_after_it(app, flux_writer
         cases.apply_event(app, external_id=eid, type="rdv_booked", now=local(2024, 6, 12, 15),
                              appointment_at=local(2024, 6, 27, 14))
         cases.apply_event(app, external_id=eid, type="legitimate_reason", now=local(2024, 6, 14, 9),
-                             until=local(2024, 6, 20, 9))
+                             until=local(2024, 6, 20, 9), category="hospitalisation")
         case = case_of(app, eid)
         reminder = the(messages_of(app, case.id), "rdv_reminder", "sms")
         assert (case.phase, reminder.status) == ("paused", "cancelled")
@@ -620,7 +643,7 @@ def test_timeline_lists_everything_in_order(app, flux_writer):
     with freeze_time(local(2024, 6, 10, 10)) as clock:
         cycle_at(app, clock, local(2024, 6, 10, 10))
         cases.apply_event(app, external_id=eid, type="legitimate_reason", now=local(2024, 6, 12, 9),
-                             until=local(2024, 6, 20, 0, 0))
+                             until=local(2024, 6, 20, 0, 0), category="medical_appointment")
         cycle_at(app, clock, local(2024, 6, 20, 10))
         cycle_at(app, clock, local(2024, 7, 3, 10))
     items = timeline.timeline(app, eid)
@@ -669,3 +692,32 @@ def test_reminder_of_a_monday_convocation_goes_before_the_weekend(app, flux_writ
     assert app.calendar.in_window(reminder.not_before)
     assert reminder.not_before <= case.appointment_at - dt.timedelta(days=2)
     assert reminder.not_before == local(2024, 6, 14, 10).astimezone(UTC)
+
+
+def test_the_household_cap_applies_when_the_flux_gives_the_household_size(app, flux_writer):
+    """A flux column `household_size` (whitelisted in config/flux_columns.yaml): for a household of
+    more than one person the suspension envisaged cannot exceed the cap (décret n° 2025-478)."""
+    path = flux_writer([{"external_id": "CAF35-0009801"}, {"external_id": "CAF35-0009802"}])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[0] += ",household_size"
+    lines[1] += ",3"
+    lines[2] += ",1"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ingest.ingest_file(app, path, local(2024, 6, 3, 8))
+    cap = app.policy.measure.household_cap_rate
+    with freeze_time(local(2024, 6, 3, 10)) as clock:
+        cycle_at(app, clock, local(2024, 6, 3, 10))
+        for day in range(1, 50):  # silent: both reach sanction_review
+            cycle_at(app, clock, local(2024, 6, 3, 10) + dt.timedelta(days=day))
+        for eid in ("CAF35-0009801", "CAF35-0009802"):
+            assert case_of(app, eid).step == "sanction_review"
+        with pytest.raises(ServiceError, match=f"plafond de {cap} %"):
+            cases.apply_event(app, external_id="CAF35-0009801", type="review_decision", decision="proceed",
+                              rate=cap + 10, months=1, now=local(2024, 7, 23, 10))
+        cases.apply_event(app, external_id="CAF35-0009801", type="review_decision", decision="proceed",
+                          rate=cap, months=1, now=local(2024, 7, 23, 10))
+        # a person alone: no cap
+        cases.apply_event(app, external_id="CAF35-0009802", type="review_decision", decision="proceed",
+                          rate=cap + 10, months=1, now=local(2024, 7, 23, 10))
+    assert case_of(app, "CAF35-0009801").measure_rate == cap
+    assert case_of(app, "CAF35-0009802").measure_rate == cap + 10

@@ -262,3 +262,39 @@ def test_header_injection_in_subject_is_refused(plain_server):
 def test_invalid_security_setting(security):
     with pytest.raises(ValueError, match="security"):
         SmtpSettings(security=security)
+
+
+# --- the bounce token (issue 11: forged bounce notices) ---------------------------------------------------
+
+BOUNCE_KEY = b"k" * 32
+
+
+def test_each_email_carries_the_token_of_its_reference(plain_server):
+    from worker.adapters.dsn import bounce_token, verify_bounce_token
+
+    SmtpEmailChannel(plain_server.settings(bounce_key=BOUNCE_KEY)).send(make_message())
+    received = plain_server.messages[0]
+    token = received.message["X-Relance-Token"]
+    assert token == bounce_token(BOUNCE_KEY, "R-2024-000123") and len(token) == 32
+    assert verify_bounce_token(BOUNCE_KEY, "R-2024-000123", token)
+    assert not verify_bounce_token(b"another key" * 3, "R-2024-000123", token)
+    assert not verify_bounce_token(BOUNCE_KEY, "R-2024-000124", token)
+    assert received.mail_from == "relance@example.org"  # no VERP unless asked
+    assert "bounce_key" not in repr(plain_server.settings(bounce_key=BOUNCE_KEY))  # a secret
+
+
+def test_with_verp_the_envelope_sender_carries_the_reference_and_the_token(plain_server):
+    from worker.adapters.dsn import bounce_token
+
+    channel = SmtpEmailChannel(plain_server.settings(from_address="relance@cd35.example.fr", bounce_key=BOUNCE_KEY,
+                                                     verp=True))
+    channel.send(OutgoingMessage(**{**make_message().__dict__, "reference": "RL-000042-0000137"}))
+    received = plain_server.messages[0]
+    token = bounce_token(BOUNCE_KEY, "RL-000042-0000137")
+    assert received.mail_from == f"relance+RL-000042-0000137.{token}@cd35.example.fr"
+    assert received.message["From"].addresses[0].addr_spec == "relance@cd35.example.fr"  # what people see
+
+
+def test_without_a_key_no_token(plain_server):
+    SmtpEmailChannel(plain_server.settings()).send(make_message())
+    assert plain_server.messages[0].message["X-Relance-Token"] is None

@@ -24,6 +24,7 @@ from worker.adapters.channels.twilio_sms import TwilioSettings, TwilioSmsChannel
 from worker.adapters.channels.twilio_callbacks import (
     STATUS_MAP,
     STATUS_RANK,
+    error_code_kind,
     is_permanent_recipient_failure,
     next_status,
     parse_status_callback,
@@ -200,8 +201,12 @@ def test_wrong_credentials_are_a_technical_error(fake, base):
         ("unavailable", RetryableError, 20503),
         ("invalid_number", RecipientError, 21211),
         ("not_mobile", RecipientError, 21614),
+        ("landline", RecipientError, 21635),
         ("opt_out", OptOutError, 21610),
         ("unknown", TechnicalError, 99999),
+        # the account's or the sender's problem, not the number's (issue 11): ops, and the phone is kept
+        ("geo_permission", TechnicalError, 21408),
+        ("bad_route", TechnicalError, 21612),
     ],
 )
 def test_errors_are_mapped(fake, channel, kind, error_class, code):
@@ -437,10 +442,49 @@ def test_next_status_never_moves_backwards(incoming):
 @pytest.mark.parametrize(
     "code, expected",
     [
-        (30003, "sms_failed"), ("30005", "sms_failed"), (30006, "sms_failed"),
-        (21211, "sms_failed"), ("21614", "sms_failed"), (21610, "sms_opt_out"),
+        ("30005", "sms_failed"), (30006, "sms_failed"),
+        (21211, "sms_failed"), ("21614", "sms_failed"), (21635, "sms_failed"), (21610, "sms_opt_out"),
+        # 30003 (unreachable handset) is usually temporary (https://www.twilio.com/docs/api/errors/30003):
+        # the message is sent again, the phone is not flagged (it was "sms_failed" before issue 11)
+        (30003, None),
+        # the account's Geo Permissions / the sender (21408, 21612): never the person's phone
+        (21408, None), ("21612", None),
         (30004, None), (30007, None), (30008, None), (None, None), ("", None), ("abc", None),
     ],
 )
 def test_is_permanent_recipient_failure(code, expected):
     assert is_permanent_recipient_failure(code) == expected
+
+
+@pytest.mark.parametrize("code, kind", [
+    (21408, "account"), ("21612", "account"), (21635, "not_mobile"), (30003, "temporary"),
+    (21610, "opt_out"), (30006, "unusable"), (21211, "unusable"), (30008, None), (None, None), ("x", None),
+])
+def test_error_code_kind(code, kind):
+    assert error_code_kind(code) == kind
+
+
+def test_account_errors_are_logged_as_an_ops_alert_without_the_number(fake, channel, caplog):
+    caplog.set_level(logging.INFO)
+    fake.fail_next("geo_permission")
+    with pytest.raises(TechnicalError) as info:
+        channel.send(message(to="+262692123456"))
+    assert info.value.code == 21408 and "+262692123456" not in str(info.value)
+    alerts = [r for r in caplog.records if "OPS ALERT" in r.getMessage()]
+    assert alerts and "+262692123456" not in caplog.text
+
+
+def test_partially_delivered_is_a_status_and_unreachable_is_30003(fake):
+    fake.reset()
+    with CallbackReceiver(fake.auth_token) as receiver:
+        channel = TwilioSmsChannel(make_settings(fake, receiver.base_url))
+        fake.fail_next("partial")
+        channel.send(message())
+        fake.fail_next("unreachable")
+        channel.send(message(message_id=43))
+        callbacks = fake.wait_for_callbacks(4, timeout=5)
+    statuses = {(c.message_status, c.params.get("ErrorCode")) for c in callbacks}
+    assert ("partially_delivered", None) in statuses and ("undelivered", "30003") in statuses
+    parsed = parse_status_callback(next(c.params for c in callbacks if c.message_status == "partially_delivered"))
+    assert parsed.status == "sent"  # recorded on the message, not a delivery nor a failure
+    assert next_status("delivered", "partially_delivered") is None

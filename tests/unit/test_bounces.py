@@ -67,3 +67,48 @@ def test_a_report_without_delivery_status_is_refused():
 
 def test_the_address_that_bounced_is_read_from_the_report():
     assert parse_bounce(postfix_dsn(_original(), "personne@example.net")).recipient == "personne@example.net"
+
+
+# --- the token (issue 11: forged notices) ---------------------------------------------------------------------
+
+KEY = b"k" * 32
+
+
+def test_the_token_is_read_from_the_returned_headers():
+    from worker.adapters.dsn import bounce_token
+
+    original = _original().replace(b"X-Relance-Reference:", b"X-Relance-Token: " + bounce_token(KEY, "RL-000042-0000137")
+                                   .encode() + b"\r\nX-Relance-Reference:", 1)
+    for headers_only in (False, True):
+        bounce = parse_bounce(postfix_dsn(original, "p@example.net", headers_only=headers_only))
+        assert bounce.token == bounce_token(KEY, "RL-000042-0000137")
+
+
+def test_the_reference_and_token_are_read_from_the_verp_address():
+    from worker.adapters.dsn import bounce_token, verp_address
+
+    token = bounce_token(KEY, "RL-000042-0000137")
+    verp = verp_address("relance@cd35.example.org", "RL-000042-0000137", token)
+    assert verp == f"relance+RL-000042-0000137.{token}@cd35.example.org"
+    raw = postfix_dsn(_original(), "p@example.net", envelope_sender=verp).replace(
+        b"X-Relance-Reference: RL-000042-0000137\r\n", b"")
+    bounce = parse_bounce(raw)
+    assert (bounce.reference, bounce.token) == ("RL-000042-0000137", token)
+    # too long a local part: no VERP (the header carries the token)
+    assert verp_address("x" * 40 + "@example.org", "RL-000042-0000137", token) is None
+
+
+def test_without_a_token_a_notice_is_parsed_but_has_none():
+    assert parse_bounce(postfix_dsn(_original(), "p@example.net")).token is None
+
+
+def test_a_forged_notice_is_rejected_before_any_lookup():
+    """record_file checks the token before touching the store (the app here has no database)."""
+    from types import SimpleNamespace
+
+    from worker.services.bounces import record_file
+    from worker.settings import Settings
+
+    app = SimpleNamespace(settings=Settings(_env_file=None, bounce_key="k" * 32))
+    outcome, reason = record_file(app, postfix_dsn(_original(), "p@example.net"), None)
+    assert outcome == "rejected" and "jeton" in reason

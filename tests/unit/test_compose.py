@@ -157,7 +157,8 @@ def test_relance_services_share_one_configuration(services):
     assert len(urls) == 1, f"services disagree on database/broker/data dir: {urls}"
     db, broker, data_dir = urls.pop()
     assert db.startswith("postgresql+psycopg://") and "@postgres:" in db
-    assert broker.startswith("redis://redis:")
+    # The broker has a password (whoever can publish a task can act), from .env.
+    assert re.match(r"^redis://:\$\{REDIS_PASSWORD:\?[^}]*\}@redis:6379/\d+$", broker), broker
     for name in commands:
         if _parse(commands[name])[0] in (["worker"], ["scheduler"], ["api"]):
             mounts = [str(v).split(":")[1] for v in services[name].get("volumes", []) if ":" in str(v)]
@@ -235,7 +236,7 @@ def test_backing_services(services):
 
 def test_dockerfile():
     text = DOCKERFILE.read_text(encoding="utf-8")
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    assert re.search(r"^FROM python:3\.11(\.\d+)?-slim\b", text, re.MULTILINE)
     for lib in ("libpango-1.0-0", "libpangoft2-1.0-0", "libharfbuzz0b", "libharfbuzz-subset0", "fonts-dejavu-core"):
         assert lib in text, lib
     assert re.search(r"pip install \.", text)
@@ -262,3 +263,100 @@ def test_example_env_documents_every_setting_without_secrets():
             assert value == "", f"{name} must not carry a value in the example"
     # Nothing is set by copying the example: every assignment is commented out.
     assert not [ln for ln in text.splitlines() if ln.startswith("RELANCE_")]
+
+
+# --- issue 11: a broker with a password, pinned images, secrets per service, health checks, TZ ---------------
+
+SECRETS = {  # secret -> the services that use it (and no other may hold it)
+    "RELANCE_TWILIO_AUTH_TOKEN": {"worker-send", "api"},
+    "RELANCE_SMTP_PASSWORD": {"worker-send", "scheduler"},
+    "RELANCE_BOUNCE_KEY": {"worker-send", "scheduler"},
+    "RELANCE_API_KEYS": {"api"},
+    "RELANCE_FLOWER_PASSWORD": {"flower"},
+}
+
+
+def test_redis_requires_a_password(services):
+    redis = services["redis"]
+    command = " ".join(redis["command"])
+    assert "--requirepass ${REDIS_PASSWORD:?" in command
+    assert "REDISCLI_AUTH" in _environment(redis)  # the health check authenticates too
+
+
+def test_images_are_pinned(services):
+    for name, svc in services.items():
+        image = svc.get("image", "")
+        if image.startswith("relance:"):
+            continue
+        tag = image.split("@", 1)[0].rsplit(":", 1)[-1] if ":" in image else ""
+        assert "@sha256:" in image or re.match(r"^v?\d+\.\d+(\.\d+)?(-[a-z0-9]+)?$", tag), f"{name}: pin {image!r}"
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r"^FROM python:3\.11\.\d+-slim-\w+", text, re.MULTILINE), "pin the base image's patch release"
+
+
+def test_secrets_go_only_to_the_services_that_use_them(compose, services):
+    for name, svc in services.items():
+        for env_file in svc.get("env_file") or []:
+            path = env_file["path"] if isinstance(env_file, dict) else env_file
+            assert path != ".env", f"{name}: .env holds every secret: pass each one to the services that use it"
+    for secret, users in SECRETS.items():
+        holders = {n for n, svc in services.items() if secret in _environment(svc)}
+        assert holders <= users, f"{secret} given to {sorted(holders - users)}"
+    assert "RELANCE_API_KEYS" in _environment(services["api"])
+    assert "RELANCE_TWILIO_AUTH_TOKEN" in _environment(services["worker-send"])
+
+
+def test_postgres_ready_over_tcp_and_migrate_waits(services):
+    check = " ".join(services["postgres"]["healthcheck"]["test"])
+    assert "pg_isready" in check and "-h 127.0.0.1" in check, "check over TCP, not the Unix socket"
+    migrate = [argv for argv in _relance_services(services).values() if argv[1:3] == ["db", "upgrade"]][0]
+    path, ctx = _parse(migrate)
+    assert ctx.params["wait"] >= 30, "db upgrade retries while PostgreSQL is still starting"
+
+
+def test_every_long_running_service_has_a_health_check(services):
+    for name, argv in _relance_services(services).items():
+        path, _ = _parse(argv)
+        if path == ["db", "upgrade"]:
+            continue
+        assert services[name].get("healthcheck"), f"{name} needs a healthcheck"
+    scheduler = next(n for n, argv in _relance_services(services).items() if _parse(argv)[0] == ["scheduler"])
+    test = services[scheduler]["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1:] == ["relance", "scheduler", "--check"]
+    _parse(test[1:])  # a real command
+    flower = next(n for n, argv in _relance_services(services).items() if _parse(argv)[0] == ["flower"])
+    assert "/healthcheck" in " ".join(services[flower]["healthcheck"]["test"])
+
+
+def test_every_service_has_the_time_zone(services):
+    for name, svc in services.items():
+        assert "TZ" in _environment(svc), f"{name}: set TZ (logs and cron times in local time)"
+
+
+def test_inbox_and_print_folders_are_bind_mounts(services):
+    for name, argv in _relance_services(services).items():
+        if _parse(argv)[0] not in (["worker"], ["scheduler"]):
+            continue
+        mounts = {str(v).rsplit(":", 1)[1]: str(v).rsplit(":", 1)[0] for v in services[name].get("volumes", [])}
+        for target in ("/var/lib/relance/inbox", "/var/lib/relance/outbox/print"):
+            assert target in mounts, f"{name}: bind-mount {target}"
+            source = mounts[target]
+            assert source.startswith(("./", "/", "${")), f"{name}: {target} must be a host folder, not a volume"
+
+
+def test_dependencies_are_pinned_for_ci_and_the_image():
+    constraints = (ROOT / "constraints.txt").read_text(encoding="utf-8")
+    pins = {line.split("==")[0].lower().replace("_", "-") for line in constraints.splitlines()
+            if line and not line.startswith("#")}
+    assert all("==" in line for line in constraints.splitlines() if line and not line.startswith("#"))
+    assert "relance" not in pins
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    for requirement in wanted:
+        name = re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in constraints.txt (make constraints)"
+    assert re.search(r"pip install \. -c constraints\.txt", DOCKERFILE.read_text(encoding="utf-8"))
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"pip install .*-c \$\(CONSTRAINTS\)", makefile) and "CONSTRAINTS := constraints.txt" in makefile

@@ -212,20 +212,47 @@ def test_ft_registered_path_convocation_warning_report_review():
     slot = s.case.appointment_at
     assert slot >= MONDAY + 7 * DAY and CAL.local(slot).time() == dt.time(10, 0)
     assert channels(s, "ft_convocation") == ["email", "letter", "sms"]
-    s.advance_to(s.case.due_at)  # missed, at local midnight: the SMS and e-mail wait for 09:00
+    s.advance_to(s.case.due_at)  # nothing recorded by the end of the grace period: an agent confirms
+    assert s.entered() == ["ft_convocation"]
+    assert s.case.phase == APPOINTMENT and s.case.due_at is None
+    assert Flag("task", "attendance_to_confirm") in [a.action for a in s.actions]
+    s.advance(days=30)
+    assert s.entered() == ["ft_convocation"] and not channels(s, "ft_warning")  # no accusation from silence
+    s.event("rdv_missed")  # France Travail confirms the absence: the last reminder goes
     assert s.entered() == ["ft_convocation", "ft_warning"]
-    s.advance(hours=10)
+    s.advance(days=3)  # the SMS and e-mail wait for the sending window (a weekend here)
     assert channels(s, "ft_warning") == ["email", "letter", "sms"]
-    s.advance(days=15)
+    assert s.case.organisation == "FT-REDON"
+    s.advance(days=13)
     assert s.entered() == ["ft_convocation", "ft_warning", "ft_report", "sanction_review"]
     report, review = s.entry("ft_report"), s.entry("sanction_review")
     assert report.at == review.at and review.reason == "handoff:ft_report"
     assert s.case.phase == REVIEW
+    # The department reviews it; France Travail's report stays on the case with its facts.
+    assert s.case.organisation == "CDAS-RENNES" and s.case.reported_by == "FT-REDON"
+    assert channels(s, "ft_convocation") == ["email", "letter", "sms"]
+
+
+def test_ft_attendance_confirmed_attended_closes_the_case():
+    s = sim("ft")
+    s.advance_to(s.case.due_at)
+    assert s.case.phase == APPOINTMENT and s.case.due_at is None
+    s.event("rdv_attended")
+    assert s.case.status == "closed" and s.case.outcome == "attended"
+    assert "ft_warning" not in s.entered()
+
+
+def test_cd_convocation_silence_is_an_unconfirmed_absence():
+    s = to_review(sim())  # the CD path: nothing recorded after the convocation
+    outcomes = [a.action for a in s.actions if isinstance(a.action, AppointmentOutcome)]
+    assert AppointmentOutcome("unconfirmed") in outcomes and AppointmentOutcome("missed") not in outcomes
+    assert s.entry("sanction_review").reason == "no_attendance_recorded"
 
 
 def test_ft_review_relies_on_both_letters():
     s = sim("ft")
     s.advance_to(s.case.due_at)
+    s.event("rdv_missed")
     assert s.case.step == "ft_warning"
     s.event("npai")  # the warning letter came back
     s.advance(days=16)
@@ -373,7 +400,7 @@ def test_booked_appointment_missed_without_news_moves_to_the_next_step():
     assert s.case.phase == APPOINTMENT
     s.advance(minutes=1)
     assert s.entered() == ["invitation_1", "invitation_2"]
-    assert any(a.action == AppointmentOutcome("missed") for a in s.actions)
+    assert any(a.action == AppointmentOutcome("unconfirmed") for a in s.actions)  # nothing was recorded
 
 
 def test_rdv_missed_event_moves_on_at_once():
@@ -481,7 +508,7 @@ def test_legitimate_reason_already_over_changes_nothing():
 def test_legitimate_reason_requires_until():
     s = sim()
     with pytest.raises(EngineError, match="--until"):
-        apply(s.case, Event("legitimate_reason", s.now), s.now, POLICY, CAL)
+        apply(s.case, Event("legitimate_reason", s.now, category="sick_leave"), s.now, POLICY, CAL)
 
 
 def test_appointment_falling_in_a_pause_is_not_an_absence():
@@ -686,7 +713,11 @@ def test_review_decision_errors():
     with pytest.raises(EngineError, match="--decision"):
         apply(s.case, Event("review_decision", s.now, decision="sanction"), s.now, POLICY, CAL)
     with pytest.raises(EngineError, match="--until"):
-        apply(s.case, Event("review_decision", s.now, decision="legitimate_reason"), s.now, POLICY, CAL)
+        apply(s.case, Event("review_decision", s.now, decision="legitimate_reason", category="hospitalisation"),
+              s.now, POLICY, CAL)
+    with pytest.raises(EngineError, match="--category"):
+        apply(s.case, Event("review_decision", s.now, decision="legitimate_reason", until=s.now + DAY),
+              s.now, POLICY, CAL)
 
 
 def test_review_decision_outside_a_review_changes_nothing():
@@ -738,7 +769,8 @@ def test_unknown_path_is_refused():
 
 VALID_PARAMS = {
     "rdv_booked": {"appointment_at": MONDAY + 5 * DAY},
-    "legitimate_reason": {"until": MONDAY + 5 * DAY},
+    "legitimate_reason": {"until": MONDAY + 5 * DAY, "category": "sick_leave"},
+    "legitimate_reason_ended": {},
     "reoriented": {"to": "ml"},
     "review_decision": {"decision": "proceed"},
     "ar_signed": {"receipt_on": dt.date(2024, 3, 5)},
@@ -757,7 +789,11 @@ def test_events_on_a_closed_case_change_nothing(type_):
 
 
 @pytest.mark.parametrize("type_,params,match", [
-    ("legitimate_reason", {}, "--until"),
+    ("legitimate_reason", {"category": "sick_leave"}, "--until"),
+    ("legitimate_reason", {"until": MONDAY + 5 * DAY}, "--category"),
+    ("legitimate_reason", {"until": MONDAY + 5 * DAY, "category": "flu"}, "catégorie 'flu' inconnue"),
+    ("legitimate_reason", {"until": MONDAY + 5 * DAY, "category": "homelessness"}, "--review-on"),
+    ("legitimate_reason", {"review_on": dt.date(2024, 5, 1), "category": "sick_leave"}, "--review-on"),
     ("rdv_booked", {}, "--appointment-at"),
     ("review_decision", {"decision": "maybe"}, "--decision"),
     ("reoriented", {"to": "nowhere"}, "parcours inconnu"),
@@ -977,3 +1013,103 @@ def test_address_updated_on_a_held_case_during_a_pause_restarts_after_the_pause(
     assert s.states[1].status == "closed" and s.case_id == 2 and s.case.due_at == until
     s.advance_to(until)
     assert s.entered(2) == ["invitation_1"]
+
+
+# --- letters written but not yet printed (the print batch) --------------------------------------
+
+
+def _letter_view(s: Sim, step: str) -> MessageView:
+    [m] = [m for m in s.case.messages if m.step == step and m.channel == "letter"]
+    return m
+
+
+def test_a_written_invitation_is_not_printed_after_a_booking_or_during_a_pause():
+    from worker.domain.engine import stale_letter
+
+    s = sim()
+    view = _letter_view(s, "invitation_1")
+    assert stale_letter(s.case, view, s.now, POLICY, CAL) is None
+    s.event("rdv_booked", appointment_at=s.now + 5 * DAY)
+    assert stale_letter(s.case, view, s.now, POLICY, CAL) == "rdv_booked"
+    s2 = sim()
+    s2.event("legitimate_reason", until=s2.now + 5 * DAY)
+    assert stale_letter(s2.case, _letter_view(s2, "invitation_1"), s2.now, POLICY, CAL) == "legitimate_reason"
+    s3 = sim()
+    s3.event("droit_closed")
+    assert stale_letter(s3.case, _letter_view(s3, "invitation_1"), s3.now, POLICY, CAL) == "case_closed"
+
+
+def test_the_notice_once_written_goes_out_even_if_the_person_answers_or_falls_ill():
+    from worker.domain.engine import stale_letter
+
+    s = to_review(sim())
+    s.event("review_decision", decision="proceed")
+    view = _letter_view(s, "pre_sanction_notice")
+    s.event("observations_received")  # the case is at observations_review now
+    assert s.case.step == "observations_review"
+    assert stale_letter(s.case, view, s.now, POLICY, CAL) is None
+    s.event("legitimate_reason", until=s.now + 5 * DAY)
+    assert stale_letter(s.case, view, s.now, POLICY, CAL) is None
+    s.event("npai")  # but not to an address that came back
+    assert stale_letter(s.case, view, s.now, POLICY, CAL) is not None
+
+
+# --- legitimate reasons: categories, review dates, ended by an agent ------------------------------
+
+
+def test_a_reason_without_a_natural_end_waits_for_an_agent_at_its_review_date():
+    s = sim()
+    review = CAL.local_date(s.now) + dt.timedelta(days=20)
+    s.event("legitimate_reason", category="homelessness", review_on=review)
+    assert s.case.phase == PAUSED and s.case.pause_category == "homelessness"
+    assert s.case.paused_until == CAL.start_of_day(review)
+    s.advance(days=60)  # the review date passed: nothing resumes by itself, an agent is asked
+    assert s.case.phase == PAUSED and s.case.due_at is None
+    assert Flag("task", "legitimate_reason_review") in [a.action for a in s.actions]
+    assert s.entered() == ["invitation_1"]
+    s.event("legitimate_reason_ended")
+    assert s.case.phase == WAITING and s.case.due_at is not None
+
+
+def test_default_review_date_is_review_days_ahead():
+    s = sim()
+    s.event("legitimate_reason", category="incarceration")
+    assert CAL.local_date(s.case.paused_until) == CAL.local_date(s.now) + dt.timedelta(
+        days=POLICY.legitimate_reasons.review_days)
+
+
+def test_an_agent_ends_a_reason_early():
+    s = sim()
+    s.event("legitimate_reason", category="sick_leave", until=s.now + 20 * DAY)
+    remaining = s.case.paused_remaining
+    s.advance(days=2)
+    s.event("legitimate_reason_ended")
+    assert s.case.phase == WAITING and s.case.due_at == s.now + dt.timedelta(seconds=remaining)
+    assert s.event("legitimate_reason_ended").note == "no legitimate reason running"
+
+
+def test_a_case_opened_while_a_reason_without_end_runs_inherits_it():
+    """Reoriented (or a new address) during homelessness: the new case starts paused by the same
+    reason and waits for an agent at the review date, never starts by itself."""
+    s = sim()
+    review = CAL.local_date(s.now) + dt.timedelta(days=20)
+    s.event("legitimate_reason", category="homelessness", review_on=review)
+    s.event("reoriented", to="ml")
+    new = s.case
+    assert new.path == "ml" and new.phase == PAUSED and new.pause_category == "homelessness"
+    assert new.paused_until == CAL.start_of_day(review)
+    s.advance(days=40)
+    assert s.case.phase == PAUSED and s.case.due_at is None and not s.sent_for("invitation_1", cid=2)
+    s.event("legitimate_reason_ended")
+    s.advance(hours=1)
+    assert s.case.phase == WAITING and s.sent_for("invitation_1", cid=2)
+
+
+def test_review_decision_with_a_reason_without_end_reopens_paused():
+    s = to_review(sim())
+    review = CAL.local_date(s.now) + dt.timedelta(days=30)
+    d = s.event("review_decision", decision="legitimate_reason", category="incarceration", review_on=review)
+    assert OpenCase("cd", "convocation", CAL.start_of_day(review), "review_decision:legitimate_reason",
+                    "incarceration") in d.actions
+    s.advance(days=60)
+    assert s.case.phase == PAUSED and s.case.due_at is None

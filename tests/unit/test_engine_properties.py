@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from tests.engine_sim import Applied, Closed, Sent, Sim, StepEntered
 from worker.domain.calendar import BusinessCalendar
 from worker.domain import engine
+from worker.services import message_content
 from worker.domain.model import (
     EVENT_TYPES,
     REVIEW_DECISIONS,
@@ -145,7 +146,7 @@ def check_no_referral_after_observations_without_refer(sim) -> list[str]:
             elif isinstance(r, Applied):
                 t = r.event.type
                 if in_procedure and (t in ("observations_received", "hearing_requested")
-                                     or (t == "legitimate_reason" and r.event.until and r.event.until > r.at)):
+                                     or (t == "legitimate_reason" and _reason_end(r.event) > r.at)):
                     if r.before.status == "active" and (t != "observations_received" and t != "hearing_requested"
                                                         or r.before.notice_on is not None):
                         heard, refer = r, False
@@ -219,23 +220,42 @@ def check_no_receipt_before_dispatch(sim) -> list[str]:
     return out
 
 
+FOREVER = dt.datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _reason_end(ev) -> dt.datetime:
+    """When a legitimate reason ends by itself: ``until``; never for a category without a natural end
+    (homelessness, incarceration), which waits for an agent at its review date."""
+    category = POLICY.legitimate_reasons.categories.get(ev.category or "")
+    if category is not None and not category.natural_end:
+        return FOREVER if ev.review_on is not None else dt.datetime.min.replace(tzinfo=UTC)
+    return ev.until if ev.until is not None else dt.datetime.min.replace(tzinfo=UTC)
+
+
 def _legitimate_windows(sim) -> list[tuple[int, dt.datetime, int]]:
-    """(start n, until, end n) of each legitimate reason: from the event to ``until``, for the person's
-    every case; it ends early only if the person books an appointment (the engine's rule)."""
+    """(start n, until, end n) of each legitimate reason: from the event to its end, for the person's
+    every case; it ends early if the person books an appointment (the engine's rule) or an agent records
+    that it ended; one without a natural end ends only so (or when another reason is recorded, which then
+    rules)."""
     windows = []
     for a in sim.applied:
         ev = a.event
         if a.before.status != "active":
             continue
-        if ev.type == "legitimate_reason" and ev.until is not None and ev.until > a.at:
-            windows.append([a.n, ev.until, None])
+        if ev.type == "legitimate_reason" and _reason_end(ev) > a.at:
+            windows.append([a.n, _reason_end(ev), None])
         elif (ev.type == "review_decision" and ev.decision == "legitimate_reason" and a.before.phase == "review"
-              and ev.until is not None and ev.until > a.at):
-            windows.append([a.n, ev.until, None])
+              and _reason_end(ev) > a.at):
+            windows.append([a.n, _reason_end(ev), None])
     for w in windows:
         for a in sim.applied:
             if a.n > w[0] and a.at < w[1] and a.event.type == "rdv_booked" and any(
                     isinstance(x, RecordAppointment) and x.kind == "booked" for x in a.actions):
+                w[2] = a.n
+                break
+            if a.n > w[0] and a.at < w[1] and a.before.phase == "paused" and (
+                    a.event.type == "legitimate_reason_ended"  # an agent says it is over, early or at review
+                    or (w[1] == FOREVER and a.event.type == "legitimate_reason")):  # a new reason rules
                 w[2] = a.n
                 break
     return [(s, u, e if e is not None else 10**12) for s, u, e in windows]
@@ -396,6 +416,20 @@ TIMED_PHASES = ("enter", "waiting", "appointment", "paused", "observation")
 AGENT_PHASES = ("review", "task", "held", "awaiting_receipt")  # receipt overdue: flagged to agents
 
 
+def _waits_for_agent(sim, cid: int, s) -> bool:
+    """A timed phase handed to an agent on purpose, with the task flagged: an appointment passed with
+    nothing recorded on a path where attendance is confirmed, or a reason without end at its review."""
+    flags = [a.action for a in sim.actions if a.case_id == cid and isinstance(a.action, Flag)]
+    if s.phase == "appointment":
+        return (POLICY.path(s.path).confirm_attendance and s.appointment_at is not None
+                and s.appointment_at <= sim.now and Flag("task", "attendance_to_confirm") in flags)
+    if s.phase == "paused":
+        category = POLICY.legitimate_reasons.categories.get(s.pause_category or "")
+        return (category is not None and not category.natural_end and s.paused_until is not None
+                and s.paused_until <= sim.now and Flag("task", "legitimate_reason_review") in flags)
+    return False
+
+
 def check_no_case_silently_stuck(sim) -> list[str]:
     """An active case either has a next due moment or waits for an agent who can see why."""
     out = []
@@ -403,6 +437,8 @@ def check_no_case_silently_stuck(sim) -> list[str]:
         if s.status != "active":
             continue
         if s.phase in TIMED_PHASES and s.due_at is None:
+            if _waits_for_agent(sim, cid, s):
+                continue
             out.append(f"case {cid}: phase {s.phase} without a due moment")
         elif s.phase == "held" and not s.hold_reason:
             out.append(f"case {cid}: held without a reason")
@@ -424,8 +460,45 @@ def check_one_active_case(sim) -> list[str]:
     return out
 
 
+# The sanction path's letters: what only the Président du Conseil départemental may say (CASF L262-37).
+SANCTION_LETTERS = ("pre_sanction_notice", "crsa_referral", "sanction_decision", "sanction_lifting",
+                    "procedure_closed")
+
+
+def check_issued_by_the_department(sim) -> list[str]:
+    """Every notice, referral, decision, lifting and closing letter sent is one the Département issues
+    (message_content.DEPARTMENT_STEPS), whatever the case's organisation."""
+    return [f"case {s.case_id}: {s.step} letter issued by {sim.states[s.case_id].organisation}, "
+            "not by the Département"
+            for s in sim.sent if s.channel == "letter" and s.step in SANCTION_LETTERS
+            and s.step not in message_content.DEPARTMENT_STEPS]
+
+
+def check_no_absence_assumed(sim) -> list[str]:
+    """On a path where attendance is confirmed by an agent (France Travail), no step follows an
+    appointment because nothing was recorded: only rdv_missed moves it on."""
+    return [f"case {e.case_id}: {e.step} entered at {e.at} without a recorded absence ({e.reason})"
+            for e in sim.steps
+            if POLICY.path(e.path).confirm_attendance and e.reason == "no_attendance_recorded"]
+
+
+def check_department_reviews(sim) -> list[str]:
+    """A France Travail report hands the review to the department: the sanction_review after a handoff
+    belongs to the department's organisation, and who reported stays on the case."""
+    out = []
+    for e in sim.steps:
+        if e.reason.startswith("handoff:") and (e.state.organisation != sim.review_organisation
+                                                or e.state.reported_by is None):
+            out.append(f"case {e.case_id}: {e.step} after {e.reason} kept by {e.state.organisation} "
+                       f"(reported by {e.state.reported_by})")
+    return out
+
+
 CHECKS = (
     check_one_active_case,
+    check_issued_by_the_department,
+    check_no_absence_assumed,
+    check_department_reviews,
     check_no_case_silently_stuck,
     check_review_relies_on_letters,
     check_notice_after_proceed,
@@ -459,6 +532,7 @@ EVENT_WEIGHTS = {
     "address_updated": 2, "phone_updated": 1, "sms_failed": 1, "sms_opt_out": 1, "droit_closed": 1,
     "reoriented": 1, "review_decision": 6, "phone_followup_done": 3, "ar_signed": 4, "ar_unclaimed": 2,
     "observations_received": 2, "hearing_requested": 1, "sanction_decided": 2, "sanction_lifted": 1,
+    "legitimate_reason_ended": 1,
 }
 assert set(EVENT_WEIGHTS) == set(EVENT_TYPES)
 WEIGHTED_EVENTS = [t for t, w in EVENT_WEIGHTS.items() for _ in range(w)]
@@ -477,6 +551,8 @@ event_op = st.tuples(
         "rate": st.integers(30, 100),           # review_decision proceed / sanction_decided
         "months": st.integers(1, 4),
         "repeat": st.booleans(),
+        "category": st.sampled_from(sorted(POLICY.legitimate_reasons.categories)),
+        "review": st.integers(1, 60),           # a reason without a natural end: its review, days ahead
     }),
 )
 # "agent": the event an agent or the post would most plausibly record in the case's current phase
@@ -504,7 +580,7 @@ def _event_params(sim, type_: str, p: dict) -> dict | None:
     if type_ == "rdv_booked":
         return {"appointment_at": now + dt.timedelta(days=p["ahead"])}
     if type_ == "legitimate_reason":
-        return {"until": now + dt.timedelta(days=p["until"]), "reason": "hospitalisation"}
+        return _reason_params(sim, p)
     if type_ == "reoriented":
         return {"to": p["to"]}
     if type_ == "review_decision":
@@ -515,7 +591,7 @@ def _event_params(sim, type_: str, p: dict) -> dict | None:
             decision = "refer" if state.notice_on is not None else "proceed"
         params = {"decision": decision}
         if decision == "legitimate_reason":
-            params["until"] = now + dt.timedelta(days=p["until"])
+            params.update(_reason_params(sim, p))
         if decision == "proceed":
             params.update(_measure(p))
         return params
@@ -546,6 +622,13 @@ def _event_params(sim, type_: str, p: dict) -> dict | None:
     return {}
 
 
+def _reason_params(sim, p: dict) -> dict:
+    category = p["category"]
+    if POLICY.legitimate_reasons.categories[category].natural_end:
+        return {"category": category, "until": sim.now + dt.timedelta(days=p["until"])}
+    return {"category": category, "review_on": sim.now.astimezone(PARIS).date() + dt.timedelta(days=p["review"])}
+
+
 def _measure(p: dict) -> dict:
     repeat = p.get("repeat", False)
     bounds = POLICY.measure.repeat if repeat else POLICY.measure.first
@@ -565,6 +648,8 @@ def _agent_event(sim, p: dict) -> str | None:
         return "review_decision"
     if phase == "task":
         return "phone_followup_done"
+    if phase == "paused" and state.due_at is None:
+        return "legitimate_reason_ended"  # a reason without a natural end, at its review
     if phase in ("awaiting_receipt", "paused"):
         return "ar_unclaimed" if p["frac"] < 0.3 else "ar_signed"
     if phase == "appointment":
@@ -989,3 +1074,53 @@ def test_silence_after_a_new_decision_to_proceed_still_leads_to_the_commission()
     sim.advance(dt.timedelta(days=20))
     assert sim.entered()[-1] == "crsa_referral"
     assert violations(sim) == []
+
+
+def _ft_to_review() -> Sim:
+    sim = Sim(POLICY, CAL, path="ft", organisation=ORGS["ft"], droit_opened_on=dt.date(2024, 3, 1),
+              start=dt.datetime(2024, 3, 4, 10, tzinfo=UTC))
+    sim.advance_to(sim.state().due_at)
+    sim.event("rdv_missed")
+    sim.advance(dt.timedelta(days=20))
+    assert sim.state().step == "sanction_review"
+    return sim
+
+
+def test_ft_path_reaches_the_department_review_without_violation():
+    sim = _ft_to_review()
+    assert sim.state().organisation == sim.review_organisation and sim.state().reported_by == ORGS["ft"]
+    assert violations(sim) == []
+
+
+def test_checker_catches_a_letter_not_issued_by_the_department(monkeypatch):
+    """A broken content layer that lets the organisation issue the notice."""
+    monkeypatch.setattr(message_content, "DEPARTMENT_STEPS", frozenset({"crsa_referral"}))
+    sim = _to_observation()
+    problems = check_issued_by_the_department(sim)
+    assert problems and "pre_sanction_notice" in problems[0]
+
+
+def test_checker_catches_an_absence_assumed_on_the_france_travail_path(monkeypatch):
+    """A broken policy that lets the engine take silence after a France Travail appointment for an absence."""
+    broken = POLICY.model_copy(update={"paths": {**POLICY.paths, "ft": POLICY.paths["ft"].model_copy(
+        update={"confirm_attendance": False})}})
+    sim = Sim(broken, CAL, path="ft", organisation=ORGS["ft"], droit_opened_on=dt.date(2024, 3, 1),
+              start=dt.datetime(2024, 3, 4, 10, tzinfo=UTC))
+    sim.advance(dt.timedelta(days=20))
+    assert "ft_warning" in sim.entered()
+    problems = check_no_absence_assumed(sim)
+    assert problems and "ft_warning" in problems[0]
+
+
+def test_checker_catches_a_review_left_with_france_travail(monkeypatch):
+    """A broken engine whose handoff does not hand the case over."""
+    real_enter = engine._enter
+
+    def enter_without_handover(case, step_id, now, policy, cal, reason):
+        state, actions = real_enter(case, step_id, now, policy, cal, reason)
+        return state, [a for a in actions if not isinstance(a, engine.HandOver)]
+
+    monkeypatch.setattr(engine, "_enter", enter_without_handover)
+    sim = _ft_to_review()
+    problems = check_department_reviews(sim)
+    assert problems and "kept by FT-REDON" in problems[0]

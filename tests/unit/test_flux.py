@@ -195,8 +195,9 @@ def test_excel_sample_semicolon_cp1252_crlf():
 
 
 def test_stock_sample_keeps_segment_and_priority_fast():
+    # Parsed as a stock (the stock import's mode): as a flux it is refused (see test_the_stock_sample_is_refused_as_a_flux).
     start = time.perf_counter()
-    res = parse_flux_file(SAMPLES / "stock_2023-03.csv", organisations=ORGS, today=date(2023, 3, 31))
+    res = parse_flux_file(SAMPLES / "stock_2023-03.csv", organisations=ORGS, today=date(2023, 3, 31), kind="stock")
     elapsed = time.perf_counter() - start
     assert (len(res.rows), res.rejected, res.warnings) == (1396, [], [])
     assert all(set(r.extra) == {"segment", "priority"} for r in res.rows)
@@ -285,13 +286,15 @@ def test_values_are_trimmed_and_quoted_fields_understood():
 
 
 def test_unknown_columns_go_to_extra_and_optional_columns_may_be_absent():
+    # Unknown columns are kept only when whitelisted (config/flux_columns.yaml); "segment" is now a stock column.
     header = (
         "external_id,last_name,first_name,birth_date,address_line1,postcode,city,"
-        "droit_opened_on,organisation,segment,Commentaire"
+        "droit_opened_on,organisation,secteur,Commentaire"
     )
-    res = parse(csv_bytes({"segment": "msa", "Commentaire": " à revoir "}, header=header))
+    res = parse(csv_bytes({"secteur": "msa", "Commentaire": " à revoir "}, header=header),
+                extra_columns={"secteur", "commentaire"})
     row = res.rows[0]
-    assert row.extra == {"segment": "msa", "commentaire": "à revoir"}
+    assert row.extra == {"secteur": "msa", "commentaire": "à revoir"}
     assert (row.nir, row.sex, row.phone, row.email, row.orientation) == (None,) * 5
     assert row.ft_registered is False and row.droits_devoirs is True
 
@@ -319,17 +322,18 @@ def test_row_with_wrong_field_count_is_rejected():
 
 
 def test_jsonl_from_bytes_with_booleans_nulls_and_bom():
+    # "priority" is a stock column now: "rang" instead, and the extras whitelisted.
     rec = {**GOOD, "ft_registered": True, "droits_devoirs": None, "address_line2": None,
-           "orientation": "", "priority": 2, "tags": ["a"]}
+           "orientation": "", "rang": 2, "tags": ["a"]}
     data = b"\xef\xbb\xbf\n" + json.dumps(rec, ensure_ascii=False).encode() + b"\r\n"
-    res = parse(data)
+    res = parse(data, extra_columns={"rang", "tags"})
     assert (res.fmt, res.encoding) == ("jsonl", "utf-8-sig")
     row = res.rows[0]
     assert row.line == 2
     assert (row.ft_registered, row.droits_devoirs, row.address_line2, row.orientation) == (
         True, True, None, None,
     )
-    assert row.extra == {"priority": "2", "tags": '["a"]'}
+    assert row.extra == {"rang": "2", "tags": '["a"]'}
 
 
 def test_jsonl_detected_by_name_even_with_leading_garbage():
@@ -340,8 +344,9 @@ def test_jsonl_detected_by_name_even_with_leading_garbage():
 
 
 def test_bad_json_line_is_rejected_and_the_rest_goes_on():
+    # Its last line carries segment and priority: read in the stock import's mode.
     res = parse_flux_file(
-        DATA / "flux_bad_json_line.jsonl", organisations=ORGS, today=date(2024, 7, 1)
+        DATA / "flux_bad_json_line.jsonl", organisations=ORGS, today=date(2024, 7, 1), kind="stock"
     )
     assert res.fmt == "jsonl"
     assert [r.external_id for r in res.rows] == ["CAF35-0009001", "CAF35-0009003"]
@@ -700,3 +705,211 @@ def test_same_nir_twice_in_a_file_rejects_the_later_row():
     [rej] = res.rejected
     assert (rej.line, rej.external_id, rej.field) == (3, "CAF35-0007001", "nir")
     assert "ligne 2" in rej.reason and GOOD["nir"] not in rej.reason
+
+
+# --------------------------------------------------------------------------- hardening (issue 11)
+
+
+def test_deeply_nested_json_line_is_one_rejection():
+    data = (json.dumps(GOOD) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n"
+            + '{"a":' * 50_000 + "1" + "}" * 50_000 + "\n").encode()
+    res = parse(data)
+    assert [r.external_id for r in res.rows] == [GOOD["external_id"]]
+    assert [(r.line, r.field) for r in res.rejected] == [(2, "ligne"), (3, "ligne")]
+
+
+def test_field_over_128_kib_is_one_rejection_and_the_file_goes_on():
+    big = "x" * (200 * 1024)
+    res = parse(csv_bytes(GOOD, {"external_id": "CAF35-0007001", "nir": "", "address_line2": big},
+                          {"external_id": "CAF35-0007002", "nir": ""}))
+    assert [r.external_id for r in res.rows] == ["CAF35-0007000", "CAF35-0007002"]
+    [rej] = res.rejected
+    assert (rej.line, rej.field) == (3, "address_line2") and "128" in rej.reason and big not in rej.reason
+
+
+def test_field_over_128_kib_in_a_quoted_multiline_record():
+    big = "y\n" * (70 * 1024)
+    res = parse(csv_bytes(GOOD, {"external_id": "CAF35-0007001", "nir": "", "address_line2": f'"{big}"'},
+                          {"external_id": "CAF35-0007002", "nir": ""}))
+    assert [r.external_id for r in res.rows][0] == "CAF35-0007000"
+    assert res.rejected and res.rejected[0].line == 3 and "128" in res.rejected[0].reason
+    assert "CAF35-0007002" in [r.external_id for r in res.rows]
+
+
+def test_unclosed_quote_no_longer_ends_the_file():
+    data = csv_bytes(GOOD, {"external_id": "CAF35-0007001", "nir": "", "address_line2": '"oups'},
+                     *[{"external_id": f"CAF35-00071{i:02d}", "nir": ""} for i in range(3)])
+    res = parse(data)
+    assert res.rows[0].external_id == "CAF35-0007000"
+    # The unclosed quote swallows the rest into one record: one rejection naming its span.
+    assert len(res.rejected) == 1 and res.rejected[0].line == 3
+
+
+@pytest.mark.parametrize("field,limit", [("last_name", 200), ("first_name", 200), ("external_id", 64),
+                                         ("address_line1", 200), ("city", 100)])
+def test_rule_values_longer_than_their_column(field, limit):
+    ok = parse(csv_bytes({field: "A" * limit}))
+    assert not ok.rejected, ok.rejected
+    res = parse(csv_bytes({field: "A" * (limit + 1)}))
+    [rej] = res.rejected
+    assert rej.field == field and f"{limit + 1} caractères" in rej.reason and "A" * 20 not in rej.reason
+
+
+def test_limits_come_from_the_store_models():
+    from worker.adapters.flux import FIELD_MAX_LENGTHS
+    from worker.adapters.store.models import Person
+
+    assert FIELD_MAX_LENGTHS["last_name"] == Person.__table__.c.last_name.type.length == 200
+    assert FIELD_MAX_LENGTHS["external_id"] == Person.__table__.c.external_id.type.length == 64
+
+
+def test_echoed_values_are_cut_short():
+    rej = one_rejection(postcode="9" * 5000)
+    assert len(rej.reason) < 200
+
+
+def _utf8_with_stray_byte() -> bytes:
+    rows = [{"external_id": f"CAF35-00072{i:02d}", "nir": "", "first_name": "Hélène", "city": "SAINT-MÉEN"}
+            for i in range(5)]
+    data = csv_bytes(*rows)
+    lines = data.split(b"\n")
+    lines[3] = lines[3].replace("Hélène".encode(), "Hélène".encode("cp1252"))
+    return b"\n".join(lines)
+
+
+def test_stray_cp1252_byte_in_utf8_rejects_that_row_only():
+    res = parse(_utf8_with_stray_byte())
+    assert res.encoding == "utf-8"
+    assert [r.first_name for r in res.rows] == ["Hélène"] * 4
+    assert all(r.city == "SAINT-MÉEN" for r in res.rows)
+    [rej] = res.rejected
+    assert (rej.line, rej.external_id, rej.field) == (4, "CAF35-0007202", "first_name")
+    assert "UTF-8" in rej.reason and "0xE9" in rej.reason
+
+
+def test_utf8_line_in_a_cp1252_file_is_rejected_not_mojibaked():
+    rows = [{"external_id": f"CAF35-00073{i:02d}", "nir": "", "first_name": "Hélène"} for i in range(5)]
+    lines = csv_bytes(*rows).decode("utf-8").encode("cp1252").split(b"\n")
+    lines[2] = lines[2].replace("Hélène".encode("cp1252"), "Hélène".encode("utf-8"))
+    res = parse(b"\n".join(lines))
+    assert res.encoding == "cp1252"
+    assert [r.first_name for r in res.rows] == ["Hélène"] * 4
+    [rej] = res.rejected
+    assert rej.line == 3 and "encodage" in rej.reason
+
+
+def test_utf8_bom_is_evidence_of_utf8():
+    data = b"\xef\xbb\xbf" + csv_bytes({"first_name": "Zoé", "nir": ""}).replace("Zoé".encode(), b"Zo\xe9")
+    res = parse(data)
+    assert res.encoding == "utf-8-sig" and not res.rows and res.rejected[0].field == "first_name"
+
+
+def test_double_encoded_text_is_rejected():
+    res = parse(csv_bytes({"first_name": "HÃ©lÃ¨ne"}))
+    [rej] = res.rejected
+    assert rej.field == "first_name" and "encod" in rej.reason
+
+
+def test_a_replacement_character_is_rejected():
+    res = parse(csv_bytes({"last_name": "Le Go\ufffdf"}))
+    assert [r.field for r in res.rejected] == ["last_name"]
+
+
+@pytest.mark.parametrize("value", ["=1+1", "+33 6", "-x", "@cmd", "A\tB", "A\x00B", "A\x85B", "a\u202eb",
+                                   "a\u2069b", "a\u202ab"])
+@pytest.mark.parametrize("field", ["last_name", "first_name", "address_line1", "address_line2", "city",
+                                   "external_id"])
+def test_rule_control_bidi_and_formula_characters_in_identity_fields(field, value):
+    res = parse(csv_bytes({"external_id": "CAF35-0007000", field: value}))
+    assert [r.field for r in res.rejected] == [field], res.rejected
+    assert value not in res.rejected[0].reason
+
+
+def test_control_characters_in_other_fields_are_refused_too():
+    res = parse(json.dumps({**GOOD, "email": "a\u202e@example.org", "orientation": "cd\x00"}).encode())
+    assert len(res.rejected) == 1 and res.rejected[0].field in ("email", "orientation")
+
+
+def test_names_with_hyphens_apostrophes_and_accents_are_fine():
+    res = parse(csv_bytes({"last_name": "N'Diaye-Le Goff", "first_name": "Jean-Noël",
+                           "address_line2": "Bât. B - 2e étage", "city": "SAINT-MÉEN-LE-GRAND"}))
+    assert not res.rejected and res.rows[0].first_name == "Jean-Noël"
+
+
+def test_stock_columns_make_the_file_a_stock():
+    header = HEADER + ",segment,priority"
+    with pytest.raises(FluxFormatError) as exc:
+        parse(csv_bytes({"segment": "msa", "priority": "1"}, header=header))
+    assert "utilisez l'import du stock" in str(exc.value) and "segment" in str(exc.value)
+    with pytest.raises(FluxFormatError, match="import du stock"):
+        parse(csv_bytes({"contract_end": "2024-12-31"}, header=HEADER + ",contract_end"))
+    with pytest.raises(FluxFormatError, match="import du stock"):
+        parse(json.dumps({**GOOD, "segment": "msa"}).encode())
+
+
+def test_the_stock_sample_is_refused_as_a_flux():
+    with pytest.raises(FluxFormatError, match="utilisez l'import du stock"):
+        parse_flux_file(SAMPLES / "stock_2023-03.csv", organisations=ORGS, today=date(2023, 3, 31))
+
+
+def test_a_majority_of_old_droits_makes_the_file_a_stock():
+    from worker.adapters.flux import STOCK_DROIT_AGE_DAYS
+
+    assert STOCK_DROIT_AGE_DAYS == 183
+    old = [{"external_id": f"CAF35-00074{i:02d}", "nir": "", "droit_opened_on": "2021-0{}-10".format(i % 9 + 1)}
+           for i in range(6)]
+    new = [{"external_id": f"CAF35-00075{i:02d}", "nir": "", "droit_opened_on": "2024-05-10"} for i in range(5)]
+    with pytest.raises(FluxFormatError, match="utilisez l'import du stock"):
+        parse(csv_bytes(*old, *new))
+    # A minority of late droits is an ordinary flux (those people are invited at once, counted late).
+    res = parse(csv_bytes(*old[:5], *new, {"external_id": "CAF35-0007600", "nir": "", "droit_opened_on": "2024-05-11"}))
+    assert len(res.rows) == 11 and not res.rejected
+    # A flux processed long after its month is still a flux.
+    res = parse_flux_file(SAMPLES / "flux_2024-03.csv", organisations=ORGS, today=date(2025, 6, 1))
+    assert len(res.rows) == 30
+
+
+def test_unknown_columns_are_dropped_with_one_warning_naming_them():
+    header = HEADER + ",sante,Commentaire"
+    res = parse(csv_bytes(GOOD, {"external_id": "CAF35-0007001", "nir": "", "sante": "ALD"}, header=header))
+    assert all(r.extra == {} for r in res.rows) and not res.rejected
+    [w] = res.warnings
+    assert (w.line, w.external_id, w.field) == (1, None, "colonnes")
+    assert "sante" in w.reason and "commentaire" in w.reason and "ALD" not in w.reason
+
+
+def test_whitelisted_columns_are_kept_in_extra():
+    header = HEADER + ",numero_cd,sante"
+    res = parse(csv_bytes({"numero_cd": "A-12", "sante": "ALD"}, header=header),
+                extra_columns=frozenset({"numero_cd"}))
+    assert res.rows[0].extra == {"numero_cd": "A-12"}
+    assert [w.field for w in res.warnings] == ["colonnes"] and "numero_cd" not in res.warnings[0].reason
+
+
+def test_jsonl_unknown_keys_warned_once():
+    lines = [json.dumps({**GOOD, "external_id": f"J{i}", "nir": "", "sante": "x"}) for i in range(3)]
+    res = parse("\n".join(lines).encode())
+    assert len(res.rows) == 3 and all(r.extra == {} for r in res.rows)
+    assert [(w.line, w.field) for w in res.warnings] == [(1, "colonnes")]
+
+
+def test_whitelisted_value_is_checked_too():
+    header = HEADER + ",numero_cd"
+    res = parse(csv_bytes({"numero_cd": "A\x1b12"}, header=header), extra_columns=frozenset({"numero_cd"}))
+    assert [r.field for r in res.rejected] == ["numero_cd"]
+
+
+def test_a_few_nul_bytes_are_per_row_not_a_binary_file():
+    data = csv_bytes(GOOD, {"external_id": "CAF35-0007001", "nir": ""})
+    data = data.replace(b"CAF35-0007001,,Laurent", b"CAF35-0007001,,Lau\x00rent")
+    res = parse(data)
+    assert [r.external_id for r in res.rows] == ["CAF35-0007000"]
+    assert [(r.line, r.field) for r in res.rejected] == [(3, "last_name")]
+
+
+def test_a_stray_byte_in_a_dropped_column_does_not_reject_the_row():
+    header = HEADER + ",remarque"
+    data = csv_bytes({"first_name": "Hélène", "remarque": "Zo\ue000"}, header=header).replace(
+        "\ue000".encode(), b"\xe9")
+    res = parse(data)
+    assert res.encoding == "utf-8" and [r.first_name for r in res.rows] == ["Hélène"] and not res.rejected

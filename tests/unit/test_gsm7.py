@@ -138,3 +138,28 @@ def test_to_gsm7_output_is_pure_gsm7_and_idempotent(text):
 @given(st.text(alphabet=st.sampled_from(sorted(GSM7_CHARS))))
 def test_gsm7_text_is_unchanged(text):
     assert to_gsm7(text) == text
+
+
+# --- Arabic and other scripts GSM-7 cannot carry go in UCS-2, never as "?" -----------------------
+
+from worker.domain.gsm7 import needs_ucs2, sms_body, sms_segments  # noqa: E402
+
+
+def test_arabic_is_sent_as_written_in_ucs2():
+    text = "مرحبا، لديك موعد يوم الاثنين 3 يونيو الساعة 10:00. اتصل بالرقم 02 99 00 00 00"
+    assert needs_ucs2(text)
+    assert sms_body(text) == text and "?" not in sms_body(text)
+    units = len(text.encode("utf-16-le")) // 2
+    assert sms_segments(text) == (1 if units <= 70 else -(-units // 67))
+
+
+def test_french_and_english_stay_gsm7():
+    for text in ("Bonjour Léa, votre rendez-vous est le lundi 3 juin à 10 h.", "Hello, your appointment…"):
+        assert not needs_ucs2(text)
+        assert sms_body(text) == to_gsm7(text)
+        assert sms_segments(text) == segments(text)
+
+
+def test_an_emoji_alone_does_not_switch_to_ucs2():
+    # not a letter: transliterated to "?" as before (the templates carry none)
+    assert not needs_ucs2("Bonjour 🙂")

@@ -328,3 +328,41 @@ def test_property_any_accepted_block_is_valid(civility, first_name, last_name, l
         assert str(exc)  # always says what is wrong
         return
     _check_block(lines)
+
+
+# --- special delivery mentions and CEDEX (La Poste: BP/CS/TSA below the street, CEDEX last) -------
+
+
+def _block(line2, city="Redon", line1="12 rue des Douves"):
+    return address_block(civility="Madame", first_name="Julie", last_name="Martin", line1=line1,
+                         line2=line2, postcode="35600", city=city)
+
+
+def test_a_po_box_goes_below_the_street_line_without_punctuation():
+    assert _block("B.P. 12") == ["Madame Julie MARTIN", "12 RUE DES DOUVES", "BP 12", "35600 REDON"]
+
+
+def test_a_po_box_and_a_c_o_are_split_the_c_o_keeps_its_punctuation():
+    assert _block("B.P. 12, Chez Mme Martin") == [
+        "Madame Julie MARTIN", "Chez Mme Martin", "12 RUE DES DOUVES", "BP 12", "35600 REDON"]
+
+
+def test_cs_tsa_and_cedex():
+    assert _block("CS 70041; Cedex 9") == [
+        "Madame Julie MARTIN", "12 RUE DES DOUVES", "CS 70041", "35600 REDON CEDEX 9"]
+    assert _block("T.S.A. 30012") == ["Madame Julie MARTIN", "12 RUE DES DOUVES", "TSA 30012", "35600 REDON"]
+    # a CEDEX already in the city is not repeated
+    assert _block("Cedex", city="Redon Cedex")[-1] == "35600 REDON CEDEX"
+
+
+def test_an_ordinary_complement_is_printed_as_written():
+    assert _block("Chez M. Dupont, Bâtiment B")[1] == "Chez M. Dupont, Bâtiment B"
+    assert _block("Bât. C, esc. 2, appt 14")[1] == "Bât. C, esc. 2, appt 14"
+
+
+def test_every_line_fits_38_characters_and_6_lines():
+    block = _block("Résidence des Grands Chênes Bâtiment C; Chez Mme Le Goff-Hernandez; BP 12345; Cedex",
+                   city="Saint-Nicolas-de-Redon", line1="128 boulevard du Maréchal de Lattre de Tassigny")
+    assert len(block) <= 6 and all(len(line) <= 38 for line in block), block
+    assert block[-2] == "BP 12345" and block[-1].endswith("CEDEX")
+    assert not any(ch in line for line in block[block.index("BP 12345") - 1:] for ch in ".,'-")

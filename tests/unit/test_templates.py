@@ -16,9 +16,20 @@ from worker.adapters.rendering import (
     TemplateRenderer,
     city_fr,
     date_fr,
+    date_lang,
+    date_num,
+    date_plain,
     date_short,
     datetime_fr,
+    datetime_lang,
+    duration_fr,
+    duration_lang,
+    letter_date,
+    redate_letter,
+    sms_fit,
     time_fr,
+    town,
+    ucs2_length,
 )
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -266,7 +277,8 @@ def test_subject_is_read_through_extends(tmp_templates):
 def test_subject_escaping_is_undone(renderer):
     ctx = sample_context("crsa_referral")
     out = renderer.render("crsa_referral", "letter", ctx)
-    assert out.subject == "RSA : examen de votre dossier par la commission RSA le jeudi 20 juin 2024"
+    # the session is a meeting the person may attend: its date keeps its weekday
+    assert out.subject == "RSA : votre dossier en commission le jeudi 20 juin 2024"
 
 
 # --------------------------------------------------------------------------- #
@@ -278,12 +290,14 @@ def test_letter_structure(renderer):
     html = renderer.render("invitation_1", "letter", ctx).html
     assert '<meta charset="utf-8">' in html
     assert "<style>" in html
-    for cls in ("letter", "letterhead", "recipient", "place-date", "reference", "subject", "signature", "footer"):
+    # the first page's footer is the information notice (a footnote: issue 10)
+    for cls in ("letter", "letterhead", "recipient", "place-date", "reference", "subject", "signature",
+                "footnote privacy"):
         assert f'class="{cls}' in html, cls
     body = html.split("</head>", 1)[1]  # the print CSS may mention the section in comments
     assert body.count('<section class="letter"') == 1
     assert 'data-reference="RL-000123-INV1-L"' in body
-    assert "Redon, le lundi 20 mai 2024" in html
+    assert "Redon, le <time class=\"letter-date\" datetime=\"2024-05-20\">20 mai 2024</time>" in html  # no weekday
     assert "Réf. : RL-000123-INV1-L — Dossier RL-000123" in html
     assert "Objet : " in html
     for line in ctx["person"]["address_lines"]:
@@ -296,13 +310,13 @@ def test_letter_structure(renderer):
 def test_invitations_and_convocation_explain_the_why_and_how(renderer, step, kind):
     ctx = sample_context(step, kind=kind)
     text = renderer.render(step, "letter", ctx).text
-    assert "lundi 13 mai 2024" in text  # droit_opened_on
+    assert "13 mai 2024" in text and "lundi 13 mai" not in text  # droit_opened_on: not an appointment, no weekday
     assert "droits et de devoirs" in text
     assert "motif légitime" in text
     assert ctx["org"]["phone"] in text and ctx["org"]["booking_url"] in text
     assert "RGPD" in text and ctx["org"]["email"] in text
     if step != "convocation":
-        assert "mardi 4 juin 2024" in text  # respond_by
+        assert "4 juin 2024" in text and "mardi 4 juin" not in text  # respond_by
     if step == "invitation_1":
         assert "relance" in text and "convoqué" in text
     if step == "invitation_2":
@@ -319,7 +333,8 @@ def test_convocation_is_mandatory(renderer, step):
     assert "pièce d'identité" in letter  # what to bring
     assert "suspension" in letter and "réduction" not in letter.lower()
     assert "L262-37" in letter
-    assert "obligatoire" in renderer.render(step, "sms", ctx).text.lower()
+    # an SMS may be read on a lock screen: it names no obligation (issue 10, "Private SMS")
+    assert "obligatoire" not in renderer.render(step, "sms", ctx).text.lower()
     email = renderer.render(step, "email", ctx)
     assert "obligatoire" in email.text.lower() and "obligatoire" in email.html
 
@@ -335,12 +350,26 @@ def test_ft_templates_speak_for_france_travail(renderer):
 
 
 def test_ft_warning(renderer):
+    """A last reminder, not an "avertissement" (a sanction of its own for jobseekers): it names the
+    missed appointment's date and place."""
     ctx = sample_context("ft_warning")
-    text = renderer.render("ft_warning", "letter", ctx).text
-    assert "avertissement" in text
-    assert "mardi 4 juin 2024" in text
-    assert "lundi 3 juin 2024 à 14 h 30" in text  # the missed appointment
-    assert "Département" in text
+    for channel in ("letter", "email"):
+        out = renderer.render("ft_warning", channel, ctx)
+        text = " ".join(out.text.split())
+        assert "avertissement" not in (text + (out.subject or "")).lower()
+        assert (out.subject or text).find("Dernier rappel") >= 0 and "pas une sanction" in text
+        assert "4 juin 2024" in text and "mardi 4 juin" not in text  # the deadline: no weekday
+        assert "lundi 3 juin 2024 à 14 h 30" in text  # the missed appointment keeps its weekday
+        assert " ".join(ctx["missed"]["place"].split()) in text  # and where it was
+        assert "Département" in text
+    sms = renderer.render("ft_warning", "sms", ctx).text
+    assert "03/06" in sms and "RSA" not in sms and "avertissement" not in sms.lower()
+
+
+def test_ft_warning_without_a_known_appointment_reads_well(renderer):
+    ctx = dict(sample_context("ft_warning"), missed=None)
+    text = " ".join(renderer.render("ft_warning", "letter", ctx).text.split())
+    assert "Vous étiez convoquée à un rendez-vous. Vous n'êtes pas venue." in text
 
 
 def test_pre_sanction_notice(renderer):
@@ -413,7 +442,7 @@ def test_other_letters_are_issued_by_their_organisation(renderer, step):
 def test_sanction_decision(renderer):
     ctx = sample_context("sanction_decision")
     text = renderer.render("sanction_decision", "letter", ctx).text
-    assert "30 % du montant" in text and "1 mois, à partir du lundi 1er juillet 2024" in text
+    assert "30 % du montant" in text and "1 mois, à partir du 1er juillet 2024" in text
     assert ctx["notice"]["ground"] in text
     assert "s'arrête dès que vous reprenez votre accompagnement" in text
     assert "recours administratif préalable" in text and "L262-47" in text
@@ -424,7 +453,7 @@ def test_sanction_decision(renderer):
 def test_sanction_lifting_and_procedure_closed(renderer):
     ctx = sample_context("sanction_lifting")
     text = renderer.render("sanction_lifting", "letter", ctx).text
-    assert "fin à la suspension" in text and "lundi 15 juillet 2024" in text
+    assert "fin à la suspension" in text and "15 juillet 2024" in text and "lundi 15" not in text
     text = renderer.render("procedure_closed", "letter", sample_context("procedure_closed")).text
     assert "procédure est close" in text and "ne sera pas suspendu" in text
 
@@ -544,7 +573,7 @@ def test_letter_text_has_no_css_or_markup(renderer, tmp_templates):
 def test_letters_can_be_concatenated(renderer):
     html = renderer.render("invitation_1", "letter", sample_context("invitation_1")).html
     section = re.search(r'<section class="letter".*?</section>', html, re.S)
-    assert section and "Objet" in section.group(0) and "class=\"footer\"" in section.group(0)
+    assert section and "Objet" in section.group(0) and "class=\"footnote privacy\"" in section.group(0)
 
 
 # --------------------------------------------------------------------------- #
@@ -582,3 +611,298 @@ def test_city():
     assert city_fr("85000 LA ROCHE-SUR-YON") == "La Roche-sur-Yon"
     assert city_fr("35603 SAINT-NICOLAS-DE-REDON CEDEX 2") == "Saint-Nicolas-de-Redon"
     assert city_fr("35580 Guichen") == "Guichen"
+
+
+def test_plain_dates_and_languages():
+    """Appointment dates keep their weekday; other dates do not (issue 10, "Plain French")."""
+    assert date_plain(date(2024, 6, 3)) == "3 juin 2024"
+    assert date_plain(date(2024, 6, 1)) == "1er juin 2024"
+    assert date_num(date(2024, 6, 3)) == "03/06/2024"
+    assert date_lang(date(2024, 6, 3), "en") == "3 June 2024"
+    assert date_lang(date(2024, 6, 3), "en", weekday=True) == "Monday 3 June 2024"
+    assert date_lang(date(2024, 6, 3), "ar") == "03/06/2024"
+    assert date_lang(date(2024, 6, 3), "ar", weekday=True) == "الاثنين 03/06/2024"
+    assert date_lang(date(2024, 6, 3), "es") == "3 juin 2024"  # an unknown language: French
+    at = datetime(2024, 6, 3, 12, 30, tzinfo=timezone.utc)
+    assert datetime_lang(at, "fr") == "lundi 3 juin 2024 à 14 h 30"
+    assert datetime_lang(at, "en") == "Monday 3 June 2024 at 14:30"
+    assert datetime_lang(at, "ar") == "الاثنين 03/06/2024، الساعة 14:30"
+    assert [duration_fr(m) for m in (45, 60, 90, 120)] == ["45 minutes", "1 heure", "1 h 30", "2 heures"]
+    assert duration_lang(90, "en") == "1 hour 30 minutes" and duration_lang(45, "ar") == "45 دقيقة"
+    assert town("CDAS du Pays de Redon, 12 rue des Douves, 35600 Redon") == "Redon"
+    assert town("Agence, 8 avenue de la Gare, 35603 SAINT-NICOLAS-DE-REDON CEDEX") == "Saint-Nicolas-de-Redon"
+
+
+def test_the_letter_date_has_no_weekday_and_is_still_redated():
+    html = f'<p class="place-date">Redon, le {letter_date(date(2024, 6, 3))}</p>'
+    assert html.endswith('<time class="letter-date" datetime="2024-06-03">3 juin 2024</time></p>')
+    new, changed = redate_letter(html, date(2024, 6, 5))
+    assert changed and '<time class="letter-date" datetime="2024-06-05">5 juin 2024</time>' in new
+
+
+def test_sms_fit_takes_the_first_text_that_fits():
+    short, long_ = "a" * 300, "a" * 307
+    assert sms_fit([long_, short]) == short and sms_fit([short, long_]) == short
+    assert sms_fit([long_, long_ + "b"]) == long_ + "b"  # none fits: the last (the shortest by design)
+    assert sms_fit(["€" * 154, "x"]) == "x"  # an extension character counts two septets
+    assert sms_fit(["ب" * 269, "ب" * 268], encoding="ucs2") == "ب" * 268
+    assert ucs2_length("ب" * 10) == 10
+
+
+# --------------------------------------------------------------------------- #
+# Private SMS (issue 10): what a lock screen may show
+# --------------------------------------------------------------------------- #
+
+LANGUAGES = ("fr", "en", "ar")
+# Words no SMS may hold, in every language: the RSA, a sanction, a suspension, an obligation, the
+# commission. Arabic: دخل التضامن (the RSA), عقوبة (sanction), تعليق (suspension), إلزامي (compulsory),
+# استدعاء (summons), لجنة (commission).
+FORBIDDEN = {
+    "fr": (r"\brsa\b", "revenu de solidarit", "sanction", "suspen", "réduction", "obligatoire", "oblig",
+           "convoqu", "commission", "manquement", "avertissement", "allocataire", "pénalit"),
+    "en": (r"\brsa\b", "solidarity", "sanction", "suspen", "reduc", "compulsory", "must", "mandatory",
+           "oblig", "commission", "penalt", "benefit"),
+    "ar": (r"\brsa\b", "التضامن", "عقوب", "تعليق", "إلزامي", "استدعاء", "لجنة"),
+}
+SEGMENT_LIMIT = {"fr": 2, "en": 2, "ar": 4}  # GSM-7 segments (fr, en); UCS-2 segments (ar: 67 characters each)
+
+
+def _plain(text: str) -> str:
+    return text.replace("\u2066", "").replace("\u2069", "").replace("\u00a0", " ")
+
+
+def _ucs2_segments(text: str) -> int:
+    n = ucs2_length(text)
+    return 1 if n <= 70 else -(-n // 67)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("step", [s for s, c in CASES if c == "sms"])
+def test_every_sms_is_private_says_who_when_where_and_fits(renderer, step, language):
+    """Over every SMS template, organisation kind, ordinary and long values and language: no SMS
+    names the RSA, a sanction, a suspension or an obligation; each says who writes (the
+    organisation's short name), when, where, and the number to call or the booking link; French and
+    English fit two GSM-7 segments once transliterated, Arabic four UCS-2 segments."""
+    gsm7 = pytest.importorskip("worker.domain.gsm7")
+    for kind in KINDS:
+        for long in (False, True):
+            ctx = sample_context(step, kind=kind, long=long, language=language)
+            out = renderer.render(step, "sms", ctx)
+            expected = f"sms/{step}.txt.j2" if language == "fr" else f"sms/{step}.{language}.txt.j2"
+            assert out.template_name == expected
+            text = _plain(out.text)
+            low = text.lower()
+            for word in FORBIDDEN[language]:
+                assert not re.search(word, low), (word, text)
+            assert ctx["org"]["short_name"] in text  # who writes
+            assert ctx["org"]["phone"] in text or ctx["org"]["booking_url"] in text
+            # when
+            if ctx["appointment"]:
+                at = ctx["appointment"]["at"]
+                assert (f"{at.day:02d}/{at.month:02d}/{at.year}" in text or f"{at.day} " in text) and "30" in text
+            if ctx["respond_by"]:
+                d = ctx["respond_by"]
+                assert f"{d.day:02d}/{d.month:02d}/{d.year}" in text or date_lang(d, language) in text
+            if ctx["commission"]:
+                d = ctx["commission"]["session_date"]
+                assert date_lang(d, language, weekday=True) in text or f"{d.day:02d}/{d.month:02d}/{d.year}" in text
+            # where: the place (or, when the SMS would not fit with it, its town), or La Poste
+            place = (ctx["appointment"] or ctx["commission"] or ctx["venue"])["place"]
+            if step == "pre_sanction_notice":
+                assert "La Poste" in text or "post office" in text
+            elif step != "ft_warning":
+                assert place in text or town(place) in text, text
+            if language == "ar":
+                assert _ucs2_segments(out.text) <= SEGMENT_LIMIT["ar"], (ucs2_length(out.text), text)
+            else:
+                assert gsm7.segments(gsm7.to_gsm7(out.text)) <= SEGMENT_LIMIT[language], text
+                assert gsm7.is_gsm7(gsm7.to_gsm7(out.text))
+
+
+@pytest.mark.parametrize("step", [s for s, c in CASES if c == "sms"])
+def test_translated_sms_static_text_is_gsm7_in_english(step):
+    source = (TEMPLATES / "sms" / f"{step}.en.txt.j2").read_text(encoding="utf-8")
+    strings = "".join(re.findall(r'"([^"]*)"', source)) + _JINJA.sub("", source)
+    outside = sorted({c for c in strings if c not in GSM7_BASIC})
+    assert not outside, f"non GSM-7 characters in sms/{step}.en.txt.j2: {outside}"
+
+
+def test_the_language_picks_the_sms_and_its_version(renderer):
+    ctx = sample_context("convocation", language="en")
+    assert renderer.render("convocation", "sms", ctx).text.startswith("CDAS de Redon: Hello Julie, you have")
+    assert renderer.template_version("convocation", "sms", "en") != renderer.template_version("convocation", "sms")
+    out = renderer.render("convocation", "sms", ctx)
+    assert out.template_version == renderer.template_version("convocation", "sms", "en")
+    # an unknown language, or none: French
+    for language in ("es", None):
+        ctx = sample_context("convocation")
+        ctx["person"]["language"] = language
+        assert renderer.render("convocation", "sms", ctx).template_name == "sms/convocation.txt.j2"
+    ctx = sample_context("convocation")
+    del ctx["person"]["language"], ctx["person"]["large_print"]  # a context without them: French, ordinary print
+    assert renderer.render("convocation", "sms", ctx).text.startswith("CDAS de Redon : Bonjour Julie")
+    assert "large-print" not in renderer.render("convocation", "letter", ctx).html.split("</head>", 1)[1]
+
+
+@pytest.mark.parametrize("step", [s for s, c in CASES if c == "email"])
+def test_email_subjects_are_private_too(renderer, step):
+    """A mail client shows the subject on a lock screen: no RSA, sanction, suspension or obligation."""
+    for kind in KINDS:
+        subject = renderer.render(step, "email", sample_context(step, kind=kind)).subject.lower()
+        for word in FORBIDDEN["fr"]:
+            if word != "convoqu":
+                assert not re.search(word, subject), (word, subject)
+        assert "dernier rappel" in subject or sample_context(step, kind=kind)["org"]["short_name"].lower() in subject \
+            or "rendez-vous" in subject or "entretien" in subject
+
+
+# --------------------------------------------------------------------------- #
+# What the invitations and convocations say (issue 10, "Plain French")
+# --------------------------------------------------------------------------- #
+
+MEET = {"cd": "une personne du CDAS (Département) et une personne de France Travail, ensemble",
+        "ft": "une conseillère ou un conseiller France Travail",
+        "ml": "une conseillère ou un conseiller de la Mission locale",
+        "msa": "une travailleuse sociale ou un travailleur social de la MSA"}
+
+
+@pytest.mark.parametrize("channel", ["letter", "email"])
+@pytest.mark.parametrize("step", ["invitation_1", "invitation_2", "convocation", "ft_convocation"])
+def test_invitations_say_with_whom_how_long_where_access_what_to_bring_and_help(renderer, step, channel):
+    for kind in ("ft",) if step.startswith("ft_") else KINDS:
+        for long in (False, True):
+            ctx = sample_context(step, kind=kind, long=long)
+            text = " ".join(renderer.render(step, channel, ctx).text.split())
+            venue = ctx["venue"]
+            assert venue["meet"] in text  # who: the co-diagnostic on the CD path, else the adviser
+            if not long:
+                assert MEET[kind] in text
+            assert duration_fr(venue["duration"]) + " environ" in text  # how long
+            assert (ctx["appointment"] or venue)["place"] in text  # where
+            if venue["access"]:
+                assert venue["access"] in text  # how to get there
+            assert ", ".join(venue["bring"]) in text  # what to bring
+            assert "accompagné" in text and "de la personne de votre choix" in text
+            assert "interprète" in text and "rendez-vous adapté" in text
+            if ctx["appointment"]:
+                assert datetime_fr(ctx["appointment"]["at"]) in text  # the appointment keeps its weekday
+            # the action first: the first sentence of the body says what to do
+            body = text.split(ctx["person"]["civility"] + ",", 1)[-1] if channel == "email" else \
+                text.split("Protection de vos données.", 1)[0]
+            assert re.search(r"Prenez rendez-vous|Vous êtes convoqué", body[:400] if channel == "email" else text)
+
+
+def test_the_legal_basis_is_a_note_at_the_bottom(renderer):
+    for step in [s for s, c in CASES if c == "letter"]:
+        html = renderer.render(step, "letter", sample_context(step)).html
+        if step != "procedure_closed":
+            note = re.search(r'<p class="note">(.*?)</p>', html, re.S)
+            assert note and ("L262" in note.group(1)), step
+            # nothing but the closing and the signature after it
+            assert html.index('class="note"') > html.index('class="salutation"')
+            assert html.index('class="note"') < html.index('class="signature"')
+
+
+# --------------------------------------------------------------------------- #
+# The information notice (RGPD art. 13/14) on every letter and e-mail
+# --------------------------------------------------------------------------- #
+
+CONTROLLER = {"cd": "Département d'Ille-et-Vilaine", "ft": "France Travail", "ml": "Mission locale du Pays de Redon",
+              "msa": "MSA Portes de Bretagne"}
+
+
+@pytest.mark.parametrize("step,channel", [c for c in CASES if c[1] != "sms"])
+def test_every_letter_and_email_carries_the_complete_information_notice(renderer, step, channel):
+    for kind in KINDS:
+        for long in (False, True):
+            ctx = sample_context(step, kind=kind, long=long)
+            out = renderer.render(step, channel, ctx)
+            texts = [out.text] + ([html_text(out.html)] if channel == "email" else [])
+            privacy = ctx["privacy"]
+            for text in texts:
+                text = " ".join(text.split())
+                notice = text[text.index("Protection de vos données."):]
+                # the controller: the Département for CD organisations and the sanction letters
+                controller = ctx["issuer"]["name"] if step in DEPARTMENT_STEPS else (
+                    privacy["controller"] if long else CONTROLLER[kind])
+                assert f"Responsable du traitement : {controller}." in notice
+                assert privacy["controller"] == controller
+                assert "mission d'intérêt public" in notice and "RGPD, art. 6-1-e" in notice  # legal basis
+                assert "L262-27 et suivants" in notice
+                assert "But : votre accompagnement" in notice  # purpose
+                assert "Source : la CAF ou la MSA" in notice  # source
+                assert f"Destinataires : {privacy['recipients']}" in notice  # recipients
+                assert "Conservation : 24 mois après le dernier contact" in notice  # retention
+                for right in ("consulter vos données", "corriger", "limiter", "opposer"):  # rights
+                    assert right in notice
+                assert privacy["dpo_email"] in notice and ", ".join(privacy["dpo_address"]) in notice  # the DPO
+                assert "CNIL" in notice and privacy["notice_url"] in notice  # the CNIL, the full notice
+
+
+def html_text(html: str) -> str:
+    from worker.adapters.rendering import html_to_text
+
+    return html_to_text(html)
+
+
+def test_the_notice_is_escaped_in_html_and_plain_in_text(renderer):
+    ctx = sample_context("invitation_1")
+    ctx["privacy"]["controller"] = "Département <d'essai> & co"
+    out = renderer.render("invitation_1", "email", ctx)
+    assert "Département <d'essai> & co" in out.text
+    assert "Département &lt;d&#39;essai&gt; &amp; co" in out.html
+    letter = renderer.render("invitation_1", "letter", ctx)
+    assert "Département &lt;d&#39;essai&gt; &amp; co" in letter.html
+
+
+# --------------------------------------------------------------------------- #
+# Large print and the summaries in English and Arabic
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("step", [s for s, c in CASES if c == "letter"])
+def test_large_print_marks_the_body_and_the_section_and_moves_the_notice(renderer, step):
+    html = renderer.render(step, "letter", sample_context(step, large_print=True)).html
+    assert '<body class="large-print">' in html and '<section class="letter large-print"' in html
+    assert 'class="footnote' not in html  # the notice follows the signature, in the text's size
+    assert html.index('class="privacy-large"') > html.index('class="signature"')
+    assert "section.letter.large-print" in html and "font-size: 16pt" in html
+    normal = renderer.render(step, "letter", sample_context(step)).html
+    assert "large-print" not in normal.split("</head>", 1)[1] and 'class="footnote privacy"' in normal
+
+
+SUMMARY_STEPS = ("invitation_1", "invitation_2", "convocation", "ft_convocation")
+
+
+@pytest.mark.parametrize("language", ["fr", "en", "ar"])
+@pytest.mark.parametrize("step", [s for s, c in CASES if c == "letter"])
+def test_the_summary_is_attached_to_the_invitations_in_the_persons_language(renderer, step, language):
+    for kind in ("ft",) if step.startswith("ft_") else KINDS:
+        ctx = sample_context(step, kind=kind, language=language)
+        out = renderer.render(step, "letter", ctx)
+        html, text = out.html, _plain(out.text)
+        has = step in SUMMARY_STEPS and language != "fr"
+        assert ('class="summary"' in html) == has
+        if not has:
+            continue
+        # after the French letter (its signature), in the same section (the print batch keeps it)
+        assert html.index('class="summary"') > html.index('class="signature"')
+        assert html.index('class="summary"') < html.index("</section>")
+        assert ctx["org"]["phone"] in text and ctx["org"]["booking_url"] in text
+        assert ctx["privacy"]["notice_url"] in text
+        if language == "en":
+            assert '<div class="summary" lang="en">' in html
+            assert "Summary in English" in text and "The letter in French before this page is the official one" in text
+            assert "interpreter" in text and "person of your choice" in text
+            if ctx["appointment"]:
+                assert datetime_lang(ctx["appointment"]["at"], "en") in text and "You must attend" in text
+            else:
+                assert "Please book an appointment" in text and "4 June 2024" in text
+        else:
+            assert '<div class="summary" lang="ar" dir="rtl">' in html
+            assert "ملخص باللغة العربية" in text and "مترجم" in text  # an interpreter
+            if ctx["appointment"]:
+                assert datetime_lang(ctx["appointment"]["at"], "ar") in text and "حضورك إلزامي" in text
+            else:
+                assert "يُرجى حجز موعد" in text and "04/06/2024" in text
+            # the phone number is kept left to right and on one line
+            assert "\u2066" + ctx["org"]["phone"].replace(" ", "\u00a0") + "\u2069" in out.html

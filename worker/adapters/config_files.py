@@ -1,4 +1,5 @@
-"""Reading ``config/paths.yaml`` and ``config/territory.yaml`` into the domain's policy.
+"""Reading ``config/paths.yaml`` and ``config/territory.yaml`` into the domain's policy,
+and ``config/flux_columns.yaml`` (the flux's extra columns kept at ingestion).
 
 A bad file fails with :class:`worker.domain.policy.ConfigError` naming the
 file, the key and what is wrong (in French).
@@ -45,3 +46,19 @@ def load_config(config_dir: Path) -> Config:
     policy = _validate(Policy, _load_yaml(paths_file), paths_file)
     territory = _validate(Territory, _load_yaml(territory_file), territory_file)
     return Config(policy=policy, territory=territory, files={"paths": str(paths_file), "territory": str(territory_file)})
+
+
+def load_flux_columns(config_dir: Path) -> frozenset[str]:
+    """``extra_columns`` of ``config/flux_columns.yaml`` (lower case); none if the file is absent."""
+    path = config_dir / "flux_columns.yaml"
+    if not path.exists():
+        return frozenset()
+    data = _load_yaml(path)
+    if data is None:
+        return frozenset()
+    if not isinstance(data, dict) or set(data) - {"extra_columns"}:
+        raise ConfigError(path, "(racine)", "seule la clé extra_columns (liste de noms de colonnes) est attendue")
+    names = data.get("extra_columns") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(path, "extra_columns", "liste de noms de colonnes attendue")
+    return frozenset(n.strip().lower() for n in names)

@@ -28,8 +28,13 @@ document and renders it once:
   printer's manifest ``<organisation>_<postage>_manifest.csv``, atomically, and
   never over an existing batch.
 
-Rendering never fetches anything from the network: only ``file:`` and
-``data:`` URLs are resolved.
+Rendering fetches nothing but ``data:`` URLs and the files of the template
+assets folders (``assets``: the project's ``templates/`` by default; the
+caller passes ``RELANCE_TEMPLATES_DIR``): no network, no other file — a letter
+planted in the shared folder that links ``/proc/self/environ`` or a secret as
+an image, a stylesheet or a PDF attachment gets nothing (the fetch is refused
+and WeasyPrint renders without it). A link inside the assets folder that leads
+out of it is refused too.
 """
 from __future__ import annotations
 
@@ -38,13 +43,15 @@ import csv
 import gc
 import hashlib
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Iterable
 
-from worker.adapters.files import fsync_dir, publish, write_temp
+from worker.adapters.files import SHARED_MODE, fsync_dir, publish, safe_dir, write_temp
+from worker.adapters.spreadsheet import safe_row
 
 __all__ = [
     "LetterHtml",
@@ -319,12 +326,50 @@ def _font_config():
     return _FONT_CONFIG
 
 
-def _html(document: str, base_url: str | None):
-    from weasyprint import HTML
+PROJECT_ASSETS = Path(__file__).resolve().parents[2] / "templates"
+
+
+class AssetRefused(ValueError):
+    """A URL a letter may not load (network, or a file outside the template assets)."""
+
+
+def _inside(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+
+def asset_fetcher(assets: Path | Iterable[Path] | None = None):
+    """WeasyPrint URL fetcher: ``data:`` URLs, and regular files under ``assets`` (after resolving links)."""
+    from urllib.parse import unquote, urlsplit
+
     from weasyprint.urls import URLFetcher
 
-    fetcher = URLFetcher(allowed_protocols={"file", "data"})
-    return HTML(string=document, base_url=base_url, url_fetcher=fetcher)
+    if assets is None:
+        assets = [PROJECT_ASSETS]
+    elif isinstance(assets, (str, Path)):
+        assets = [assets]
+    roots = tuple(os.path.realpath(p) for p in assets)
+
+    class _AssetFetcher(URLFetcher):
+        def fetch(self, url, headers=None):
+            scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+            if scheme == "data":
+                return super().fetch(url, headers)
+            if scheme == "file":
+                parts = urlsplit(url)
+                if parts.netloc in ("", "localhost"):
+                    path = os.path.realpath(unquote(parts.path))
+                    if _inside(path, roots) and os.path.isfile(path):
+                        return super().fetch(Path(path).as_uri(), headers)
+            raise AssetRefused(f"ressource refusée dans un courrier ({scheme or 'sans protocole'}:) : "
+                               "seuls les fichiers des modèles et les URL data: sont permis")
+
+    return _AssetFetcher(allowed_protocols={"file", "data"}, allow_redirects=False, timeout=1)
+
+
+def _html(document: str, base_url: str | None, assets=None):
+    from weasyprint import HTML
+
+    return HTML(string=document, base_url=base_url, url_fetcher=asset_fetcher(assets))
 
 
 @contextlib.contextmanager
@@ -343,11 +388,11 @@ def _fewer_gc_passes():
         gc.set_threshold(*thresholds)
 
 
-def _render_document(document: str, base_url: str | None):
-    return _html(document, base_url).render(font_config=_font_config())
+def _render_document(document: str, base_url: str | None, assets=None):
+    return _html(document, base_url, assets).render(font_config=_font_config())
 
 
-def render_pdf(html_documents: list[str], base_url: str | None = None) -> bytes:
+def render_pdf(html_documents: list[str], base_url: str | None = None, *, assets=None) -> bytes:
     """Render one or several full HTML letters into one PDF (one render).
 
     A single document is rendered as it is; several are rendered as a batch
@@ -357,9 +402,9 @@ def render_pdf(html_documents: list[str], base_url: str | None = None) -> bytes:
         raise ValueError("aucun courrier à imprimer")
     if len(html_documents) == 1:
         with _fewer_gc_passes():
-            return _render_document(html_documents[0], base_url).write_pdf()
+            return _render_document(html_documents[0], base_url, assets).write_pdf()
     letters = [LetterHtml(f"courrier-{i}", html) for i, html in enumerate(html_documents)]
-    return render_batch(letters, base_url).pdf
+    return render_batch(letters, base_url, assets=assets).pdf
 
 
 def _anchor_number(anchor: str, prefix: str) -> int | None:
@@ -471,6 +516,7 @@ def render_batch(
     base_url: str | None = None,
     *,
     keep_document: bool = False,
+    assets=None,
 ) -> BatchResult:
     """Render every letter in one WeasyPrint document; map pages back to letters.
 
@@ -489,7 +535,7 @@ def render_batch(
 
     composition = _compose([letter.html for letter in letters])
     with _fewer_gc_passes():
-        document = _render_document(composition.html, base_url)
+        document = _render_document(composition.html, base_url, assets)
         ranges, layer_pages = _page_map(document, composition)
         stamps = {
             first - 1: layer
@@ -555,6 +601,7 @@ def write_print_batch(
     postage: str,
     letters: list[BatchLetter],
     base_url: str | None = None,
+    assets=None,
 ) -> PrintBatch:
     """Write the print batch of ``day`` for one organisation and one postage.
 
@@ -581,6 +628,7 @@ def write_print_batch(
     result = render_batch(
         [LetterHtml(reference=letter.reference, html=letter.html) for letter in letters],
         base_url=base_url,
+        assets=assets,
     )
 
     rows = io.StringIO()
@@ -588,11 +636,11 @@ def write_print_batch(
     writer.writerow(MANIFEST_COLUMNS)
     for letter in letters:
         first, count = result.pages_per_letter[letter.reference]
-        writer.writerow([letter.reference, letter.case_reference, letter.step, first, count])
+        writer.writerow(safe_row([letter.reference, letter.case_reference, letter.step, first, count]))
 
-    directory.mkdir(parents=True, exist_ok=True)
-    pdf_temp = write_temp(directory, result.pdf, ".pdf")
-    manifest_temp = write_temp(directory, rows.getvalue().encode("utf-8"), ".csv")
+    safe_dir(Path(out_dir), day.isoformat())  # a link planted as the day's folder is refused
+    pdf_temp = write_temp(directory, result.pdf, ".pdf", SHARED_MODE)  # 0640: the print room's group reads it
+    manifest_temp = write_temp(directory, rows.getvalue().encode("utf-8"), ".csv", SHARED_MODE)
     try:
         publish(pdf_temp, pdf_path)  # claims the batch name atomically
         try:

@@ -33,8 +33,19 @@ __all__ = [
     "Rendered",
     "TemplateError",
     "TemplateRenderer",
+    "LANGUAGES",
     "date_fr",
+    "date_plain",
+    "date_num",
+    "date_lang",
+    "datetime_lang",
+    "duration_fr",
+    "duration_lang",
+    "letter_date",
+    "sms_fit",
+    "ucs2_length",
     "time_fr",
+    "town",
     "datetime_fr",
     "date_short",
     "datetime_short",
@@ -50,6 +61,21 @@ _MONTHS = (
     "janvier", "février", "mars", "avril", "mai", "juin",
     "juillet", "août", "septembre", "octobre", "novembre", "décembre",
 )
+_DAYS_EN = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS_EN = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)
+# Arabic: the weekday by name, the date in digits (03/06/2024): month names differ between the
+# Maghreb (جوان / يونيو) and the Mashriq (حزيران), digits are read everywhere.
+_DAYS_AR = ("الاثنين", "الثلاثاء", "الأربعاء", "الخميس", "الجمعة", "السبت", "الأحد")
+
+# The languages of the SMS and of the summary attached to the invitation letters (issue 10); every
+# other text is in French. A person whose language is another one gets French.
+LANGUAGES = ("fr", "en", "ar")
+# Unicode isolates: a phone number, a link or a date kept left-to-right inside Arabic text
+# (without them "02 61 91 10 10" reads "10 10 91 61 02" in a right-to-left paragraph)
+_LRI, _PDI = "\u2066", "\u2069"
 
 try:  # the system time zone database; the displayed time is always Paris time
     from zoneinfo import ZoneInfo
@@ -102,6 +128,135 @@ def date_fr(value: Any) -> str:
     d = _as_date(value)
     day = "1er" if d.day == 1 else str(d.day)
     return f"{_DAYS[d.weekday()]} {day} {_MONTHS[d.month - 1]} {d.year}"
+
+
+def date_plain(value: Any) -> str:
+    """``3 juin 2024`` (``1er juin 2024``): a date that is not an appointment's has no weekday."""
+    d = _as_date(value)
+    day = "1er" if d.day == 1 else str(d.day)
+    return f"{day} {_MONTHS[d.month - 1]} {d.year}"
+
+
+def date_num(value: Any) -> str:
+    """``03/06/2024``: a deadline in an SMS (an appointment there keeps its weekday: :func:`datetime_short`)."""
+    d = _as_date(value)
+    return f"{d.day:02d}/{d.month:02d}/{d.year}"
+
+
+def _language(lang: Any) -> str:
+    return lang if lang in LANGUAGES else "fr"
+
+
+def date_lang(value: Any, lang: str = "fr", weekday: bool = False) -> str:
+    """A date in ``lang``: ``3 juin 2024`` / ``3 June 2024`` / ``03/06/2024``; with ``weekday``
+    (an appointment) ``lundi 3 juin 2024`` / ``Monday 3 June 2024`` / ``الاثنين 03/06/2024``."""
+    d = _as_date(value)
+    lang = _language(lang)
+    if lang == "en":
+        text = f"{d.day} {_MONTHS_EN[d.month - 1]} {d.year}"
+        return f"{_DAYS_EN[d.weekday()]} {text}" if weekday else text
+    if lang == "ar":
+        text = date_num(d)
+        return f"{_DAYS_AR[d.weekday()]} {text}" if weekday else text
+    return date_fr(d) if weekday else date_plain(d)
+
+
+def datetime_lang(value: Any, lang: str = "fr") -> str:
+    """An appointment in ``lang``: ``lundi 3 juin 2024 à 14 h 30`` / ``Monday 3 June 2024 at 14:30`` /
+    ``الاثنين 03/06/2024، الساعة 14:30``."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    value = _paris(value)
+    lang = _language(lang)
+    if lang == "en":
+        return f"{date_lang(value, 'en', weekday=True)} at {value.hour:02d}:{value.minute:02d}"
+    if lang == "ar":
+        return f"{date_lang(value, 'ar', weekday=True)}، الساعة {value.hour:02d}:{value.minute:02d}"
+    return datetime_fr(value)
+
+
+def duration_fr(minutes: Any) -> str:
+    """``45 minutes``, ``1 heure``, ``1 h 30``, ``2 heures``."""
+    minutes = int(minutes)
+    hours, rest = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes} minutes"
+    if not rest:
+        return "1 heure" if hours == 1 else f"{hours} heures"
+    return f"{hours} h {rest:02d}"
+
+
+def duration_lang(minutes: Any, lang: str = "fr") -> str:
+    """A length in ``lang``: ``1 h 30`` / ``1 hour 30 minutes`` / ``90 دقيقة``."""
+    minutes = int(minutes)
+    lang = _language(lang)
+    if lang == "en":
+        hours, rest = divmod(minutes, 60)
+        parts = ([f"{hours} hour" + ("s" if hours > 1 else "")] if hours else []) + (
+            [f"{rest} minutes"] if rest else [])
+        return " ".join(parts)
+    if lang == "ar":
+        return f"{minutes} دقيقة"
+    return duration_fr(minutes)
+
+
+def town(place: Any) -> str:
+    """The town of a one-line place (``CDAS de Redon, 12 rue des Douves, 35600 Redon`` -> ``Redon``)."""
+    last = str(place).rsplit(",", 1)[-1].strip()
+    return city_fr(last) if last else str(place)
+
+
+SMS_LIMIT = 306  # two GSM-7 segments (153 septets each)
+SMS_LIMIT_UCS2 = 268  # four UCS-2 segments (67 characters each): the Arabic SMS
+
+
+def ucs2_length(text: str) -> int:
+    """Characters of ``text`` sent as UCS-2 (UTF-16 code units): an SMS that is not GSM-7 (Arabic)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def sms_fit(candidates: Any, limit: int | None = None, encoding: str = "gsm7") -> str:
+    """The first of ``candidates`` that fits ``limit`` once normalised, else the last one: e.g. the
+    SMS with the full place, else with its town. ``encoding`` ``gsm7`` (French, English: septets
+    after transliteration, limit 306) or ``ucs2`` (Arabic: UTF-16 units, limit 268)."""
+    from worker.domain.gsm7 import gsm7_length
+
+    measure = ucs2_length if encoding == "ucs2" else gsm7_length
+    limit = limit or (SMS_LIMIT_UCS2 if encoding == "ucs2" else SMS_LIMIT)
+    candidates = [str(c) for c in candidates]
+    for text in candidates:
+        if measure(_normalise_sms(text)) <= limit:
+            return text
+    return candidates[-1]
+
+
+def nobreak(value: Any) -> str:
+    """``value`` with non-breaking spaces (a phone number kept on one line)."""
+    return str(value).replace(" ", "\u00a0")
+
+
+def ltr(value: Any) -> str:
+    """``value`` kept left-to-right inside right-to-left text (Unicode isolates LRI ... PDI)."""
+    return f"{_LRI}{value}{_PDI}"
+
+
+_LETTER_DATE = re.compile(r'<time class="letter-date" datetime="(\d{4}-\d{2}-\d{2})">[^<]*</time>')
+
+
+def letter_date(value: Any) -> Markup:
+    """The date a letter bears (``3 juin 2024``: no weekday), marked so that the print batch can set
+    it to the day the letter actually goes out (:func:`redate_letter`)."""
+    d = _as_date(value)
+    return Markup(f'<time class="letter-date" datetime="{d.isoformat()}">{date_plain(d)}</time>')
+
+
+def redate_letter(html: str, day: date) -> tuple[str, bool]:
+    """The letter's HTML dated ``day`` (the working day its print batch goes out); (html, changed)."""
+    wanted = letter_date(day)
+    new, n = _LETTER_DATE.subn(lambda m: str(wanted), html)
+    return new, n > 0 and new != html
 
 
 def time_fr(value: Any) -> str:
@@ -206,8 +361,10 @@ class _TextExtractor(HTMLParser):
     def _break(self, level: int) -> None:
         self._pending = max(self._pending, level)
 
-    def _tag(self, tag: str) -> None:
-        if tag in _PARAGRAPH_TAGS:
+    def _tag(self, tag: str, attrs: list | None = None) -> None:
+        if attrs and any(name == "class" and "footnote" in (value or "").split() for name, value in attrs):
+            self._break(2)  # a footnote (the letters' information notice) is a paragraph of its own
+        elif tag in _PARAGRAPH_TAGS:
             self._break(2)
         elif tag in _LINE_TAGS:
             self._break(1)
@@ -218,7 +375,7 @@ class _TextExtractor(HTMLParser):
         if tag in _SKIP_TAGS:
             self._skip += 1
         else:
-            self._tag(tag)
+            self._tag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIP_TAGS:
@@ -312,22 +469,48 @@ class TemplateRenderer:
             datetime_short=datetime_short,
             city_fr=city_fr,
             accord=accord,
+            letter_date=letter_date,
+            date_plain=date_plain,
+            date_num=date_num,
+            date_lang=date_lang,
+            datetime_lang=datetime_lang,
+            duration_fr=duration_fr,
+            duration_lang=duration_lang,
+            ltr=ltr,
+            nobreak=nobreak,
+            town=town,
+            sms_fit=sms_fit,
         )
 
     # -- names --------------------------------------------------------------
 
     @staticmethod
-    def _names(step: str, channel: str) -> tuple[str, str | None]:
-        """(main template, optional second template) for a step and channel."""
+    def _names(step: str, channel: str, language: str = "fr") -> tuple[str, str | None]:
+        """(main template, optional second template) for a step and channel (and, for an SMS, the
+        person's language: ``sms/<step>.<lang>.txt.j2``; see :meth:`_sms_name`)."""
         if not re.fullmatch(r"[a-z0-9_]+", step or "") or step.startswith("_"):
             raise TemplateError(f"{channel}/{step}", "invalid step name")
         if channel == "letter":
             return f"letters/{step}.html.j2", None
         if channel == "sms":
+            if language != "fr" and language in LANGUAGES:
+                return f"sms/{step}.{language}.txt.j2", None
             return f"sms/{step}.txt.j2", None
         if channel == "email":
             return f"email/{step}.txt.j2", f"email/{step}.html.j2"
         raise TemplateError(f"{channel}/{step}", f"unknown channel {channel!r} (expected one of {CHANNELS})")
+
+    def render_report(self, name: str, context: dict) -> str:
+        """An agents' document (``templates/reports/<name>.html.j2``) as HTML."""
+        if not re.fullmatch(r"[a-z0-9_]+", name or ""):
+            raise TemplateError(f"reports/{name}", "invalid report name")
+        template = f"reports/{name}.html.j2"
+        try:
+            return self.env.get_template(template).render(**context)
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(template, f"template not found: {exc.name}") from exc
+        except jinja2.TemplateError as exc:
+            raise TemplateError(template, str(exc)) from exc
 
     def _exists(self, name: str) -> bool:
         return (self.templates_dir / name).is_file()
@@ -386,8 +569,22 @@ class TemplateRenderer:
                     parts.extend((dep, source))
         return _sha256(*parts)
 
-    def template_version(self, step: str, channel: str) -> str:
-        main, second = self._names(step, channel)
+    @staticmethod
+    def language_of(context: dict) -> str:
+        """The person's language in a context (``person.language``; French when absent or unknown)."""
+        person = context.get("person")
+        lang = person.get("language") if isinstance(person, dict) else getattr(person, "language", None)
+        return _language(lang)
+
+    def _main_name(self, step: str, channel: str, language: str) -> tuple[str, str | None]:
+        """The names for ``language``: its SMS when there is one, else the French one."""
+        names = self._names(step, channel, language)
+        if language != "fr" and not self._exists(names[0]):
+            return self._names(step, channel)
+        return names
+
+    def template_version(self, step: str, channel: str, language: str = "fr") -> str:
+        main, second = self._main_name(step, channel, _language(language))
         if not self._exists(main):
             raise TemplateError(main, "template not found")
         names = [main] + ([second] if second and self._exists(second) else [])
@@ -420,7 +617,7 @@ class TemplateRenderer:
         return output, subject
 
     def render(self, step: str, channel: str, context: dict) -> Rendered:
-        main, second = self._names(step, channel)
+        main, second = self._main_name(step, channel, self.language_of(context))
         if not self._exists(main):
             raise TemplateError(main, "template not found")
         context = dict(context)

@@ -52,9 +52,14 @@ REASONS = {
     "ar_unclaimed": "pli non réclamé (avis de passage)",
     "receipt": "attend la date de réception du préavis",
     "observation_period": "attend la fin du délai d'observations",
+    "attendance_to_confirm": "présence à confirmer (rien d'enregistré après le rendez-vous)",
+    "legitimate_reason_review": "motif légitime sans fin prévisible : à réexaminer",
 }
 
-APPOINTMENT_OUTCOMES = {"attended": "honoré", "missed": "manqué", "cancelled": "annulé"}
+APPOINTMENT_OUTCOMES = {"attended": "honoré", "missed": "manqué", "cancelled": "annulé",
+                        "unconfirmed": "passé sans présence enregistrée (absence non confirmée)"}
+DECISIONS = {"proceed": "poursuivre (préavis)", "refer": "renvoi en commission", "close": "classement",
+             "legitimate_reason": "motif légitime"}
 
 FLAGS = {
     "late": "première invitation après l'objectif de 15 jours",
@@ -78,6 +83,43 @@ FLAGS = {
     "sanction_decided": "suspension décidée",
     "sanction_lifted": "suspension levée",
 }
+
+
+# The steps as agents read them (config/paths.yaml step ids; an unknown id is shown as it is).
+STEPS = {
+    "invitation_1": "1re invitation",
+    "invitation_2": "relance (2e invitation)",
+    "phone_followup": "appel de suivi",
+    "convocation": "convocation",
+    "rdv_reminder": "rappel de rendez-vous",
+    "ft_convocation": "convocation France Travail",
+    "ft_warning": "dernier rappel France Travail",
+    "ft_report": "signalement de France Travail",
+    "sanction_review": "examen avant sanction",
+    "pre_sanction_notice": "préavis de sanction (LRAR)",
+    "observations_review": "examen des observations",
+    "crsa_referral": "renvoi en commission RSA",
+    "sanction_decision": "décision de suspension",
+    "sanction_lifting": "levée de la suspension",
+    "procedure_closed": "procédure close",
+}
+
+
+# Why a message was cancelled (the engine's codes), for agents.
+CANCEL_REASONS = {
+    "appointment_missed": "annulé : rendez-vous passé", "appointment_passed": "annulé : rendez-vous passé",
+    "rdv_booked": "annulé : la personne a pris rendez-vous",
+    "rdv_cancelled": "annulé : rendez-vous annulé", "legitimate_reason": "annulé : motif légitime",
+    "npai": "annulé : adresse inutilisable (NPAI)", "sms_failed": "annulé : numéro inutilisable",
+    "sms_opt_out": "annulé : opposition aux SMS",
+}
+
+
+def step_label(step: str | None) -> str:
+    """A step id in French (``sanction_review`` → « examen avant sanction »)."""
+    if not step:
+        return "—"
+    return STEPS.get(step, step)
 
 
 def _date_fr(value) -> str:
@@ -141,6 +183,9 @@ def case_entry(detail: dict, tz: dt.tzinfo | None = None) -> str:
     if "appointment_outcome" in detail:
         status = detail["appointment_outcome"]
         return f"rendez-vous {APPOINTMENT_OUTCOMES.get(status, status)}"
+    if "handed_over_to" in detail:
+        return (f"transmis pour examen à {detail['handed_over_to']} "
+                f"(manquement signalé par {detail.get('reported_by')})")
     if "commission_session" in detail:
         session = detail["commission_session"]
         if session == "none configured":
@@ -154,3 +199,30 @@ def case_entry(detail: dict, tz: dt.tzinfo | None = None) -> str:
         extra = None if flag in _PLAIN_FLAGS else detail.get("detail")
         return f"signalé : {FLAGS[flag]}" + (f" ({reason(extra)})" if extra else "")
     return json.dumps(detail, ensure_ascii=False, default=str)
+
+
+def event_detail(type_: str, payload: dict, categories: dict[str, str] | None = None) -> str:
+    """What an event said, in French, from its stored payload (never free text: none is stored)."""
+    p = payload or {}
+    labels = categories or {}
+    parts: list[str] = []
+    if p.get("decision"):
+        parts.append(f"décision : {DECISIONS.get(p['decision'], p['decision'])}")
+    if p.get("category"):
+        parts.append(f"motif : {labels.get(p['category'], p['category'])}")
+    if p.get("until"):
+        parts.append(f"jusqu'au {_date_fr(p['until'])}")
+    if p.get("review_on"):
+        parts.append(f"à réexaminer le {_date_fr(p['review_on'])}")
+    if p.get("rate") is not None and p.get("months") is not None:
+        parts.append(f"suspension de {p['rate']} % pendant {p['months']} mois"
+                     + (" (manquement répété)" if p.get("repeat") else ""))
+    if p.get("start_on"):
+        parts.append(f"à partir du {_date_fr(p['start_on'])}")
+    if p.get("receipt_on"):
+        parts.append(f"date : {_date_fr(p['receipt_on'])}")
+    if p.get("appointment_at"):
+        parts.append(f"rendez-vous le {_date_fr(p['appointment_at'])}")
+    if p.get("to"):
+        parts.append(f"vers le parcours {p['to']}")
+    return " ; ".join(parts)

@@ -55,6 +55,7 @@ from worker.domain.model import (
     Decision,
     Event,
     Flag,
+    HandOver,
     MarkReturned,
     MessageView,
     NeedSlot,
@@ -67,6 +68,8 @@ from worker.domain.model import (
 )
 
 WINDOWED_CHANNELS = frozenset({"sms", "email"})
+ATTENDANCE_TO_CONFIRM = "attendance_to_confirm"  # agent task: an appointment passed, nothing recorded
+LEGITIMATE_REASON_REVIEW = "legitimate_reason_review"  # agent task: a reason without end reaches its review
 
 
 class EngineError(ValueError):
@@ -195,6 +198,14 @@ def _restart_at(case: CaseState, now: dt.datetime) -> dt.datetime:
     return at
 
 
+def _open_pause(case: CaseState, policy: Policy) -> str | None:
+    """The category of a legitimate reason without a natural end that still runs on this case: a case
+    opened to replace it inherits it (it waits for an agent too, never starts by itself)."""
+    if case.paused_until is None or _reason_has_end(case, policy):
+        return None
+    return case.pause_category
+
+
 def _missed_check_at(appointment_at: dt.datetime, policy: Policy, cal: BusinessCalendar) -> dt.datetime:
     return cal.end_of_working_days_after(appointment_at, policy.delays.missed_grace_working_days)
 
@@ -235,11 +246,20 @@ def _plan_reminder(case: CaseState, appointment_at: dt.datetime, now: dt.datetim
 def new_case(*, path: str, organisation: str, droit_opened_on: dt.date, now: dt.datetime, policy: Policy,
              cal: BusinessCalendar, has_address: bool = True, has_phone: bool = False,
              has_email: bool = False, start_step: str | None = None,
-             due_at: dt.datetime | None = None) -> CaseState:
-    """A new case: it enters its first step at once (or ``start_step`` at ``due_at``)."""
+             due_at: dt.datetime | None = None, pause_category: str | None = None) -> CaseState:
+    """A new case: it enters its first step at once (or ``start_step`` at ``due_at``); with
+    ``pause_category`` it starts paused by that legitimate reason until ``due_at`` (its review date)."""
     spec = policy.path(path)
     target = policy.delays.first_invitation_target_days
     late = cal.local_date(now) > droit_opened_on + _days(target)
+    if pause_category is not None:
+        until = due_at or now
+        return dataclasses.replace(
+            new_case(path=path, organisation=organisation, droit_opened_on=droit_opened_on, now=now,
+                     policy=policy, cal=cal, has_address=has_address, has_phone=has_phone, has_email=has_email,
+                     start_step=start_step, due_at=until),
+            phase=PAUSED, paused_phase=ENTER, paused_until=until, paused_remaining=0.0,
+            pause_category=pause_category, due_at=until)
     return CaseState(
         path=path,
         organisation=organisation,
@@ -293,6 +313,9 @@ def _enter(case: CaseState, step_id: str, now: dt.datetime, policy: Policy, cal:
         return case, actions + [Flag("task", step_id)]
 
     if spec.kind == "handoff":
+        # France Travail reports the failure: the department's organisation reviews it (the service
+        # layer picks it from the postcode and records who reported). The facts stay on the case.
+        actions.append(HandOver(f"handoff:{step_id}"))
         case2, acts = _enter(case, spec.next, now, policy, cal, reason=f"handoff:{step_id}")
         return case2, actions + acts
 
@@ -353,10 +376,17 @@ def decide(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCalen
         return Decision(case2, tuple(actions))
 
     if case.phase == APPOINTMENT:
+        if policy.path(case.path).confirm_attendance:
+            # No automatic accusation from a missing record: an agent confirms attended or missed.
+            return Decision(_replace(case, due_at=None), (Flag("task", ATTENDANCE_TO_CONFIRM),))
         case2, actions = _missed(case, now, policy, cal, reason="no_attendance_recorded")
         return Decision(case2, tuple(actions))
 
     if case.phase == PAUSED:
+        if not _reason_has_end(case, policy):
+            # No natural end (homelessness, incarceration): on its review date an agent re-examines the
+            # case (legitimate_reason_ended, or a new legitimate_reason with a later review date).
+            return Decision(_replace(case, due_at=None), (Flag("task", LEGITIMATE_REASON_REVIEW),))
         case2, actions = _resume(case, now, policy, cal)
         return Decision(case2, tuple(actions))
 
@@ -430,7 +460,8 @@ def _after_booking_lost(case: CaseState, now: dt.datetime, policy: Policy, cal: 
 
 
 def _missed(case: CaseState, now: dt.datetime, policy: Policy, cal: BusinessCalendar, reason: str):
-    actions: list = [AppointmentOutcome("missed")]
+    # Without a record the absence is "unconfirmed": the agent at the review sees it was not reported.
+    actions: list = [AppointmentOutcome("unconfirmed" if reason == "no_attendance_recorded" else "missed")]
     case, acts = _cancel(case, "appointment_missed")
     actions += acts
     spec = _step(policy, case)
@@ -509,11 +540,49 @@ def _on_rdv_cancelled(case, ev, now, policy, cal):
     return case, actions + acts, ""
 
 
+def _reason_has_end(case: CaseState, policy: Policy) -> bool:
+    cats = policy.legitimate_reasons.categories
+    return case.pause_category not in cats or cats[case.pause_category].natural_end
+
+
+def _reason_until(ev, now: dt.datetime, policy: Policy, cal: BusinessCalendar, what: str) -> dt.datetime:
+    """The end of a legitimate reason: ``--until`` for a category with a natural end, else its review
+    date (``--review-on``, default ``review_days`` ahead), at the start of that day."""
+    reasons = policy.legitimate_reasons
+    try:
+        category = reasons.get(ev.category)
+    except ValueError as exc:
+        raise EngineError(f"{what} : {exc}") from None
+    if category.natural_end:
+        if ev.review_on is not None:
+            raise EngineError(f"{what} : --review-on est réservé aux motifs sans fin prévisible "
+                              f"({', '.join(k for k, c in reasons.categories.items() if not c.natural_end)})")
+        if ev.until is None:
+            raise EngineError(f"{what} : la date de fin (--until) est obligatoire")
+        return ev.until
+    if ev.until is not None:
+        raise EngineError(f"{what} : « {category.label} » n'a pas de fin prévisible : donner une date "
+                          "de réexamen (--review-on) au lieu de --until")
+    review_on = ev.review_on or cal.local_date(now) + _days(reasons.review_days)
+    if review_on <= cal.local_date(now):
+        raise EngineError(f"{what} : la date de réexamen doit être postérieure à aujourd'hui")
+    return cal.start_of_day(review_on)
+
+
+def _on_legitimate_reason_ended(case, ev, now, policy, cal):
+    """An agent records that the legitimate reason is over (early, or at its review date)."""
+    if case.phase != PAUSED:
+        return case, [], "no legitimate reason running"
+    case2, actions = _resume(_replace(case, paused_until=now), now, policy, cal)
+    return case2, actions, ""
+
+
 def _on_legitimate_reason(case, ev, now, policy, cal):
-    if ev.until is None:
-        raise EngineError("legitimate_reason : la date de fin (--until) est obligatoire")
+    until = _reason_until(ev, now, policy, cal, "legitimate_reason")
+    ev = dataclasses.replace(ev, until=until)
     if ev.until <= now:
         return case, [], "legitimate reason already over"
+    case = _replace(case, pause_category=ev.category)
     case, actions = _cancel(case, "legitimate_reason")
     if _in_procedure(case, policy):
         # At or after sanction_review the procedure stops: a person decides what follows.
@@ -566,7 +635,8 @@ def _on_address_updated(case, ev, now, policy, cal):
     if held_npai:
         path = policy.path(case.path)
         closed, actions = _close(case, "restarted_after_address_update", now)
-        return closed, actions + [OpenCase(case.path, path.first.id, _restart_at(case, now), "address_updated")], ""
+        return closed, actions + [OpenCase(case.path, path.first.id, _restart_at(case, now), "address_updated",
+                                           _open_pause(case, policy))], ""
     return case, [Flag("address_updated")], ""
 
 
@@ -598,7 +668,7 @@ def _on_reoriented(case, ev, now, policy, cal):
         return case, [], "already on this path"
     closed, actions = _close(case, "reoriented", now)
     return closed, actions + [OpenCase(ev.to, policy.path(ev.to).first.id, _restart_at(case, now),
-                                       f"reoriented:{case.path}")], ""
+                                       f"reoriented:{case.path}", _open_pause(case, policy))], ""
 
 
 def _on_review_decision(case, ev, now, policy, cal):
@@ -613,7 +683,7 @@ def _on_review_decision(case, ev, now, policy, cal):
             raise EngineError("review_decision proceed : le préavis est déjà parti ; "
                               "décider refer, close ou legitimate_reason")
         try:
-            rate, months = policy.measure.check(ev.rate, ev.months, ev.repeat)
+            rate, months = policy.measure.check(ev.rate, ev.months, ev.repeat, ev.household_size)
         except ValueError as exc:
             raise EngineError(f"review_decision proceed : {exc}") from None
         if not letters_reached(case, spec.relies_on):
@@ -640,13 +710,14 @@ def _on_review_decision(case, ev, now, policy, cal):
         case, actions = _enter(case, spec.next, now, policy, cal, reason="review_decision:refer")
         return case, actions, ""
     if ev.decision == "legitimate_reason":
-        if ev.until is None:
-            raise EngineError("review_decision legitimate_reason : la date de fin (--until) est obligatoire")
+        until = _reason_until(ev, now, policy, cal, "review_decision legitimate_reason")
         path = policy.path(case.path)
         restart = next((s.id for s in path.steps if s.kind == "appointment"), path.first.id)
-        case = _replace(case, review_decision="legitimate_reason")
+        case = _replace(case, review_decision="legitimate_reason", pause_category=ev.category)
         closed, actions = _close(case, "legitimate_reason", now)
-        return closed, actions + [OpenCase(case.path, restart, max(ev.until, now), "review_decision:legitimate_reason")], ""
+        no_end = None if policy.legitimate_reasons.get(ev.category).natural_end else ev.category
+        return closed, actions + [OpenCase(case.path, restart, max(until, now), "review_decision:legitimate_reason",
+                                           no_end)], ""
     case = _replace(case, review_decision="close")
     closed, actions = _close(case, "review_closed", now)
     closed, letter = _plan(closed, PROCEDURE_CLOSED, ("letter",), now, cal, postage="simple")
@@ -678,7 +749,7 @@ def _on_sanction_decided(case, ev, now, policy, cal):
     if ev.rate is None or ev.months is None:
         raise EngineError("sanction_decided : le taux (--rate) et la durée (--months) sont obligatoires")
     try:
-        rate, months = policy.measure.check(ev.rate, ev.months, case.measure_repeat)
+        rate, months = policy.measure.check(ev.rate, ev.months, case.measure_repeat, ev.household_size)
     except ValueError as exc:
         raise EngineError(f"sanction_decided : {exc}") from None
     if case.measure_rate is not None and (rate > case.measure_rate or months > (case.measure_months or 0)):
@@ -766,9 +837,37 @@ _HANDLERS = {
     "hearing_requested": _on_observations,
     "sanction_decided": _on_sanction_decided,
     "sanction_lifted": _on_sanction_lifted,
+    "legitimate_reason_ended": _on_legitimate_reason_ended,
 }
 # Events that still apply once the case has left the worker's hands (referred to the commission).
 _AFTER_REFERRAL = frozenset({"sanction_decided", "sanction_lifted"})
+
+
+# --- just before printing ----------------------------------------------------------------------
+
+
+def _procedure_letter(case: CaseState, step: str, policy: Policy) -> bool:
+    """The procedure's own letters (notice, referral, the Département's decisions): once written they
+    go out unless the case was closed without wanting them or the address is unusable; a pause or an
+    answer after the notice is for the agent at observations_review to weigh, with the period running."""
+    if step in (SANCTION_DECISION, SANCTION_LIFTING, PROCEDURE_CLOSED):
+        return True
+    path = policy.path(case.path)
+    return path.has(step) and path.step(step).kind in ("notice", "referral")
+
+
+def stale_letter(case: CaseState, message: MessageView, now: dt.datetime, policy: Policy,
+                 cal: BusinessCalendar) -> str | None:
+    """Why a letter written but not yet printed must not be printed (its case moved on since: a
+    booking, a closure, a legitimate reason, NPAI), or None if it still goes out."""
+    verdict = send_verdict(case, dataclasses.replace(message, status=PENDING), now, policy, cal)
+    if not verdict.startswith("cancel:"):
+        return None
+    reason = verdict.split(":", 1)[1]
+    if _procedure_letter(case, message.step, policy) and reason in (
+            "step_changed", "rdv_booked", "legitimate_reason"):
+        return None
+    return reason
 
 
 # --- just before sending ----------------------------------------------------------------------

@@ -163,3 +163,37 @@ def segments(text: str) -> int:
             used = 0
         used += size
     return parts
+
+
+# --- scripts GSM-7 cannot carry: UCS-2 ------------------------------------------------------------
+
+UCS2_SINGLE_SEGMENT = 70  # UTF-16 code units in a single UCS-2 SMS
+UCS2_MULTIPART_SEGMENT = 67  # per part of a concatenated UCS-2 SMS
+
+
+def needs_ucs2(text: str) -> bool:
+    """True when transliterating into GSM-7 would lose letters (Arabic, ...): such an SMS is sent in
+    UCS-2 as written, never as a line of "?". Latin text with accents stays GSM-7 (cheaper)."""
+    text = unicodedata.normalize("NFC", text or "")
+    return any(unicodedata.category(ch).startswith("L") and _translit_char(ch) == REPLACEMENT
+               for ch in text if ch not in GSM7_CHARS)
+
+
+def sms_body(text: str) -> str:
+    """The body as it is sent: GSM-7 (transliterated) when it can be, else the text itself (UCS-2)
+    without control or format characters."""
+    if not needs_ucs2(text):
+        return to_gsm7(text)
+    text = unicodedata.normalize("NFC", text)
+    # keep the bidi marks of right-to-left text (Cf: RLM/LRM/isolates), drop other control characters
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc" or ch == "\n")
+
+
+def sms_segments(text: str) -> int:
+    """SMS parts of :func:`sms_body` (GSM-7: 160/153 septets; UCS-2: 70/67 UTF-16 units)."""
+    if not needs_ucs2(text):
+        return segments(text)
+    units = len(sms_body(text).encode("utf-16-le")) // 2
+    if units <= UCS2_SINGLE_SEGMENT:
+        return 1
+    return -(-units // UCS2_MULTIPART_SEGMENT)

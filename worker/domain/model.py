@@ -44,6 +44,7 @@ EVENT_TYPES = (
     "hearing_requested",
     "sanction_decided",
     "sanction_lifted",
+    "legitimate_reason_ended",
 )
 REVIEW_DECISIONS = ("proceed", "refer", "legitimate_reason", "close")
 OBSERVATIONS_REVIEW = "observations_review"  # the human step after observations or a legitimate reason
@@ -125,6 +126,11 @@ class CaseState:
     decision_months: int | None = None
     decision_from: dt.date | None = None
     lifted_on: dt.date | None = None
+    # The category of the legitimate reason running (or that stopped the procedure); never its text.
+    pause_category: str | None = None
+    # France Travail's organisation that reported the failure (ft_report) before the case was handed
+    # to the department's reviewing organisation.
+    reported_by: str | None = None
     messages: tuple[MessageView, ...] = ()
 
 
@@ -142,6 +148,9 @@ class Event:
     months: int | None = None
     repeat: bool = False  # review_decision proceed: a repeated failure (the décret's wider range)
     start_on: dt.date | None = None  # sanction_decided: first day of the suspension
+    category: str | None = None  # legitimate_reason / review_decision legitimate_reason: config category
+    review_on: dt.date | None = None  # legitimate_reason without a natural end: the day an agent reviews it
+    household_size: int | None = None  # from the flux when it tells it: caps the measure (MeasureSpec.check)
 
 
 # --- actions -------------------------------------------------------------------
@@ -204,7 +213,7 @@ class RecordAppointment:
 
 @dataclass(frozen=True)
 class AppointmentOutcome:
-    status: str  # attended | missed | cancelled
+    status: str  # attended | missed | unconfirmed | cancelled
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,17 @@ class OpenCase:
     path: str
     start_step: str
     due_at: dt.datetime
+    reason: str
+    # A legitimate reason without a natural end still runs: the new case starts paused with it and
+    # waits, at its review date, for an agent (never starts by itself).
+    pause_category: str | None = None
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """The case passes to the department's reviewing organisation (chosen by the service layer
+    from the person's postcode, config/territory.yaml ``department.review_organisations``)."""
+
     reason: str
 
 
@@ -237,6 +257,7 @@ Action = (
     | AppointmentOutcome
     | OpenCase
     | ReferToCommission
+    | HandOver
     | Flag
 )
 

@@ -8,9 +8,10 @@ people who edit these files are the department's staff).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 CHANNELS = ("letter", "sms", "email")
 STEP_KINDS = ("invite", "appointment", "task", "handoff", "review", "notice", "referral")
@@ -80,6 +81,9 @@ class StepSpec(_Strict):
 class PathSpec(_Strict):
     label: str
     steps: tuple[StepSpec, ...]
+    # When an appointment passes with neither rdv_attended nor rdv_missed by the end of the grace
+    # period, an agent confirms the attendance ("présence à confirmer"): no absence is assumed.
+    confirm_attendance: bool = False
 
     def step(self, step_id: str) -> StepSpec:
         for s in self.steps:
@@ -149,6 +153,43 @@ class MeasureSpec(_Strict):
         return rate, months
 
 
+class ReasonCategory(_Strict):
+    label: str  # French, as agents and the commission read it
+    natural_end: bool = True  # False: no end date is known (homelessness, incarceration): a review date
+
+
+class LegitimateReasons(_Strict):
+    """The categories of legitimate reasons (the seed's list). The free text is never stored."""
+
+    review_days: int = 90  # categories without a natural end: reviewed by an agent after this many days
+    categories: dict[str, ReasonCategory] = {
+        "hospitalisation": ReasonCategory(label="hospitalisation"),
+        "incarceration": ReasonCategory(label="incarcération", natural_end=False),
+        "medical_appointment": ReasonCategory(label="rendez-vous médical"),
+        "sick_leave": ReasonCategory(label="arrêt maladie"),
+        "no_childcare": ReasonCategory(label="absence de mode de garde"),
+        "homelessness": ReasonCategory(label="sans domicile stable", natural_end=False),
+        "training_or_work": ReasonCategory(label="formation ou emploi"),
+        "other": ReasonCategory(label="autre motif"),
+    }
+
+    @model_validator(mode="after")
+    def _valid(self) -> "LegitimateReasons":
+        if self.review_days < 1:
+            raise ValueError("review_days doit être au moins 1")
+        if not self.categories:
+            raise ValueError("au moins une catégorie")
+        return self
+
+    def get(self, category: str | None) -> ReasonCategory:
+        """The category, or ValueError in French listing the known ones."""
+        if not category or category not in self.categories:
+            known = ", ".join(self.categories)
+            raise ValueError(f"catégorie {category!r} inconnue (attendu : {known})" if category
+                             else f"la catégorie (--category) est obligatoire ({known})")
+        return self.categories[category]
+
+
 class ReminderSpec(_Strict):
     step: str = "rdv_reminder"
     channels: tuple[str, ...] = ("sms",)
@@ -158,6 +199,7 @@ class Policy(_Strict):
     delays: Delays = Delays()
     reminder: ReminderSpec = ReminderSpec()
     measure: MeasureSpec = MeasureSpec()
+    legitimate_reasons: LegitimateReasons = LegitimateReasons()
     paths: dict[str, PathSpec]
     routing: dict[str, str]
     # The sanction envisaged, as the pre-sanction notice states it.
@@ -195,11 +237,55 @@ class Policy(_Strict):
         return self.routing[key]
 
 
+# What the invitations and convocations say about the appointment when the territory says
+# nothing else (issue 10): who the person meets, by organisation kind, and what to bring.
+DEFAULT_MEET = {
+    "cd": "une personne du Département et une personne de France Travail, ensemble",
+    "ft": "une conseillère ou un conseiller France Travail",
+    "ml": "une conseillère ou un conseiller de la Mission locale",
+    "msa": "une travailleuse sociale ou un travailleur social de la MSA",
+}
+DEFAULT_BRING = (
+    "pièce d'identité ou titre de séjour",
+    "numéro d'allocataire CAF ou MSA",
+    "CV si vous en avez un",
+)
+
+
+def _not_blank(v: str | None) -> str | None:
+    if v is not None and not v.strip():
+        raise ValueError("ne peut pas être vide (retirez la clé pour la valeur par défaut)")
+    return v
+
+
 class Slots(_Strict):
     place: str
     weekdays: tuple[str, ...]
     times: tuple[dt.time, ...]
     capacity: int = 1
+    # What the letters say about the appointment (issue 10, "Plain French"): how to get there
+    # (transport, step-free access), how long it lasts, what to bring, who the person meets
+    # (default: DEFAULT_MEET for the organisation's kind).
+    access: str | None = None
+    duration_minutes: int = 60
+    bring: tuple[str, ...] = DEFAULT_BRING
+    meet: str | None = None
+
+    _texts = field_validator("access", "meet")(_not_blank)
+
+    @field_validator("duration_minutes")
+    @classmethod
+    def _duration(cls, v: int) -> int:
+        if not 15 <= v <= 240:
+            raise ValueError("une durée en minutes, de 15 à 240")
+        return v
+
+    @field_validator("bring")
+    @classmethod
+    def _bring(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not item.strip() for item in v):
+            raise ValueError("un élément vide")
+        return v
 
     @field_validator("weekdays")
     @classmethod
@@ -230,6 +316,9 @@ class Organisation(_Strict):
     booking_url: str
     digest_recipients: tuple[str, ...] = ()
     convocation: Slots
+    # The data controller of what this organisation sends (a key of `privacy.controllers`);
+    # default: DEFAULT_CONTROLLER for its kind (the Département for CD organisations).
+    controller: str | None = None
 
     @field_validator("kind")
     @classmethod
@@ -237,6 +326,25 @@ class Organisation(_Strict):
         if v not in ("cd", "ft", "ml", "msa"):
             raise ValueError("doit valoir cd, ft, ml ou msa")
         return v
+
+    @field_validator("booking_url")
+    @classmethod
+    def _private_link(cls, v: str) -> str:
+        # the SMS carry the link, and a lock screen shows it to anyone (issue 10, "Private SMS")
+        if re.search(r"(?<![a-z0-9])rsa(?![a-z0-9])", v.lower()):
+            raise ValueError(f"{v!r} nomme le RSA : ce lien figure dans les SMS, lisibles par tous "
+                             "sur un écran verrouillé")
+        return v
+
+    @property
+    def meet(self) -> str:
+        """Who the person meets at the appointment (the letters say it)."""
+        return self.convocation.meet or DEFAULT_MEET[self.kind]
+
+    def controller_key(self, department_key: str) -> str:
+        if self.controller:
+            return self.controller
+        return department_key if self.kind == "cd" else DEFAULT_CONTROLLER[self.kind]
 
 
 class Commission(_Strict):
@@ -319,11 +427,89 @@ class Department(_Strict):
         return self.review_organisations.by_postcode[best] if best is not None else self.review_organisations.default
 
 
+# The data controller of an organisation by kind when it names none (issue 10): the Département
+# for its CDAS and the CCAS it delegates to, France Travail as an institution, the Mission locale,
+# the MSA for the accompaniment it provides itself.
+DEFAULT_CONTROLLER = {"ft": "france_travail", "ml": "mission_locale", "msa": "msa"}
+
+
+class PrivacyController(_Strict):
+    """A data controller as the information notice names it (RGPD art. 13/14)."""
+    name: str | None = None  # None: the Département's own name (the `department` controller only)
+    dpo_email: str
+    dpo_address: tuple[str, ...]
+    notice_url: str  # the full information notice
+    # who sees the data, in the notice's words
+    recipients: str = ("le Département, le CDAS ou le CCAS, France Travail, la Mission locale et, "
+                       "si besoin, la commission RSA")
+
+    _address = field_validator("dpo_address")(_address_lines)
+    _name = field_validator("name")(_not_blank)
+
+    @field_validator("dpo_email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", v):
+            raise ValueError(f"adresse e-mail invalide {v!r}")
+        return v
+
+    @field_validator("notice_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.fullmatch(r"https://[^\s]+\.[^\s]+", v):
+            raise ValueError(f"une adresse https:// attendue, pas {v!r}")
+        return v
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, v: str) -> str:
+        return _not_blank(v)
+
+
+class Privacy(_Strict):
+    """The information notice of every letter and e-mail (RGPD art. 13/14)."""
+    department: str = "departement"  # the key of the Département's controller (CD organisations, sanction letters)
+    source: str = "la CAF ou la MSA"  # where the data come from
+    controllers: dict[str, PrivacyController]
+
+    @model_validator(mode="after")
+    def _department(self) -> "Privacy":
+        if self.department not in self.controllers:
+            raise ValueError(f"department: responsable {self.department!r} absent de 'controllers'")
+        for key, controller in self.controllers.items():
+            if controller.name is None and key != self.department:
+                raise ValueError(f"controllers.{key}.name: le nom du responsable est obligatoire")
+        return self
+
+
 class Territory(_Strict):
     timezone: str = "Europe/Paris"
+    privacy: Privacy  # before the organisations: their data controllers are checked against it
     organisations: dict[str, Organisation]
     commission: Commission
     department: Department
+
+    @field_validator("organisations")
+    @classmethod
+    def _controllers(cls, organisations: dict[str, Organisation], info: ValidationInfo) -> dict[str, Organisation]:
+        """Every organisation's data controller is in `privacy.controllers`."""
+        privacy = info.data.get("privacy")
+        if privacy is None:  # the privacy block failed on its own
+            return organisations
+        for code, org in organisations.items():
+            key = org.controller_key(privacy.department)
+            if key not in privacy.controllers:
+                where = "controller" if org.controller else "kind"
+                raise ValueError(f"{code}.{where} : responsable du traitement {key!r} "
+                                 "absent de 'privacy.controllers'")
+        return organisations
+
+    def controller(self, organisation: str | None) -> tuple[str, PrivacyController]:
+        """(name, controller) of an organisation's messages; None: the Département's."""
+        key = (self.privacy.department if organisation is None
+               else self.organisations[organisation].controller_key(self.privacy.department))
+        controller = self.privacy.controllers[key]
+        return controller.name or self.department.name, controller
 
     @model_validator(mode="after")
     def _review_organisations(self) -> "Territory":

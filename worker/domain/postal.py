@@ -22,10 +22,16 @@ Lines 1 to 3 may keep their case, accents and punctuation ("Bâtiment B",
 "Chez M. Dupont"); the last name is printed in capitals, as French
 administrations do.
 
-A flux row has one complement field (``line2``); it is printed above the street
-line. A complement holding several parts separated by ``;``, a comma or a line
-break ("Chez M. Dupont, Bâtiment B") is split into several lines when the whole
-does not fit on one line.
+A flux row has one complement field (``line2``). Its parts (separated by ``;``,
+a comma or a line break) go where La Poste wants them:
+
+- a special delivery mention — BP (boîte postale), CS (course spéciale), TSA
+  (tri service arrivée) — goes *below* the street line (line 5), in postal form
+  ("B.P. 12" → "BP 12");
+- a CEDEX mention goes on the last line, after the locality ("35600 REDON CEDEX");
+- the rest (inside or outside the building, « chez … ») goes above the street
+  line, kept as written; several parts are split into several lines when the
+  whole does not fit on one line.
 """
 from __future__ import annotations
 
@@ -215,6 +221,36 @@ def _identity_line(civility: str | None, first_name: str, last_name: str) -> str
     )
 
 
+_DELIVERY_RE = re.compile(r"(BP|CS|TSA|BOITE POSTALE|CASE POSTALE)( \d+| [A-Z]?\d+[A-Z]?)?")
+_CEDEX_RE = re.compile(r"CEDEX( \d{1,2})?")
+
+
+def _postal_mention(part: str) -> str:
+    """A part in postal form with dotted abbreviations joined: "B.P. 12" -> "BP 12"."""
+    form = _postal_form(part)
+    for spaced, joined in (("T S A", "TSA"), ("B P", "BP"), ("C S", "CS")):
+        form = re.sub(r"(?<![A-Z0-9])" + spaced + r"(?![A-Z0-9])", joined, form)
+    return form
+
+
+def _split_complement(line2: str | None) -> tuple[str, list[str], str | None]:
+    """(what goes above the street, delivery lines below it, the CEDEX mention)."""
+    raw = "" if line2 is None else str(line2)
+    parts = [_clean(p) for p in re.split(r"[;\n\r]|,\s", raw)]
+    above, delivery, cedex = [], [], None
+    for part in (p for p in parts if p):
+        form = _postal_mention(part)
+        if _DELIVERY_RE.fullmatch(form):
+            delivery.append(form)
+        elif _CEDEX_RE.fullmatch(form):
+            cedex = form
+        else:
+            above.append(part)
+    if not delivery and cedex is None:
+        return raw, [], None  # nothing moved: the complement as written
+    return "; ".join(above), delivery, cedex
+
+
 def _complement_lines(line2: str | None) -> list[str]:
     raw = "" if line2 is None else str(line2)
     whole = _clean(raw)
@@ -282,9 +318,21 @@ def address_block(
             f"({MAX_LINE_LENGTH} caractères au plus)"
         )
 
+    above, delivery, cedex = _split_complement(line2)
+    if cedex and not _CEDEX_RE.search(locality):
+        locality = f"{locality} {cedex}"
+        if len(locality) > room:
+            raise AddressError(
+                f"commune et CEDEX trop longs : « {locality} » ({room} caractères au plus)"
+            )
+    for line in delivery:
+        if len(line) > MAX_LINE_LENGTH:
+            raise AddressError(f"mention de distribution trop longue : « {line} »")
+
     lines = [_identity_line(civility, first_name, last_name)]
-    lines += _complement_lines(line2)
-    lines += [street, f"{code} {locality}"]
+    lines += _complement_lines(above)
+    # La Poste: the special delivery mention (BP, CS, TSA) comes below the street line.
+    lines += [street, *delivery, f"{code} {locality}"]
     if len(lines) > MAX_LINES:
         raise AddressError(
             f"adresse trop longue : {len(lines)} lignes ({MAX_LINES} au plus)"

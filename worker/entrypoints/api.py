@@ -5,7 +5,12 @@
 * ``POST /events``: agents' tools record events (``X-Api-Key``), like
   ``relance event`` does on the command line;
 * ``GET /health`` (the process answers) and ``GET /ready`` (the database and,
-  when not eager, the broker answer).
+  when not eager, the broker answer);
+* ``GET /openapi.json``: the schema, behind the API key.
+
+Every date is bounded (2000-01-01 … now + 2 years), every id fits a BIGINT
+(:mod:`worker.entrypoints.validation`); bodies are capped and failed
+authentications throttled per client address (:mod:`worker.entrypoints.api_guard`).
 
 Error messages are in French (agents read them). Logs carry ids, statuses
 and error codes only: never a phone number, a name, an external id or the
@@ -14,17 +19,18 @@ text of a reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import logging
 from typing import Annotated, Any, Callable
 from zoneinfo import ZoneInfo
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.datastructures import QueryParams
 
 from worker.adapters.broker import ping_broker
@@ -32,6 +38,8 @@ from worker.adapters.store.session import ping_database
 from worker.services import cases, errors, sending
 from worker.domain.model import EVENT_TYPES, REVIEW_DECISIONS
 from worker.adapters.channels.twilio_callbacks import SIGNATURE_HEADER, parse_status_callback, status_callback_url, verify_signature
+from worker.entrypoints.api_guard import THROTTLED, AccessLog, AuthThrottle, BodyLimit, client_address, openapi_extras
+from worker.entrypoints.validation import InputError, check_event_dates, check_field, parse_id
 
 log = logging.getLogger("relance.api")
 UTC = dt.timezone.utc
@@ -82,7 +90,18 @@ class EventIn(BaseModel):
     months: int | None = Field(default=None, ge=0, le=24)
     repeat: bool = False
     start_on: IsoDate | None = None  # sanction_decided: first day of the suspension
+    # legitimate_reason (and review_decision legitimate_reason): its category (config/paths.yaml), and for a
+    # category without a natural end (homelessness, incarceration) the review date instead of `until`.
+    category: str | None = Field(default=None, max_length=32)
+    review_on: IsoDate | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("*")
+    @classmethod
+    def _bounded(cls, value: Any, info) -> Any:
+        # No control characters, no date before 2000 (worker.entrypoints.validation); the
+        # upper bounds depend on "now" and are checked by check_event_dates.
+        return check_field(info.field_name, value)
 
     @model_validator(mode="after")
     def _required_by_type(self) -> "EventIn":
@@ -90,15 +109,15 @@ class EventIn(BaseModel):
             raise ValueError(f"type d'événement inconnu : {self.type!r} (attendu : {', '.join(EVENT_TYPES)})")
         if self.type == "rdv_booked" and self.appointment_at is None:
             raise ValueError("rdv_booked : la date du rendez-vous (appointment_at) est obligatoire")
-        if self.type == "legitimate_reason" and self.until is None:
-            raise ValueError("legitimate_reason : la date de fin du motif (until) est obligatoire")
+        if self.type == "legitimate_reason" and not self.category:
+            raise ValueError("legitimate_reason : la catégorie du motif (category) est obligatoire")
         if self.type == "reoriented" and not self.to:
             raise ValueError("reoriented : le nouveau parcours (to) est obligatoire")
         if self.type == "review_decision":
             if self.decision not in REVIEW_DECISIONS:
                 raise ValueError(f"review_decision : decision doit valoir {', '.join(REVIEW_DECISIONS)}")
-            if self.decision == "legitimate_reason" and self.until is None:
-                raise ValueError("review_decision legitimate_reason : la date de fin du motif (until) est obligatoire")
+            if self.decision == "legitimate_reason" and not self.category:
+                raise ValueError("review_decision legitimate_reason : la catégorie du motif (category) est obligatoire")
         if self.type == "sanction_decided" and (self.rate is None or self.months is None or self.start_on is None):
             raise ValueError("sanction_decided : le taux (rate), la durée (months) et le début (start_on) sont obligatoires")
         return self
@@ -166,8 +185,24 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
         app_ctx = get_app()
     now_fn = clock or _utcnow
     tz = ZoneInfo(app_ctx.settings.timezone)
-    api = FastAPI(title="Relance", version="1", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        from worker.bootstrap import startup_line
+
+        log.info(startup_line(app_ctx.settings, "api", "- (publishes nothing; reads the database)"))
+        yield
+
+    # The schema is served behind the API key (GET /openapi.json below); no HTML docs (docs/api.md).
+    api = FastAPI(title="Relance", version="1", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     api.state.app_ctx = app_ctx
+    api.add_middleware(BodyLimit, max_bytes=app_ctx.settings.api_max_body_bytes)
+    api.add_middleware(AccessLog)
+    throttle = AuthThrottle(app_ctx.settings.api_auth_failures_per_minute)
+    api.state.auth_throttle = throttle
+    event_schema = EventIn.model_json_schema()
+    event_schema["properties"]["type"]["enum"] = list(EVENT_TYPES)  # documented (checked by the model)
+    extras = openapi_extras(event_schema)
 
     @api.exception_handler(RequestValidationError)
     async def _on_validation_error(request: Request, exc: RequestValidationError):
@@ -200,22 +235,32 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
 
     # --- Twilio status callbacks ----------------------------------------------------------------
 
-    @api.post("/twilio/status/{message_id}")
+    @api.post("/twilio/status/{message_id}", status_code=204, openapi_extra=extras["twilio"],
+              responses={403: {"description": "signature absente ou invalide"}, 409: {"description": "MessageSid"},
+                         413: {"description": "corps trop volumineux"}, 422: {"description": "identifiant hors bornes"},
+                         429: {"description": "trop d'échecs d'authentification"}})
     async def twilio_status(message_id: str, request: Request):
         settings = app_ctx.settings
-        body = await request.body()
+        address = client_address(request)
+        if throttle.blocked(address):
+            return JSONResponse(status_code=429, content=THROTTLED, headers={"Retry-After": "60"})
+        body = await request.body()  # at most RELANCE_API_MAX_BODY_BYTES (BodyLimit)
         params = QueryParams(body.decode("utf-8", "replace"))
         url = _public_url(settings.public_base_url, message_id, request)
         signature = request.headers.get(SIGNATURE_HEADER)
         if url is None or not verify_signature(settings.twilio_auth_token or "", url, params, signature):
             log.warning("twilio callback for message %s rejected: %s", message_id[:20],
                         "missing signature" if not signature else "invalid signature")
+            throttle.failed(address, "twilio signature", "/twilio/status")
             return JSONResponse(status_code=403, content={"detail": "signature Twilio absente ou invalide"})
         callback = parse_status_callback(params)
-        try:
-            msg_id = int(message_id)
-        except ValueError:
-            msg_id = None
+        msg_id = None
+        if message_id.strip().isdigit():
+            try:
+                msg_id = parse_id(message_id, "message_id")
+            except InputError as exc:
+                # Not an id of ours (they fit a BIGINT): refused before any query.
+                return JSONResponse(status_code=422, content={"detail": f"requête invalide — {exc}"})
         outcome = await run_in_threadpool(sending.record_sms_callback, app_ctx, msg_id, callback, now_fn())
         if outcome == "conflict":
             return JSONResponse(status_code=409,
@@ -224,21 +269,33 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
 
     # --- events -----------------------------------------------------------------------------------
 
-    def refused(x_api_key: str | None) -> JSONResponse | None:
-        """The answer when the agents' API is off or the key is wrong; None when the key is good."""
+    def refused(request: Request, x_api_key: str | None) -> JSONResponse | None:
+        """The answer when the agents' API is off, the address throttled or the key wrong; None when the key is good."""
         keys = app_ctx.settings.api_key_list
         if not keys:
             return JSONResponse(status_code=503, content={
                 "detail": "API des événements désactivée (aucune clé configurée : RELANCE_API_KEYS)"})
+        address = client_address(request)
+        if throttle.blocked(address):
+            return JSONResponse(status_code=429, content=THROTTLED, headers={"Retry-After": "60"})
         if not x_api_key or not any(hmac.compare_digest(x_api_key.encode(), k.encode()) for k in keys):
+            throttle.failed(address, "missing API key" if not x_api_key else "wrong API key", request.url.path[:80])
             return JSONResponse(status_code=401, content={"detail": "clé d'API absente ou invalide (en-tête X-Api-Key)"},
                                 headers={"WWW-Authenticate": "X-Api-Key"})
         return None
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(request: Request, x_api_key: Annotated[str | None, Header()] = None):
+        """The OpenAPI schema, for the agents' tools: behind the API key like the routes it describes."""
+        if (answer := refused(request, x_api_key)) is not None:
+            return answer
+        return JSONResponse(api.openapi())
+
     @api.get("/agenda")
-    async def get_agenda(org: str | None = None, x_api_key: Annotated[str | None, Header()] = None):
+    async def get_agenda(request: Request, org: str | None = Query(default=None, max_length=64),
+                         x_api_key: Annotated[str | None, Header()] = None):
         """What waits for an agent (worker.services.agenda), for one organisation or all."""
-        if (answer := refused(x_api_key)) is not None:
+        if (answer := refused(request, x_api_key)) is not None:
             return answer
         if org is not None and org not in app_ctx.territory.organisations:
             return JSONResponse(status_code=404, content={"detail": f"organisation inconnue : {org}"})
@@ -247,9 +304,9 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
         items = await run_in_threadpool(agenda, app_ctx, now_fn(), org)
         return JSONResponse(content=[i.as_json() for i in items])
 
-    @api.post("/events")
+    @api.post("/events", status_code=201, openapi_extra=extras["events"])
     async def post_event(request: Request, x_api_key: Annotated[str | None, Header()] = None):
-        if (answer := refused(x_api_key)) is not None:
+        if (answer := refused(request, x_api_key)) is not None:
             return answer
         raw = await request.body()
         try:
@@ -257,10 +314,12 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
         except ValidationError as exc:
             return _validation_response(exc.errors())
         now = now_fn()
+        try:
+            # Every date between 2000-01-01 and now + 2 years (`at`: now + 5 minutes).
+            check_event_dates(event, now, tz)
+        except InputError as exc:
+            return _validation_response([{"loc": (exc.field,), "type": "value_error", "ctx": {"error": exc.message}}])
         at = _aware(event.at, tz)
-        if at is not None and at > now + MAX_FUTURE:
-            return _validation_response([{"loc": ("at",), "type": "value_error", "ctx": {
-                "error": "la date de l'événement est dans le futur (au plus 5 minutes d'avance acceptées)"}}])
         moment = at or now
         if event.type == "reoriented" and event.to not in app_ctx.policy.paths:
             return JSONResponse(status_code=422, content={
@@ -275,7 +334,11 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
                     until=_aware(event.until, tz), appointment_at=_aware(event.appointment_at, tz),
                     decision=event.decision, to=event.to, reason=event.reason, receipt_on=receipt_on,
                     source="api", idempotency_key=event.idempotency_key, rate=event.rate, months=event.months,
-                    repeat=event.repeat, start_on=event.start_on))
+                    repeat=event.repeat, start_on=event.start_on, category=event.category,
+                    review_on=event.review_on))
+        except errors.IdempotencyConflict as exc:  # the key was used for another content: nothing recorded
+            log.info("event %s refused (409: idempotency key reused with other content)", event.type)
+            return JSONResponse(status_code=409, content={"detail": str(exc)})
         except errors.ServiceError as exc:
             if not await run_in_threadpool(cases.person_exists, app_ctx, event.external_id):
                 return JSONResponse(status_code=404, content={"detail": "personne inconnue"})
@@ -286,6 +349,9 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
                    "case": result.case_id}
         return JSONResponse(status_code=200 if result.status == "duplicate" else 201, content=payload)
 
+    from worker.entrypoints.web import create_web_app  # the agents' workspace: HTML pages under /espace
+
+    api.mount("/espace", create_web_app(app_ctx, now_fn))
     return api
 
 

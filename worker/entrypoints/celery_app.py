@@ -1,5 +1,10 @@
 """The Celery application: queues, routing and "never lose, never double-send" settings.
 
+Timing, consistent by construction (docs/ops.md, *Time limits*): every task has a soft and
+a hard time limit; no task is published with a countdown or an ETA; the broker's
+visibility timeout (after which Redis hands an unacknowledged task to another worker)
+outlasts the longest hard limit, so a task still running is never handed out twice.
+
 On the embedded default (``RELANCE_BROKER_URL=memory://``) tasks run eagerly,
 in-process; with a Redis URL they go to real workers.
 """
@@ -50,7 +55,15 @@ def configure(settings=None) -> Celery:
         # Requeue on worker loss only where rerunning is safe: set per task
         # (sends are safe: the claim makes a rerun a no-op).
         task_reject_on_worker_lost=False,
-        broker_transport_options={"visibility_timeout": 3600},
+        # Time limits (seconds) on every task: the soft one raises inside the task (a send
+        # records its outcome, or stays "sending" and is surfaced by reconcile), the hard one
+        # kills it. Ingestion, bounce scans and maintenance passes get the long limits
+        # (worker/entrypoints/tasks/_common.py). No task is ever published with a countdown or
+        # an ETA (the database holds time): the visibility timeout only has to outlast the
+        # longest hard limit, which Settings checks (RELANCE_BROKER_VISIBILITY_TIMEOUT).
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         broker_connection_retry_on_startup=True,
         # Broker connection lost (Redis restarted): running sends finish and record their
         # outcome in the database (Celery 6 would cancel them by default, leaving them

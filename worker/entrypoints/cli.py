@@ -31,6 +31,14 @@ digests_app = typer.Typer(no_args_is_help=True, help="Bulletins quotidiens des a
 app.add_typer(digests_app, name="digests")
 messages_app = typer.Typer(no_args_is_help=True, help="Messages : liste par statut, remise en envoi après vérification.")
 app.add_typer(messages_app, name="messages")
+commission_app = typer.Typer(no_args_is_help=True, help="Commission RSA : dossier de séance.")
+replies_app = typer.Typer(no_args_is_help=True, help="Réponses des bénéficiaires arrivées par e-mail.")
+app.add_typer(replies_app, name="replies")
+app.add_typer(commission_app, name="commission")
+crsa_app = typer.Typer(no_args_is_help=True, help="Commission RSA (CRSA) : dossiers de séance en PDF.")
+app.add_typer(crsa_app, name="crsa")
+agents_app = typer.Typer(no_args_is_help=True, help="Agents de l'espace agents : inscription, rôle, désactivation.")
+app.add_typer(agents_app, name="agents")
 
 
 class CliError(Exception):
@@ -91,20 +99,44 @@ def _progress_printer(label: str):
     return show
 
 
-def _ensure_db(ctx) -> None:
-    from worker.adapters.store.session import upgrade
+# Exit codes (README, "Exit codes"): 0 done; 1 refused or failed (one line on stderr);
+# 2 wrong usage; 3 done, but rows or files were rejected (listed in the output);
+# 70 unexpected internal error (a bug: see the log); 130 interrupted.
+EXIT_REJECTED = 3
+EXIT_INTERNAL = 70
 
-    upgrade(ctx.db_url)
+
+def _rejected(count: int, what: str = "lignes rejetées") -> None:
+    """Done, with rejects: exit code 3 (distinct from a refusal and from a crash)."""
+    if count:
+        typer.echo(f"Attention : {count} {what} (code de sortie {EXIT_REJECTED}).", err=True)
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def _ensure_db(ctx) -> None:
+    """The schema must be there and current: ordinary commands never create or migrate it."""
+    from worker.bootstrap import SchemaError, require_schema
+
+    try:
+        require_schema(ctx)
+    except SchemaError as exc:
+        raise CliError(str(exc)) from None
 
 
 # --- commands ---------------------------------------------------------------------------------
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(wait: float = typer.Option(0, "--wait", min=0, max=600,
+                                          help="Attendre jusqu'à N secondes que la base réponde (démarrage)")) -> None:
     """Crée ou met à jour le schéma de la base."""
+    from worker.bootstrap import SchemaError, upgrade_schema
+
     ctx = _context()
-    _ensure_db(ctx)
+    try:
+        upgrade_schema(ctx, wait)
+    except SchemaError as exc:
+        raise CliError(str(exc)) from None
     typer.echo("Base à jour.")
 
 
@@ -128,10 +160,11 @@ def ingest(file: Path = typer.Argument(..., help="Fichier de flux (CSV ou JSON L
     _ensure_db(ctx)
     try:
         report = ingest_service.ingest_file(ctx, file, moment, progress=_progress_printer("Lignes"))
-    except FluxFormatError as exc:
+    except (FluxFormatError, ingest_service.IngestError) as exc:  # neither quotes a row
         raise CliError(f"{file.name} : {exc}") from None
     if as_json:
         typer.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
+        _rejected(len(report.rejected))
         return
     typer.echo(f"{file.name} : {report.accepted} nouvelles personnes, {report.updated} mises à jour, "
                f"{report.unchanged} inchangées, {len(report.rejected)} lignes rejetées, "
@@ -139,7 +172,8 @@ def ingest(file: Path = typer.Argument(..., help="Fichier de flux (CSV ou JSON L
     for r in report.rejected:
         typer.echo(f"  ligne {r['line']} ({r['external_id'] or 'sans identifiant'}) : {r['field']} — {r['reason']}")
     for w in report.warnings:
-        typer.echo(f"  avertissement ligne {w['line']} ({w['external_id']}) : {w['field']} — {w['reason']}")
+        typer.echo(f"  avertissement ligne {w['line']} ({w['external_id'] or 'tout le fichier'}) : {w['field']} — {w['reason']}")
+    _rejected(len(report.rejected))
 
 
 @app.command()
@@ -163,6 +197,15 @@ def tick(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé 
                    "ou dépassée (relance orientation).")
 
 
+def _parse_date(value: str | None, option: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise CliError(f"{option} : date invalide {value!r} (attendu AAAA-MM-JJ)") from None
+
+
 @app.command()
 def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, npai, ...)"),
           external_id: str = typer.Argument(..., help="Identifiant de la personne (matricule)"),
@@ -177,6 +220,12 @@ def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, 
           start: Optional[str] = typer.Option(None, "--from", help="sanction_decided : début de la suspension (AAAA-MM-JJ)"),
           to: Optional[str] = typer.Option(None, "--to", help="Nouveau parcours (cd, ft, ft_unregistered, ml)"),
           reason: Optional[str] = typer.Option(None, "--reason", help="Motif (texte libre, non journalisé)"),
+          category: Optional[str] = typer.Option(
+              None, "--category", help="legitimate_reason : catégorie du motif (hospitalisation, incarceration, "
+                                       "medical_appointment, sick_leave, no_childcare, homelessness, "
+                                       "training_or_work, other — config/paths.yaml)"),
+          review_on: Optional[str] = typer.Option(
+              None, "--review-on", help="legitimate_reason sans fin prévisible : date de réexamen (AAAA-MM-JJ)"),
           key: Optional[str] = typer.Option(None, "--key", help="Clé d'idempotence (un même événement n'est appliqué qu'une fois)"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Enregistre un événement pour une personne et l'applique à son dossier."""
@@ -188,19 +237,15 @@ def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, 
     receipt_on = None
     if type in ("ar_signed", "ar_unclaimed"):
         receipt_on = ctx.calendar.local_date(moment)
-    start_on = None
-    if start is not None:
-        try:
-            start_on = dt.date.fromisoformat(start)
-        except ValueError:
-            raise CliError(f"--from : date invalide {start!r} (attendu AAAA-MM-JJ)") from None
+    start_on = _parse_date(start, "--from")
     try:
         res = cases.apply_event(ctx, external_id=external_id, type=type, now=moment,
                                 until=_parse_dt(until, "--until", ctx),
                                 appointment_at=_parse_dt(appointment_at, "--appointment-at", ctx),
                                 decision=decision, to=to, reason=reason, receipt_on=receipt_on,
                                 source="cli", idempotency_key=key, rate=rate, months=months, repeat=repeat,
-                                start_on=start_on)
+                                start_on=start_on, category=category,
+                                review_on=_parse_date(review_on, "--review-on"))
     except errors.ServiceError as exc:
         raise CliError(str(exc)) from None
     if as_json:
@@ -212,7 +257,8 @@ def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, 
 
 
 @app.command()
-def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+def timeline(external_id: str = typer.Argument(..., help="Matricule, référence de dossier (RL-000123) ou de courrier"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
     """Tout ce qui est arrivé aux dossiers d'une personne, dans l'ordre."""
     from worker.domain import describe
     from worker.services import errors
@@ -236,7 +282,10 @@ def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Optio
             typer.echo(f"{when}  message  {i['step']:<20} {channel:<8} {status}"
                        f"{'  (' + i['detail'] + ')' if i.get('detail') else ''}")
         elif i["kind"] == "event":
-            typer.echo(f"{when}  événement {i['type']:<19} {describe.EVENT_STATUSES.get(i['status'], i['status'])}")
+            by = (i.get("source") or "").removeprefix("web:")
+            typer.echo(f"{when}  événement {i['type']:<19} {describe.EVENT_STATUSES.get(i['status'], i['status'])}"
+                       f"{'  (' + i['said'] + ')' if i.get('said') else ''}"
+                       f"{'  [espace agents, agent n° ' + by + ']' if (i.get('source') or '').startswith('web:') else ''}")
         elif i["kind"] == "step":
             typer.echo(f"{when}  étape    {i['step']:<20} ({describe.reason(i.get('reason'))})")
         else:
@@ -244,17 +293,66 @@ def timeline(external_id: str = typer.Argument(...), as_json: bool = typer.Optio
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Vérifie la chaîne d'empreintes du journal d'audit."""
-    from worker.services.audit_log import verify_chain
+def audit_verify(anchor: Optional[Path] = typer.Option(
+        None, "--anchor", help="Fichier d'ancres (relance audit anchor) : détecte aussi une chaîne réécrite ou tronquée")) -> None:
+    """Vérifie la chaîne d'empreintes (signée par RELANCE_AUDIT_KEY) du journal d'audit."""
+    from worker.services.audit_log import AuditError, verify_chain
 
     ctx = _context()
     _ensure_db(ctx)
-    result = verify_chain(ctx)
+    try:
+        result = verify_chain(ctx, anchor)
+    except AuditError as exc:
+        raise CliError(str(exc)) from None
     if not result.ok:
+        if result.broken_id is None:
+            raise CliError(f"journal d'audit rompu : {result.reason}")
         raise CliError(f"journal d'audit rompu à l'entrée n° {result.broken_id} : {result.reason} "
                        f"({result.checked} entrées valides avant elle)")
     typer.echo(f"Journal d'audit intact : {result.checked} entrées vérifiées.")
+    for note in result.notes:
+        typer.echo(f"  {note}")
+    if anchor is not None:
+        typer.echo(f"  {result.anchors_checked} ancres concordantes ({anchor})"
+                   + (f", {result.anchors_purged} antérieures à la purge du début du journal"
+                      if result.anchors_purged else ""))
+
+
+@audit_app.command("anchor")
+def audit_anchor(file: Optional[Path] = typer.Argument(
+        None, help="Fichier d'ancres, hors de la base (une ligne JSON ajoutée) ; sans fichier : la ligne est affichée"),
+                 accept_unsigned: bool = typer.Option(
+        False, "--accept-unsigned", help="Une fois, après la mise à jour d'une base dont le journal précède la clé : "
+                                         "scelle ses premières entrées non signées")) -> None:
+    """Vérifie la chaîne puis note sa tête (empreinte et nombre d'entrées) hors de la base."""
+    from worker.services.audit_log import AuditError, anchor_chain
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        written = anchor_chain(ctx, dt.datetime.now(UTC), file, accept_unsigned=accept_unsigned)
+    except AuditError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"fichier d'ancres : {file} : {exc.strerror or type(exc).__name__}") from None
+    line = json.dumps(written.as_json(), ensure_ascii=False)
+    typer.echo(line if file is None else f"Ancre ajoutée à {file} : {written.count} entrées, "
+                                         f"tête {written.head_hash[:16]}…")
+
+
+@audit_app.command("purge")
+def audit_purge(before: str = typer.Option(..., "--before", help="Date (AAAA-MM-JJ) : le début du journal avant elle est supprimé")) -> None:
+    """Supprime le début du journal d'audit (rôle propriétaire de la base) après un point de contrôle."""
+    from worker.services.retention import AuditPurgeError, purge_audit_log
+
+    ctx = _context()
+    _ensure_db(ctx)
+    moment = _parse_dt(before, "--before", ctx)
+    try:
+        removed = purge_audit_log(ctx, moment, dt.datetime.now(UTC))
+    except AuditPurgeError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"{removed} entrées du début du journal d'audit supprimées (point de contrôle ajouté).")
 
 
 @app.command()
@@ -269,12 +367,21 @@ def demo(days: int = typer.Option(90, "--days", help="Nombre de jours simulés")
 
 
 @app.command()
-def scheduler() -> None:
+def scheduler(check: bool = typer.Option(False, "--check",
+                                         help="Vérifie que le planificateur de cette machine tourne (bilan de santé)")) -> None:
     """Lance le planificateur (un seul actif à la fois)."""
-    from worker.entrypoints.scheduler import LeaderScheduler
+    from worker.bootstrap import configure_logging
+    from worker.entrypoints.scheduler import LeaderScheduler, check_heartbeat
 
     ctx = _context()
+    if check:
+        try:
+            typer.echo(check_heartbeat(ctx))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        return
     _ensure_db(ctx)
+    configure_logging(ctx.settings)
     LeaderScheduler(ctx).run()
 
 
@@ -310,11 +417,13 @@ def letters_returns(file: Path = typer.Argument(..., help="Fichier des retours (
     report = letter_returns.process_returns(ctx, file, dt.datetime.now(UTC))
     if as_json:
         typer.echo(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+        _rejected(len(report["rejected"]))
         return
     typer.echo(f"{file.name} : {report['applied']} retours enregistrés, {report['duplicates']} déjà connus, "
                f"{len(report['rejected'])} lignes rejetées.")
     for r in report["rejected"]:
         typer.echo(f"  ligne {r['line']} : {r['reason']}")
+    _rejected(len(report["rejected"]))
 
 
 @email_app.command("bounces")
@@ -337,13 +446,16 @@ def email_bounces(paths: Optional[list[Path]] = typer.Argument(
     report = bounces.record_paths(ctx, paths, now)
     if as_json:
         typer.echo(json.dumps(report, ensure_ascii=False, indent=2))
+        _rejected(len(report["rejected"]), "fichiers rejetés")
         return
     typer.echo(f"{report['applied']} non-remises enregistrées, {report['duplicates']} déjà connues, "
+               f"{report.get('replies', 0)} réponses de bénéficiaires transmises aux agents, "
                f"{len(report['ignored'])} sans effet, {len(report['rejected'])} fichiers rejetés.")
     for item in report["ignored"]:
         typer.echo(f"  sans effet : {item['file']} : {item['reason']}")
     for item in report["rejected"]:
         typer.echo(f"  rejeté : {item['file']} : {item['reason']}")
+    _rejected(len(report["rejected"]), "fichiers rejetés")
 
 
 @messages_app.command("list")
@@ -359,6 +471,12 @@ def messages_list(status: Optional[str] = typer.Option(None, "--status", help="e
     _ensure_db(ctx)
     if channel is not None and channel not in ("sms", "email", "letter"):
         raise CliError(f"--channel : canal inconnu {channel!r} (sms, email ou letter)")
+    from worker.domain import model
+
+    known = (model.PENDING, model.SENDING, model.SENT, model.DISPATCHED, model.DELIVERED, model.FAILED,
+             model.TEMPORARY_FAILURE, model.TECHNICAL_FAILURE, model.CANCELLED, model.RETURNED)
+    if status is not None and status not in known:
+        raise CliError(f"--status : statut inconnu {status!r} (attendu : {', '.join(known)})")
     rows = list_messages(ctx, status=status, channel=channel, since=_parse_dt(since, "--since", ctx), limit=limit)
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
@@ -448,6 +566,130 @@ def digests_send(now: Optional[str] = typer.Option(None, "--now", help="Instant 
         typer.echo(f"{r.organisation} : {count}{labels.get(r.status, r.status)} ({r.path})")
 
 
+@replies_app.command("list")
+def replies_list(org: Optional[str] = typer.Option(None, "--org", help="Organisation (code)"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Les réponses reçues et transmises, pas encore marquées lues."""
+    from worker.services import replies
+
+    ctx = _context()
+    _ensure_db(ctx)
+    items = replies.pending(ctx, org)
+    if as_json:
+        typer.echo(json.dumps([i.__dict__ for i in items], ensure_ascii=False, indent=2, default=str))
+        return
+    if not items:
+        typer.echo("Aucune réponse à lire.")
+    for i in items:
+        typer.echo(f"n° {i.id}  {ctx.calendar.local(i.received_at):%d/%m/%Y %H:%M}  "
+                   f"{i.case_reference or 'dossier inconnu'}  {i.external_id or ''}  transmise à {i.forwarded_to}")
+
+
+@replies_app.command("read")
+def replies_read(reply_id: int = typer.Argument(..., help="Numéro de la réponse (relance replies list)"),
+                 now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Marque une réponse comme lue : elle quitte l'agenda."""
+    from worker.services import errors, replies
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        replies.mark_read(ctx, reply_id, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC))
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"Réponse n° {reply_id} marquée lue.")
+
+
+@commission_app.command("pack")
+def commission_pack(session: Optional[str] = typer.Option(None, "--session",
+                                                        help="Date de la séance (AAAA-MM-JJ) ; défaut : la prochaine"),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Fichier HTML à écrire"),
+                    now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Écrit le dossier de séance de la commission : faits, préavis, réponses, motifs et décisions."""
+    from worker.services import commission, errors
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        path, pack = commission.write_pack(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC),
+                                           _parse_date(session, "--session"), out)
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"Séance du {pack.session:%d/%m/%Y} : {len(pack.cases)} dossier(s) — {path}")
+
+
+@crsa_app.command("pack")
+def crsa_pack(session: str = typer.Argument(..., help="Date de la séance (AAAA-MM-JJ)"),
+              out: Optional[Path] = typer.Option(None, "--out", help="Dossier où écrire les PDF"),
+              now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Dossier de séance en PDF : la séance entière et un PDF par dossier (comme l'espace agents)."""
+    from worker.services import commission, errors
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        folder, pack, files = commission.write_pdfs(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC),
+                                                    _parse_date(session, "SESSION_DATE"), out)
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"Séance du {pack.session:%d/%m/%Y} : {len(pack.cases)} dossier(s), {len(files)} PDF dans {folder}")
+    for f in files:
+        typer.echo(f"  {f.name}")
+
+
+@agents_app.command("add")
+def agents_add(email: str = typer.Argument(..., help="Adresse e-mail professionnelle (celle de ProConnect)"),
+               name: str = typer.Option(..., "--name", help="Prénom et nom, affichés comme auteur des décisions"),
+               role: str = typer.Option("agent", "--role", help="agent (son organisation), department (tous les "
+                                                                "dossiers) ou ops (lecture seule)"),
+               org: Optional[str] = typer.Option(None, "--org", help="Organisation (config/territory.yaml), "
+                                                                   "obligatoire pour le rôle agent")) -> None:
+    """Inscrit un agent (ou met à jour son nom, son rôle, son organisation et le réactive)."""
+    from worker.services import agents, errors
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        agent, created = agents.save_agent(ctx, email=email, name=name, role=role, organisation=org,
+                                           now=dt.datetime.now(UTC))
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"Agent n° {agent.id} {'inscrit' if created else 'mis à jour'} : {agent.email}, "
+               f"{agent.role_label}{', ' + agent.organisation if agent.organisation else ''}.")
+
+
+@agents_app.command("list")
+def agents_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Les agents inscrits, par organisation."""
+    from worker.services import agents
+
+    ctx = _context()
+    _ensure_db(ctx)
+    rows = agents.list_agents(ctx)
+    if as_json:
+        typer.echo(json.dumps([r.__dict__ for r in rows], ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        typer.echo("Aucun agent inscrit : relance agents add EMAIL --name \"Prénom Nom\" --org ORG")
+    for r in rows:
+        typer.echo(f"{r.id:>5}  {r.email:<40} {r.role:<10} {r.organisation or '-':<20} "
+                   f"{'actif' if r.active else 'désactivé'}  {r.name}")
+
+
+@agents_app.command("disable")
+def agents_disable(email: str = typer.Argument(..., help="Adresse e-mail de l'agent")) -> None:
+    """Désactive un agent : il ne peut plus se connecter, ses sessions ouvertes prennent fin."""
+    from worker.services import agents, errors
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        agent = agents.disable_agent(ctx, email, dt.datetime.now(UTC))
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"Agent n° {agent.id} désactivé ; ses sessions sont closes.")
+
+
 @app.command()
 def orientation(as_json: bool = typer.Option(False, "--json"),
                 now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
@@ -478,10 +720,16 @@ def api(host: Optional[str] = typer.Option(None, "--host"), port: Optional[int] 
     """Lance le service HTTP (rappels de statut Twilio, événements des agents, santé)."""
     import uvicorn
 
+    from worker.bootstrap import configure_logging
+
     ctx = _context()
     _ensure_db(ctx)
+    configure_logging(ctx.settings)
+    # Access log: worker.entrypoints.api_guard (no query string). Behind the TLS proxy, set
+    # FORWARDED_ALLOW_IPS to its address so that client addresses are the real ones (docs/ops.md).
     uvicorn.run("worker.entrypoints.api:create_app", factory=True, host=host or ctx.settings.api_host,
-                port=port or ctx.settings.api_port, log_level="warning", access_log=False)
+                port=port or ctx.settings.api_port, log_level=ctx.settings.log_level.lower(), access_log=False,
+                log_config=None)
 
 
 @app.command()
@@ -495,12 +743,20 @@ def worker(queues: str = typer.Option(",".join(("ingest", "cases", "sms", "lette
         raise CliError("RELANCE_BROKER_URL n'est pas défini : les tâches s'exécutent déjà dans le processus "
                        "(mode embarqué) ; indiquez une URL Redis pour lancer des workers")
     _ensure_db(ctx)
-    from worker.entrypoints.celery_app import celery
+    from worker.bootstrap import require_channel_secrets
+    from worker.domain.policy import ConfigError
 
-    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-E", "--loglevel", "INFO", "--without-gossip",
-            "--without-mingle"]
-    if name:
-        argv += ["-n", name]
+    try:
+        require_channel_secrets(ctx, queues)
+    except ConfigError as exc:
+        raise CliError(f"configuration invalide — {exc}") from None
+    from worker.entrypoints.celery_app import celery
+    from worker.entrypoints.queues import node_name
+
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-E", "--loglevel", ctx.settings.log_level,
+            "--without-gossip", "--without-mingle"]
+    # Each worker its own node name (Flower shows one line per name): the queue group's, by default.
+    argv += ["-n", name or node_name(queues)]
     celery.worker_main(argv)
 
 
@@ -513,7 +769,9 @@ def flower(port: int = typer.Option(5555, "--port"), address: str = typer.Option
     if not ctx.settings.flower_password:
         raise CliError("RELANCE_FLOWER_PASSWORD est obligatoire : Flower n'est jamais lancé sans authentification")
     from worker.entrypoints.celery_app import celery
+    from worker.entrypoints.flower_readonly import make_read_only
 
+    make_read_only()  # no task launching, revoking or worker control from Flower (docs/ops.md)
     celery.start(["flower", f"--port={port}", f"--address={address}",
                   f"--basic-auth={ctx.settings.flower_user}:{ctx.settings.flower_password}"])
 
@@ -536,9 +794,13 @@ def _french_usage(message: str) -> str:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S%z")  # times with their zone
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except CliError as exc:
         typer.echo(f"Erreur : {exc}", err=True)
         sys.exit(1)
@@ -557,8 +819,11 @@ def main() -> None:
             typer.echo(f"Erreur : {_french_usage(exc.format_message())}", err=True)
             sys.exit(2 if "UsageError" in names else getattr(exc, "exit_code", 1))
         logging.getLogger("relance").debug("unexpected error", exc_info=True)
-        typer.echo(f"Erreur inattendue : {type(exc).__name__}: {_one_line(exc)}", err=True)
-        sys.exit(1)
+        detail = _one_line(exc)
+        if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3"):  # may quote a row
+            detail = "erreur de la base de données (détail non affiché : il peut citer des données personnelles)"
+        typer.echo(f"Erreur inattendue : {type(exc).__name__}: {detail}", err=True)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

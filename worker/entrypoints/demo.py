@@ -30,6 +30,10 @@ START = dt.date(2024, 4, 1)
 # (day offset, sample file): the monthly flux files arrive at the start of each month.
 FLUX_SCHEDULE = [(0, "flux_2024-03.csv"), (31, "flux_2024-04_excel.csv"), (63, "flux_2024-05_with_errors.csv")]
 TICK_TIMES = (dt.time(8, 30), dt.time(11, 0), dt.time(15, 0), dt.time(19, 30))
+# The demo's own keys (its people are fictional; published here, so never for real data): the
+# commands refuse the development keys, so the demo's data is read again with these.
+DEMO_SECRETS = {"RELANCE_NIR_HASH_KEY": "demo-only-fictional-people-nir-key-2024-not-secret",
+                "RELANCE_AUDIT_KEY": "demo-only-fictional-people-audit-key-2024-not-secret"}
 
 
 class World:
@@ -40,6 +44,8 @@ class World:
         self.rng = rng
         self.cal = app.calendar
         self.events = Counter()
+        self.categories = Counter()
+        self.in_observation = Counter()  # what people did during the observation period
         self.personas: dict[str, str] = {}
 
     def persona(self, external_id: str) -> str:
@@ -55,6 +61,8 @@ class World:
             return
         if res.status == "applied":
             self.events[type_] += 1
+            if kw.get("category"):
+                self.categories[kw["category"]] += 1
 
     def _rows(self, q):
         with session_scope(self.app.db_url) as s:
@@ -66,40 +74,82 @@ class World:
             day += dt.timedelta(days=1)
         return self.cal.at(day, dt.time(self.rng.choice((9, 10, 11, 14, 15, 16)), self.rng.choice((0, 30))))
 
+    def reason(self, now: dt.datetime) -> dict:
+        """A legitimate reason as an agent records it: a category, and its end or its review date."""
+        categories = self.app.policy.legitimate_reasons.categories
+        category = self.rng.choice(sorted(categories))
+        if categories[category].natural_end:
+            return {"category": category, "until": now + dt.timedelta(days=self.rng.randint(10, 30))}
+        return {"category": category,
+                "review_on": self.cal.local_date(now) + dt.timedelta(days=self.rng.randint(15, 30))}
+
+    def commission(self, now: dt.datetime) -> None:
+        """After each commission session, the Président decides; some suspensions are later lifted."""
+        today = self.cal.local_date(now)
+        rows = self._rows(
+            select(Person.external_id, Case.commission_date, Case.measure_rate, Case.measure_months,
+                   Case.decision_rate, Case.decision_from, Case.lifted_on)
+            .join(Case, Case.person_id == Person.id)
+            .where(Case.outcome == "crsa_referral", Case.commission_date.is_not(None),
+                   Case.commission_date < today))
+        for ext, _session, rate, months, decided, start, lifted in rows:
+            r = self.rng.random()
+            if decided is None and (r < 0.5 or not self.events["sanction_decided"]):
+                # the decision takes effect a week later, after its letter
+                self.event(ext, "sanction_decided", now, rate=rate or 30, months=months or 1,
+                           start_on=today + dt.timedelta(days=3))
+            elif decided is not None and lifted is None and start is not None and start <= today and (
+                    r < 0.3 or not self.events["sanction_lifted"]):
+                # the person took part again: the suspension ends
+                self.event(ext, "sanction_lifted", now)
+
     def live(self, now: dt.datetime) -> None:
         """One morning of the world: people and agents act."""
         rng = self.rng
         rows = self._rows(
             select(Person.external_id, Case.id, Case.phase, Case.step, Case.appointment_at, Case.updated_at,
-                   Case.hold_reason, Case.step_entered_at)
+                   Case.hold_reason, Case.step_entered_at, Case.due_at)
             .join(Case, Case.person_id == Person.id).where(Case.status == "active"))
-        for ext, case_id, phase, step, appt_at, updated_at, hold, entered in rows:
+        for ext, case_id, phase, step, appt_at, updated_at, hold, entered, due_at in rows:
             age = (now - (updated_at or now)).days
             r = rng.random()
             persona = self.persona(ext)
             if r < 0.0015:
                 self.event(ext, "droit_closed", now)
                 continue
+            if phase == "appointment" and due_at is None and appt_at is not None and appt_at <= now:
+                # France Travail's path: nothing was recorded, an agent asks for the attendance to be
+                # confirmed; within a few days France Travail says what happened.
+                if r < 0.6:
+                    self.event(ext, "rdv_attended" if persona == "responsive" else "rdv_missed", now)
+                continue
             if persona == "silent" and phase in ("waiting", "appointment"):
                 continue  # never answers, never comes: the path runs to its end
             if phase == "waiting" and r < (0.09 if persona == "responsive" else 0.04):
                 self.event(ext, "rdv_booked", now, appointment_at=self.next_slot(now, rng.randint(2, 12)))
             elif phase == "waiting" and r < 0.06:
-                self.event(ext, "legitimate_reason", now, until=now + dt.timedelta(days=rng.randint(10, 30)),
-                           reason="hospitalisation")
+                self.event(ext, "legitimate_reason", now, **self.reason(now))
             elif phase == "appointment" and appt_at is not None and appt_at <= now:
                 # The appointment took place (or not) yesterday or today.
                 if r < (0.85 if persona == "responsive" else 0.3):
                     self.event(ext, "rdv_attended", now)
                 elif r < 0.85:
                     self.event(ext, "rdv_missed", now)
-                # otherwise nobody records it: the case counts it missed after a working day
+                # otherwise nobody records it: on the CD path an unconfirmed absence after a working day
+            elif phase == "review" and step == "observations_review" and age >= 2:
+                # The person answered the notice (or had a legitimate reason): an agent weighs it.
+                if r < 0.5:
+                    self.event(ext, "review_decision", now, decision="refer")
+                elif r < 0.75:
+                    self.event(ext, "review_decision", now, decision="legitimate_reason", **self.reason(now))
+                else:
+                    self.event(ext, "review_decision", now, decision="close")
             elif phase == "review" and age >= 2:
                 if r < 0.6:
-                    self.event(ext, "review_decision", now, decision="proceed")
+                    self.event(ext, "review_decision", now, decision="proceed", rate=rng.choice((30, 50)),
+                               months=rng.choice((1, 2)))
                 elif r < 0.8:
-                    self.event(ext, "review_decision", now, decision="legitimate_reason",
-                               until=now + dt.timedelta(days=rng.randint(14, 30)))
+                    self.event(ext, "review_decision", now, decision="legitimate_reason", **self.reason(now))
                 else:
                     self.event(ext, "review_decision", now, decision="close")
             elif phase == "awaiting_receipt" and age >= 3:
@@ -107,10 +157,25 @@ class World:
                     self.event(ext, "ar_signed", now, receipt_on=self.cal.local_date(now) - dt.timedelta(days=1))
                 elif r < 0.9:
                     self.event(ext, "ar_unclaimed", now, receipt_on=self.cal.local_date(now) - dt.timedelta(days=2))
+            elif phase == "observation":
+                # During the 10 days: some write, some ask to be heard, some fall ill (the first three
+                # cases there do one each, so that every run shows them; then at random).
+                first = next((t for t in ("observations_received", "hearing_requested", "legitimate_reason")
+                              if not self.in_observation[t]), None)
+                if first is not None or r < 0.12:
+                    kind = first or ("observations_received" if r < 0.05 else
+                                     "hearing_requested" if r < 0.08 else "legitimate_reason")
+                    self.in_observation[kind] += 1
+                    extra = self.reason(now) if kind == "legitimate_reason" else {}
+                    self.event(ext, kind, now, **extra)
+            elif phase == "paused" and due_at is None and r < 0.5:
+                # A reason without a natural end reached its review date: the agent finds it over.
+                self.event(ext, "legitimate_reason_ended", now)
             elif phase == "task" and age >= 2 and r < 0.7:
                 self.event(ext, "phone_followup_done", now)
             elif phase == "held" and hold == "npai" and age >= 5 and r < 0.3:
                 self.event(ext, "address_updated", now)
+        self.commission(now)
         # The mail room: a few letters sent 3 to 6 days ago come back NPAI.
         since = now - dt.timedelta(days=6)
         until = now - dt.timedelta(days=3)
@@ -136,7 +201,8 @@ def run_demo(days: int = 90, out: Path = Path("demo-out"), seed: int = 2024, pro
         shutil.rmtree(out)
     out.mkdir(parents=True)
     settings = Settings(data_dir=out, database_url=f"sqlite:///{out / 'relance.db'}", broker_url="memory://",
-                        sms_backend="local", email_backend="local", letter_backend="local")
+                        sms_backend="local", email_backend="local", letter_backend="local",
+                        **{k.removeprefix("RELANCE_").lower(): v for k, v in DEMO_SECRETS.items()})
     app = build_app(settings)
     configure(settings)
     previous = app_module._APP
@@ -225,10 +291,18 @@ def _summary(app, world: World, days: int, out: Path, elapsed: float) -> str:
     lines.append("Dossiers clos : " + ", ".join(f"{o} {n}" for o, n in sorted(outcomes, key=lambda x: -x[1])))
     lines.append("Dossiers en cours : " + ", ".join(f"{st}/{ph} {n}" for ph, st, n in sorted(active, key=lambda x: -x[2])))
     lines.append("Événements simulés : " + ", ".join(f"{k} {v}" for k, v in sorted(world.events.items())))
+    labels = {k: c.label for k, c in app.policy.legitimate_reasons.categories.items()}
+    lines.append("Motifs légitimes par catégorie : " + (", ".join(
+        f"{labels.get(k, k)} {v}" for k, v in world.categories.most_common()) or "aucun"))
+    lines.append(f"Procédure : {world.events['observations_received']} observations et "
+                 f"{world.events['hearing_requested']} demandes d'audition après un préavis ; "
+                 f"{world.events['sanction_decided']} suspensions décidées après la commission, "
+                 f"{world.events['sanction_lifted']} levées.")
     lines.append(f"Journal d'audit : {'intact' if result.ok else 'ROMPU à ' + str(result.broken_id)} "
                  f"({result.checked} entrées).")
     lines.append(f"Courriers, SMS et e-mails : {app.settings.outbox} ; base : {out / 'relance.db'}")
-    lines.append(f"Pour suivre une personne : RELANCE_DATA_DIR={out} relance timeline <matricule>")
+    keys = " ".join(f"{k}={v}" for k, v in DEMO_SECRETS.items())
+    lines.append(f"Pour suivre une personne : RELANCE_DATA_DIR={out} {keys} relance timeline <matricule>")
     return "\n".join(lines)
 
 

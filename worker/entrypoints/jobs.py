@@ -10,29 +10,41 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from worker.entrypoints import queues
 from worker.entrypoints.tasks._common import as_task_arg, now_or_clock
-from worker.entrypoints.tasks.dispatch import relay, sweep
+from worker.entrypoints.tasks.dispatch import queue_depth, relay, sweep
 from worker.services import sending
 
 log = logging.getLogger("relance.jobs")
 
 
-def scan_inbox(app, now: dt.datetime | None = None) -> None:
+def scan_inbox(app, now: dt.datetime | None = None, depth=queue_depth) -> int:
+    """Enqueue a scan of the inbox when a file waits there (and no task waits in ``ingest``): 1 if enqueued."""
     from worker.entrypoints.tasks.ingest import scan_inbox as task
 
     inbox = app.settings.inbox
     if inbox.exists() and any(p.is_file() and not p.name.startswith(".") for p in inbox.iterdir()):
+        if depth(queues.INGEST) != 0:  # a scan is already waiting (workers down or busy)
+            return 0
         task.apply_async(args=[as_task_arg(now)])
+        return 1
+    return 0
 
 
-def scan_bounces(app, now: dt.datetime | None = None) -> None:
-    """Enqueue a scan of the bounce Maildir when a notice is waiting in ``new/``."""
+def scan_bounces(app, now: dt.datetime | None = None, depth=queue_depth) -> int:
+    """Enqueue a scan of the bounce Maildir when a notice is waiting in ``new/``: 1 if enqueued.
+
+    Not while tasks wait in the ``email`` queue (workers down or busy): the scan would only pile up."""
     from worker.entrypoints.tasks.email import scan_bounces as task
 
     maildir = app.settings.bounce_maildir
     new = maildir / "new" if maildir is not None else None
     if new is not None and new.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in new.iterdir()):
+        if depth(queues.EMAIL) != 0:
+            return 0
         task.apply_async(args=[as_task_arg(now)])
+        return 1
+    return 0
 
 
 def reconcile(app, now: dt.datetime | None = None) -> int:
@@ -77,3 +89,18 @@ def cycle(app, now: dt.datetime | None = None) -> dict:
         log.error("digests failed (%s)", type(exc).__name__)
         digested = 0
     return {"swept": swept, "relayed": relayed, "stuck": stuck, "orientation": orientation, "digests": digested}
+
+
+def scheduler_cycle(app, now: dt.datetime | None = None) -> dict:
+    """One period of ``relance scheduler``: scan the inbox and the bounces, sweep, relay.
+
+    Each step runs even if an earlier one failed (its failure is logged as ``job <name>
+    failed``); returns the counts the scheduler logs on one line (``None`` = failed)."""
+    counts: dict = {}
+    for name, fn in (("inbox", scan_inbox), ("bounces", scan_bounces), ("swept", sweep), ("relayed", relay)):
+        try:
+            counts[name] = fn(app, now)
+        except Exception:  # noqa: BLE001 - logged; the next period retries
+            log.exception("job %s failed", {"swept": "sweep", "relayed": "relay"}.get(name, "scan_" + name))
+            counts[name] = None
+    return counts

@@ -7,10 +7,13 @@ holds it. Missed runs are coalesced (``coalesce=True``), not replayed.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import socket
+import time
 import uuid
+from pathlib import Path
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from worker.entrypoints import jobs
@@ -64,6 +67,7 @@ class LeaderScheduler:
         self.interval, self.lease = interval, lease_seconds or lease
         if self.lease <= self.interval:
             raise ValueError("the scheduler lease must outlast the job interval")
+        self._was_leader: bool | None = None
         self.scheduler = BlockingScheduler(timezone=app.settings.timezone,
                                            job_defaults={"coalesce": True, "max_instances": 1,
                                                          "misfire_grace_time": 30})
@@ -79,20 +83,35 @@ class LeaderScheduler:
         def run():
             if not self.is_leader():
                 return
+            t0 = time.monotonic()
             try:
-                fn(self.app)
+                result = fn(self.app)
             except Exception:  # noqa: BLE001 - logged; the next run retries
                 log.exception("job %s failed", name)
+                return
+            log.info("job %s done: %s in %.2f s", name, result if result is not None else "ok", time.monotonic() - t0)
         run.__name__ = name
         return run
+
+    def cycle(self) -> dict | None:
+        """One period: scan, sweep, relay (leader only); one log line with the counts; the heartbeat."""
+        t0 = time.monotonic()
+        leader = self.is_leader()
+        counts = jobs.scheduler_cycle(self.app) if leader else None
+        write_heartbeat(self.app, self.owner, leader=leader, interval=self.interval)
+        if leader != self._was_leader:
+            log.info("this scheduler (%s) is %s", self.owner,
+                     "now the leader" if leader else "on standby (another one holds the lease, or the database is down)")
+            self._was_leader = leader
+        if counts is not None:
+            shown = ", ".join(f"{k} {'failed' if v is None else v}" for k, v in counts.items())
+            log.info("cycle: %s in %.2f s", shown, time.monotonic() - t0)
+        return counts
 
     def add_jobs(self) -> None:
         add = self.scheduler.add_job
         every = self.interval
-        add(self._guarded("scan_inbox", jobs.scan_inbox), "interval", seconds=every, id="scan_inbox")
-        add(self._guarded("scan_bounces", jobs.scan_bounces), "interval", seconds=every, id="scan_bounces")
-        add(self._guarded("sweep", jobs.sweep), "interval", seconds=every, id="sweep")
-        add(self._guarded("relay", jobs.relay), "interval", seconds=every, id="relay")
+        add(self.cycle, "interval", seconds=every, id="cycle", next_run_time=dt.datetime.now(UTC))
         add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=5 * every, id="reconcile")
         add(self._guarded("orientation", jobs.watch_orientation), "interval", seconds=60 * every, id="orientation")
         add(self._guarded("digests", jobs.digests), "interval", seconds=5 * every, id="digests")
@@ -101,18 +120,60 @@ class LeaderScheduler:
             add(self._guarded(name, fn), trigger=trigger, id=name)
 
     def run(self) -> None:
+        from worker.bootstrap import startup_line
+        from worker.entrypoints import queues
+
         self.add_jobs()
-        log.info("scheduler started (jobs every %g s, lease %g s)", self.interval, self.lease)
+        log.info(startup_line(self.app.settings, "scheduler", ",".join(queues.ALL)))
+        log.info("scheduler %s: jobs every %g s, lease %g s, heartbeat %s", self.owner, self.interval, self.lease,
+                 heartbeat_path(self.app))
         try:
             self.scheduler.start()
         finally:
             release_lease(self.app, "scheduler", self.owner)
 
 
-def _retention(app) -> None:
+def _retention(app):
     from worker.services.retention import purge_expired
 
-    purge_expired(app, dt.datetime.now(UTC))
+    return purge_expired(app, dt.datetime.now(UTC))
+
+
+# --- the heartbeat: `relance scheduler --check` (the compose health check) ---------------------------------
+
+
+def heartbeat_path(app, host: str | None = None) -> Path:
+    """One file per machine (the data directory may be shared): ``<data dir>/run/scheduler-<host>.json``."""
+    return app.settings.data_dir / "run" / f"scheduler-{host or socket.gethostname()}.json"
+
+
+def write_heartbeat(app, owner: str, *, leader: bool, interval: float, now: dt.datetime | None = None) -> None:
+    path = heartbeat_path(app)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"owner": owner, "pid": os.getpid(), "leader": leader, "interval": interval,
+                                   "at": (now or dt.datetime.now(UTC)).isoformat()}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # the health check will say so; the scheduler goes on
+        log.warning("heartbeat not written (%s)", type(exc).__name__)
+
+
+def check_heartbeat(app, now: dt.datetime | None = None) -> str:
+    """The scheduler on this machine ran a cycle recently: its state in French; ValueError otherwise."""
+    path = heartbeat_path(app)
+    try:
+        beat = json.loads(path.read_text(encoding="utf-8"))
+        at = dt.datetime.fromisoformat(beat["at"])
+        interval = float(beat["interval"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"aucun battement du planificateur sur cette machine ({path}) : "
+                         "« relance scheduler » ne tourne pas ou n'a pas encore fait de cycle") from None
+    age = ((now or dt.datetime.now(UTC)) - at).total_seconds()
+    if age > 3 * interval + 30:
+        raise ValueError(f"planificateur figé : dernier cycle il y a {age:.0f} s (période {interval:g} s)")
+    role = "actif" if beat.get("leader") else "en attente (un autre planificateur détient le bail)"
+    return f"planificateur {role}, dernier cycle il y a {age:.0f} s"
 
 
 def extra_jobs(app=None):

@@ -8,6 +8,11 @@ e-mail is flagged, their pending e-mails are cancelled, letters carry on) and
 moves each file to ``cur/``: seen (``:2,S``) or, if it could not be used,
 flagged (``:2,F``) for a person to look at.
 
+A notice is used only if it gives back the token of the e-mail it names
+(``X-Relance-Token`` of the returned headers, or the VERP envelope sender: see
+:mod:`worker.adapters.dsn`): the reference alone is guessable, and a forged
+notice would otherwise mark anyone's e-mail failed and their address unusable.
+
 Nothing here logs an address: only references, statuses and file names.
 """
 from __future__ import annotations
@@ -19,11 +24,12 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from worker.adapters.dsn import NotABounce, parse_bounce
+from worker.adapters.dsn import NotABounce, parse_bounce, verify_bounce_token
 from worker.adapters.store import audit, repository
 from worker.adapters.store.models import Case, Message, Person
 from worker.adapters.store.session import session_scope
 from worker.domain.model import PENDING
+from worker.services import replies
 from worker.services.cases import load_case
 
 log = logging.getLogger("relance.bounces")
@@ -104,11 +110,19 @@ def _move(path: Path, maildir: Path, flag: str) -> None:
 
 
 def record_file(app, raw: bytes, now: dt.datetime) -> tuple[str, str]:
-    """(outcome, detail) for one DSN: applied | duplicate | ignored | rejected."""
+    """(outcome, detail) for one DSN: applied | duplicate | ignored | rejected; or ``reply`` for a
+    message a person wrote (or an automatic answer): forwarded to agents, never a bounce."""
+    if replies.is_reply(raw):
+        return replies.record_reply(app, raw, now)
     try:
         bounce = parse_bounce(raw)
     except NotABounce as exc:
         return "rejected", str(exc)
+    if not verify_bounce_token(app.settings.bounce_token_key, bounce.reference, bounce.token):
+        shown = bounce.reference if Message.parse_reference(bounce.reference) else "?"  # never a forged header's text
+        log.warning("bounce %s rejected: %s token", shown, "invalid" if bounce.token else "no")
+        return "rejected", ("avis sans jeton valide (X-Relance-Token) pour sa référence : non appliqué "
+                            "(avis falsifié, ou e-mail envoyé sans jeton)")
     if not bounce.permanent:
         return "ignored", f"{bounce.action} {bounce.status or ''}".strip()
     outcome = record_email_bounce(app, reference=bounce.reference, message_id=bounce.message_id,
@@ -122,12 +136,14 @@ def record_file(app, raw: bytes, now: dt.datetime) -> tuple[str, str]:
 
 
 def empty_report() -> dict:
-    return {"applied": 0, "duplicates": 0, "ignored": [], "rejected": []}
+    return {"applied": 0, "duplicates": 0, "replies": 0, "ignored": [], "rejected": []}
 
 
 def _count(report: dict, outcome: str, name: str, detail: str) -> None:
     if outcome == "applied":
         report["applied"] += 1
+    elif outcome == "reply":
+        report["replies"] += 1
     elif outcome == "duplicate":
         report["duplicates"] += 1
     else:
@@ -142,11 +158,12 @@ def record_paths(app, paths: list[Path], now: dt.datetime) -> dict:
             part = scan_maildir(app, path, now)
             report["applied"] += part["applied"]
             report["duplicates"] += part["duplicates"]
+            report["replies"] += part["replies"]
             report["ignored"] += part["ignored"]
             report["rejected"] += part["rejected"]
         else:
             outcome, detail = record_file(app, path.read_bytes(), now)
-            _count(report, outcome, path.name, detail)
+            _count(report, "ignored" if outcome == "retry" else outcome, path.name, detail)
     return report
 
 
@@ -170,6 +187,9 @@ def scan_maildir(app, maildir: Path, now: dt.datetime) -> dict:
         except FileNotFoundError:  # taken by another worker's scan
             continue
         outcome, detail = record_file(app, raw, now)
+        if outcome == "retry":  # a reply not forwarded yet: left in new/ for the next scan
+            report["ignored"].append({"file": path.name, "reason": detail})
+            continue
         _count(report, outcome, path.name, detail)
         if outcome == "rejected":
             log.warning("bounce file %s not used: %s", path.name, detail)

@@ -8,6 +8,8 @@ clock, so simulated time (``tick --now``, the demo, freezegun) dates everything.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import logging
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from worker.adapters.store.models import Case, InboundEvent, Message, Person
 from worker.adapters.store.session import session_scope
 from worker.domain import engine
 from worker.domain.model import EVENT_TYPES, Event
-from worker.services.errors import ServiceError
+from worker.services.errors import IdempotencyConflict, ServiceError
 
 log = logging.getLogger("relance.services")
 
@@ -123,32 +125,61 @@ def apply_to_active_case(s: Session, app, person: Person, event: Event, now: dt.
     return "applied", decision.note, case.id, planned
 
 
+def _household_size(person: Person) -> int | None:
+    """The household's size when the flux gives it (``household_size``, config/flux_columns.yaml)."""
+    value = str((person.extra or {}).get("household_size") or "").strip()
+    return int(value) if value.isdigit() and 0 < int(value) < 100 else None
+
+
 def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt.datetime | None = None,
                 appointment_at: dt.datetime | None = None, decision: str | None = None, to: str | None = None,
                 reason: str | None = None, receipt_on: dt.date | None = None, source: str = "cli",
                 idempotency_key: str | None = None, message_id: int | None = None, rate: int | None = None,
-                months: int | None = None, repeat: bool = False, start_on: dt.date | None = None) -> EventResult:
-    """Record an event and apply it to the person's active case, once."""
+                months: int | None = None, repeat: bool = False, start_on: dt.date | None = None,
+                category: str | None = None, review_on: dt.date | None = None,
+                extra: dict | None = None) -> EventResult:
+    """Record an event and apply it to the person's active case, once.
+
+    ``extra``: what the workspace adds to the stored payload (``actor``: the agent's id, also in
+    ``source`` ``web:<id>``; ``justification``: the agent's own text, required for a review decision
+    taken there; ``outcome`` of a phone follow-up). Never the person's words."""
     if type not in EVENT_TYPES:
         raise ServiceError(f"type d'événement inconnu : {type} (attendu : {', '.join(EVENT_TYPES)})")
     if type == "reoriented" and (not to or to not in app.policy.paths):
         raise ServiceError(f"reoriented : parcours inconnu {to!r} (attendu : {', '.join(app.policy.paths)})")
     payload = {"until": until, "appointment_at": appointment_at, "decision": decision, "to": to,
                "reason_given": bool(reason), "receipt_on": receipt_on, "message_id": message_id,
-               "rate": rate, "months": months, "repeat": repeat, "start_on": start_on}
+               "rate": rate, "months": months, "repeat": repeat, "start_on": start_on,
+               "category": category, "review_on": review_on}
     payload = {k: v for k, v in payload.items() if v not in (None, False)}
+    if source.startswith("web:") and type == "review_decision" and not str((extra or {}).get("justification")
+                                                                            or "").strip():
+        raise ServiceError("review_decision : la justification de la décision est obligatoire")
+    payload.update({k: v for k, v in (extra or {}).items() if v not in (None, "")})
+    if idempotency_key:
+        payload["content_hmac"] = _content_hmac(app, type, payload, reason)
     for attempt in range(3):
         try:
             with session_scope(app.db_url) as s:
-                if idempotency_key:
-                    existing = s.execute(select(InboundEvent).where(
-                        InboundEvent.idempotency_key == idempotency_key)).scalar()
-                    if existing is not None:
-                        return EventResult(existing.id, "duplicate", existing.note or "", existing.case_id)
                 person = s.execute(select(Person).where(Person.external_id == external_id)).scalar()
                 if person is None:
                     raise ServiceError(f"personne inconnue : {external_id}")
-                record = InboundEvent(idempotency_key=idempotency_key, person_id=person.id, type=type, at=now,
+                stored_key = scoped_idempotency_key(person.id, type, idempotency_key) if idempotency_key else None
+                if idempotency_key:
+                    existing = s.execute(select(InboundEvent).where(or_(
+                        InboundEvent.idempotency_key == stored_key,
+                        # a key recorded before keys were scoped (same person and type)
+                        (InboundEvent.idempotency_key == idempotency_key) & (InboundEvent.person_id == person.id)
+                        & (InboundEvent.type == type))).limit(1)).scalar()
+                    if existing is not None:
+                        known = (existing.payload or {}).get("content_hmac")
+                        if known is not None and not hmac.compare_digest(known, payload["content_hmac"]):
+                            raise IdempotencyConflict(
+                                f"clé d'idempotence déjà utilisée pour un autre événement {type} de cette personne "
+                                f"(n° {existing.id}, contenu différent) : rien n'est enregistré ; utilisez une "
+                                "autre clé pour un nouvel événement")
+                        return EventResult(existing.id, "duplicate", existing.note or "", existing.case_id)
+                record = InboundEvent(idempotency_key=stored_key, person_id=person.id, type=type, at=now,
                                       recorded_at=now, source=source,
                                       payload=json.loads(json.dumps(payload, default=str)))
                 s.add(record)
@@ -157,7 +188,8 @@ def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt
                     _update_person_contact(person, type, now)
                 event = Event(type=type, at=now, until=until, appointment_at=appointment_at, decision=decision,
                               to=to, reason=reason, receipt_on=receipt_on, rate=rate, months=months,
-                              repeat=repeat, start_on=start_on)
+                              repeat=repeat, start_on=start_on, category=category, review_on=review_on,
+                              household_size=_household_size(person))
                 if type == "reoriented" and to:
                     person.orientation = {"ft_unregistered": "ft"}.get(to, to)
                 case = None
@@ -182,6 +214,26 @@ def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt
                 raise
             continue
     raise AssertionError("unreachable")
+
+
+def scoped_idempotency_key(person_id: int, type: str, key: str) -> str:
+    """The stored form of an idempotency key: scoped by person and event type, so that one
+    client's key never swallows another person's or another type's event (the column is unique)."""
+    stored = f"{person_id}:{type}:{key}"
+    if len(stored) > 200:  # the column's size: a long key is kept as its digest
+        stored = f"{person_id}:{type}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return stored
+
+
+def _content_hmac(app, type: str, payload: dict, reason: str | None) -> str:
+    """What the event says (everything but its recording time and source), keyed: a reused key with
+    other content is refused. Keyed because it covers the reason's text, which is not stored."""
+    content = {k: (v.astimezone(dt.timezone.utc) if isinstance(v, dt.datetime) and v.tzinfo else v)
+               for k, v in payload.items() if k != "reason_given"}  # one instant, one text
+    content.update(type=type, reason=reason or None)
+    blob = json.dumps(content, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hmac.new(app.settings.nir_hash_key.encode(), b"relance-event-content\0" + blob,
+                    hashlib.sha256).hexdigest()
 
 
 def person_exists(app, external_id: str) -> bool:

@@ -35,7 +35,8 @@ import logging
 from pathlib import Path
 
 from worker.adapters.store import audit
-from worker.services.agenda import SECTIONS, Item, agenda
+from worker.domain.describe import step_label
+from worker.services.agenda import ACTIONS, SECTIONS, Item, agenda, plain_todo
 from worker.domain.calendar import parse_hhmm
 from worker.adapters.channels.base import RetryableError
 from worker.adapters.store.session import session_scope
@@ -55,20 +56,58 @@ class DigestResult:
     path: Path | None = None
 
 
+@dataclasses.dataclass
+class Line:
+    """One case in the digest: its most urgent item, the others' notes, the workspace's link."""
+
+    case_reference: str
+    external_id: str
+    step: str  # in French
+    since: dt.date | None
+    deadline: dt.date | None
+    todo: str  # in French, no command line
+    action: str  # what to do in the workspace
+    link: str | None  # the case page (at the action's form); None without RELANCE_PUBLIC_BASE_URL
+    also: list[str] = dataclasses.field(default_factory=list)
+
+
+def lines(app, items: list[Item]) -> list[tuple[str, list[Line]]]:
+    """(section title, lines) with each case once, in its most urgent section, sorted by deadline."""
+    base = (app.settings.public_base_url or "").rstrip("/")
+    seen: dict[str, Line] = {}
+    out = []
+    for key, title in SECTIONS.items():
+        rows = []
+        for i in items:
+            if i.section != key:
+                continue
+            if i.case_reference in seen and i.case_reference != "?":
+                seen[i.case_reference].also.append(plain_todo(i.todo))
+                continue
+            anchor = f"#action-{i.action}" if i.action else ""
+            line = Line(i.case_reference, i.external_id, step_label(i.step),
+                        None if key == "commission" else i.since, i.deadline, plain_todo(i.todo),
+                        ACTIONS.get(i.action, "voir le dossier"),
+                        f"{base}/espace/dossiers/{i.case_reference}{anchor}" if base and i.case_reference != "?"
+                        else (f"{base}/espace/a-traiter" if base else None))
+            seen[i.case_reference] = line
+            rows.append(line)
+        rows.sort(key=lambda x: (x.deadline or dt.date.max, x.case_reference))
+        if rows:
+            out.append((title, rows))
+    return out
+
+
 def render(app, organisation: str, day: dt.date, items: list[Item]):
     """The digest of one organisation (``Rendered``: subject, text, html)."""
     org = app.territory.organisations[organisation]
-    sections = []
-    for key, title in SECTIONS.items():
-        rows = [dataclasses.replace(i, since=None) if key == "commission" else i
-                for i in items if i.section == key]
-        if rows:
-            sections.append((title, rows))
+    base = (app.settings.public_base_url or "").rstrip("/")
     context = {
         "org": {"code": organisation, "name": org.name, "short_name": org.short_name},
         "day": day,
-        "sections": sections,
+        "sections": lines(app, items),
         "total": len({i.case_reference for i in items}),
+        "workspace": f"{base}/espace/a-traiter" if base else None,
     }
     return app.renderer.render("digest", "email", context)
 

@@ -1,5 +1,8 @@
 """The inbox: flux files dropped in ``RELANCE_INBOX`` are ingested, one scan at a time,
-then moved to ``done/`` or ``failed/`` with a report beside them."""
+then moved to ``done/`` or ``failed/`` with a report beside them. One bad file never
+blocks the others: whatever goes wrong with it (a file-level error, the database
+refusing it, anything unexpected), it goes to ``failed/`` with the reason (never its
+rows) and the scan goes on with the next file."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,13 +11,16 @@ import logging
 import os
 import shutil
 import socket
+import traceback
 import uuid
+from pathlib import Path
 
-from sqlalchemy.exc import DataError, IntegrityError
-
+from worker.adapters.files import PRIVATE_MODE, refuse_symlink, replace_file, settle
 from worker.adapters.flux import FluxFormatError
+from worker.adapters.store.bulk import database_error_kind, is_database_error
 from worker.adapters.store.leases import acquire_lease, release_lease
-from worker.services.ingest import ingest_file
+from worker.services.errors import ServiceError
+from worker.services.ingest import REFUSED, ingest_file
 
 log = logging.getLogger("relance.services")
 
@@ -47,31 +53,58 @@ def _scan_inbox(app, now: dt.datetime) -> list[dict]:
     inbox = app.settings.inbox
     inbox.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")):
+    # A symbolic link dropped in the shared inbox (to /etc/…, to another flux) is never read: it goes to failed/.
+    for path in sorted(p for p in inbox.iterdir() if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")):
         stamp = now.strftime("%Y%m%dT%H%M%S")
         try:
+            refuse_symlink(path)
             report = ingest_file(app, path, now)
             dest_dir, summary = inbox / "done", {"status": "done", **report.as_json(),
                                                  "cases_opened": report.cases_opened}
-        except (FluxFormatError, OSError, UnicodeError) as exc:
+        except (FluxFormatError, ServiceError, OSError, UnicodeError) as exc:
+            # The file as a whole (its format, a stock given as a flux, the database refusing it): the
+            # message says why, in French, and quotes no row.
             dest_dir, summary = inbox / "failed", {"status": "failed", "error": str(exc)}
-        except (IntegrityError, DataError) as exc:
-            # A row the database refuses (e.g. a NIR already another person's): the file must not stay
-            # in the inbox, failing every tick. Only the driver's first line: no SQL, no parameters.
-            reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0]
-            log.error("inbox file %s refused by the database: %s", path.name, reason)
-            dest_dir, summary = inbox / "failed", {
-                "status": "failed",
-                "error": f"refusé par la base de données ({reason}) : corriger le fichier et le déposer à nouveau"}
-        dest_dir.mkdir(exist_ok=True)
-        dest = dest_dir / f"{stamp}_{path.name}"
-        n = 1
-        while dest.exists():  # the same name twice within a second: never overwrite
-            n += 1
-            dest = dest_dir / f"{stamp}-{n}_{path.name}"
-        shutil.move(str(path), dest)
-        dest.with_name(dest.name + ".report.json").write_text(
-            json.dumps({"file": path.name, "at": now.isoformat(), **summary}, ensure_ascii=False, indent=2),
-            encoding="utf-8")
+        except Exception as exc:  # noqa: BLE001 - one bad file never blocks the inbox (RecursionError, driver...)
+            dest_dir, summary = inbox / "failed", {"status": "failed", "error": _unexpected(path.name, exc)}
+        try:
+            dest_dir.mkdir(exist_ok=True)
+            dest = dest_dir / f"{stamp}_{path.name}"
+            n = 1
+            while dest.exists():  # the same name twice within a second: never overwrite
+                n += 1
+                dest = dest_dir / f"{stamp}-{n}_{path.name}"
+            # The report first (0600, written whole): a file in done/ or failed/ always has its report.
+            report_path = dest.with_name(dest.name + ".report.json")
+            replace_file(report_path, json.dumps({"file": path.name, "at": now.isoformat(), **summary},
+                                                 ensure_ascii=False, indent=2).encode("utf-8"), PRIVATE_MODE)
+            settle(report_path, now)
+            try:
+                shutil.move(str(path), dest)
+            except OSError:
+                report_path.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            log.error("inbox file %s could not be moved to %s/ (%s): it stays in the inbox, the scan goes on",
+                      path.name, dest_dir.name, type(exc).__name__)
+            continue
+        try:
+            if not dest.is_symlink():
+                settle(dest, now)  # clear NIRs: 0600, and deleted RELANCE_INBOX_DONE_DAYS after `now` (retention)
+        except OSError as exc:
+            log.error("inbox file %s: mode not set (%s)", dest.name, type(exc).__name__)
         results.append({"file": path.name, **summary})
     return results
+
+
+def _unexpected(name: str, exc: Exception) -> str:
+    """The report's reason for an unexpected failure, and one log line: the exception's kind and
+    where it was raised, never its message (a driver's may quote a row)."""
+    if is_database_error(exc):
+        log.error("inbox file %s refused by the database (%s)", name, database_error_kind(exc))
+        return REFUSED.format(kind=database_error_kind(exc))
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+    log.error("inbox file %s set aside: unexpected %s at %s", name, type(exc).__name__, where)
+    return (f"erreur inattendue ({type(exc).__name__}) pendant l'intégration : fichier mis de côté, à signaler à "
+            "l'équipe technique ; les autres fichiers du dépôt ont été traités")

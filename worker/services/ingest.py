@@ -49,25 +49,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.adapters.store import audit, repository
-from worker.adapters.store.bulk import (
-    COPY_ESCAPES,
-    COPY_NULL,
-    copy_rows,
-    copy_text,
-    in_values,
-    insert_returning_ids,
-    take_ids,
-)
+from worker.adapters.store.bulk import (COPY_ESCAPES, COPY_NULL, copy_rows, copy_text, database_errors_as, in_values,
+                                        insert_returning_ids, take_ids)
 from worker.adapters.store.models import Case, Person
 from worker.adapters.store.session import get_engine, session_scope
 from worker.domain import engine
 from worker.domain.model import Event
 from worker.services.cases import apply_to_active_case
+from worker.services.errors import IngestError
 from worker.adapters.flux import FluxRow
+from worker.domain.contact import can_receive_sms, phone_warning
 
 log = logging.getLogger("relance.services")
 
 CHUNK_ROWS = 2000
+REFUSED = ("refusé par la base de données ({kind}) : corriger le fichier et le déposer à nouveau (les lignes "
+           "déjà intégrées ne seront pas doublées)")
 
 PERSON_FIELDS = ("last_name", "first_name", "birth_date", "sex", "address_line1", "address_line2", "postcode",
                  "city", "phone", "email", "orientation", "ft_registered", "organisation", "droits_devoirs",
@@ -142,18 +139,23 @@ def _gc_paused():
 
 def ingest_file(app, path: Path, now: dt.datetime, progress=None) -> IngestReport:
     """Read a flux file; reject bad rows with a reason; upsert people; open cases."""
+    from worker.adapters.config_files import load_flux_columns
     from worker.adapters.flux import parse_flux
 
     path = Path(path)
     data = path.read_bytes()
-    orgs = frozenset(app.territory.organisations)
-    with _gc_paused():
-        parsed = parse_flux(data, organisations=orgs, today=app.calendar.local_date(now), filename=path.name)
+    orgs, kept = frozenset(app.territory.organisations), load_flux_columns(app.settings.config_dir)
+    with _gc_paused(), database_errors_as(IngestError, REFUSED):
+        parsed = parse_flux(data, organisations=orgs, today=app.calendar.local_date(now), filename=path.name,
+                            extra_columns=kept)
         report = IngestReport(file=path.name)
         report.rejected = [{"line": r.line, "external_id": r.external_id, "field": r.field, "reason": r.reason}
                            for r in parsed.rejected]
         report.warnings = [{"line": w.line, "external_id": w.external_id, "field": w.field, "reason": w.reason}
                            for w in parsed.warnings]
+        # a kept number that cannot take an SMS (landline, foreign): said, and no SMS is planned
+        report.warnings += [{"line": r.line, "external_id": r.external_id, "field": "phone", "reason": why}
+                            for r in parsed.rows if r.phone and (why := phone_warning(r.phone))]
         rows = parsed.rows
         del parsed
         copy = get_engine(app.db_url).dialect.name == "postgresql"
@@ -169,7 +171,7 @@ def ingest_file(app, path: Path, now: dt.datetime, progress=None) -> IngestRepor
                     _ingest_chunk(s, app, prepared, now, report, new_cases)
                 if progress:
                     progress(min((k + 1) * CHUNK_ROWS, len(rows)), len(rows))
-    with session_scope(app.db_url) as s:
+    with database_errors_as(IngestError, REFUSED), session_scope(app.db_url) as s:
         audit.append(s, at=now, kind="ingest", data={
             "file_sha256": hashlib.sha256(data).hexdigest(), "file": path.name, "rows": len(rows),
             "accepted": report.accepted, "updated": report.updated, "unchanged": report.unchanged,
@@ -228,14 +230,14 @@ class _NewCases:
         """(column values, the same in COPY text for CASE_COPY_COLUMNS[2:], audit data)."""
         has_address = bool(row.address_line1 and row.postcode and row.city)
         key = (row.orientation, row.ft_registered, row.organisation, row.droit_opened_on, has_address,
-               bool(row.phone), bool(row.email))
+               can_receive_sms(row.phone), bool(row.email))
         hit = self._memo.get(key)
         if hit is None:
             app, now = self.app, self.now
             path = app.policy.route(row.orientation, row.ft_registered)
             state = engine.new_case(path=path, organisation=row.organisation, droit_opened_on=row.droit_opened_on,
                                     now=now, policy=app.policy, cal=app.calendar, has_address=has_address,
-                                    has_phone=bool(row.phone), has_email=bool(row.email))
+                                    has_phone=can_receive_sms(row.phone), has_email=bool(row.email))
             # create_case's contact flags, for a person whose statuses are all "ok"
             state = dataclasses.replace(state, npai=False, phone_unusable=False, sms_opt_out=False,
                                         email_unusable=False)
@@ -367,8 +369,10 @@ def _update_person(s: Session, app, person: Person, row: FluxRow, fingerprint: s
         person.address_status = "ok"
         apply_to_active_case(s, app, person, Event("address_updated", now), now, source="ingest")
     if phone_changed:
-        person.phone_status = "ok"
-        apply_to_active_case(s, app, person, Event("phone_updated", now), now, source="ingest")
+        textable = can_receive_sms(person.phone)  # a landline or a foreign number: no SMS
+        person.phone_status = "ok" if textable else "not_mobile"
+        apply_to_active_case(s, app, person, Event("phone_updated" if textable else "sms_failed", now), now,
+                             source="ingest")
     open_case_if_needed(s, app, person, now, report)
 
 

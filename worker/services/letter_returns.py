@@ -19,13 +19,14 @@ from sqlalchemy import select
 
 from worker.adapters.store import audit
 from worker.adapters.store.models import Case, Message, Person
-from worker.adapters.store.session import session_scope
+from worker.adapters.store.session import one_transaction, session_scope
 from worker.services import cases
 from worker.services.errors import ServiceError
 from worker.services.print_batches import LEFT
 
 log = logging.getLogger("relance.letters")
 RETURN_OUTCOMES = ("npai", "ar_signed", "ar_unclaimed")
+MAX_FIELD_CHARS = 128 * 1024  # a longer field rejects its line (the csv module's own limit would end the file)
 
 
 _COLUMNS = {
@@ -69,6 +70,12 @@ def process_returns(app, path: Path, now: dt.datetime) -> dict:
     recorded now (``ignored`` lists those among them that changed nothing on
     the case, e.g. a receipt already known), ``duplicates`` the lines already
     recorded by an earlier run (or earlier in the file).
+
+    All or nothing: the whole file is read and checked first (a bad line, a field
+    over 128 KiB included, is rejected alone), then its good lines are applied in
+    one transaction. A line the engine refuses is rejected and the others applied
+    again from scratch; any other error applies nothing (the file can be given
+    again as it is: each line is recorded once).
     """
     path = Path(path)
     data = path.read_bytes()
@@ -77,6 +84,8 @@ def process_returns(app, path: Path, now: dt.datetime) -> dict:
     lines = text.splitlines()
     header_line = next((ln for ln in lines if ln.strip()), "")
     delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
+    if csv.field_size_limit() <= len(text):  # checked per line below (MAX_FIELD_CHARS), not by the csv module
+        csv.field_size_limit(len(text) + 1)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = None
     for row in reader:
@@ -90,11 +99,34 @@ def process_returns(app, path: Path, now: dt.datetime) -> dict:
         _audit_returns(app, path, data, report, now)
         return report
     index = {name: header.index(name) for name in ("reference", "date", "outcome")}
-    today = app.calendar.local_date(now)
+    checked = _check_lines(app, reader, index, app.calendar.local_date(now), report)
+    _apply_all(app, checked, path, data, report, now)
+    report["rejected"].sort(key=lambda r: r["line"])
+    log.info("returns %s: %d applied, %d duplicates, %d rejected", path.name, report["applied"],
+             report["duplicates"], len(report["rejected"]))
+    return report
 
-    for row in reader:
+
+def _check_lines(app, reader, index: dict, today: dt.date, report: dict) -> list[tuple]:
+    """Every line read and checked, nothing written: ``(line, reference, outcome, date, message id, external id)``."""
+    candidates = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            report["rejected"].append({"line": reader.line_num, "reason": "ligne CSV illisible : ligne ignorée"})
+            continue
         line = reader.line_num
         if not any(cell.strip() for cell in row):
+            continue
+
+        def reject(reason: str) -> None:
+            report["rejected"].append({"line": line, "reason": reason})
+
+        if any(len(cell) > MAX_FIELD_CHARS for cell in row):
+            reject("champ de plus de 128 Kio : ligne ignorée")
             continue
 
         def cell(name: str) -> str:
@@ -102,10 +134,6 @@ def process_returns(app, path: Path, now: dt.datetime) -> dict:
             return row[i].strip() if i < len(row) else ""
 
         reference, raw_date, outcome = cell("reference").upper(), cell("date"), cell("outcome").lower()
-
-        def reject(reason: str) -> None:
-            report["rejected"].append({"line": line, "reason": reason})
-
         if not reference:
             reject("référence manquante")
             continue
@@ -123,47 +151,73 @@ def process_returns(app, path: Path, now: dt.datetime) -> dict:
         if on > today:
             reject(f"date {_fr(on)} dans le futur")
             continue
-        case_id, message_id = ids
-        with session_scope(app.db_url) as s:
+        candidates.append((line, reference, outcome, on, ids))
+
+    checked = []
+    with session_scope(app.db_url) as s:
+        for line, reference, outcome, on, (case_id, message_id) in candidates:
             found = s.execute(select(Message, Person.external_id).join(Case, Case.id == Message.case_id)
                               .join(Person, Person.id == Case.person_id)
                               .where(Message.id == message_id)).first()
+            reason = None
             if found is None or found[0].case_id != case_id:
-                reject(f"référence inconnue : {reference}")
-                continue
-            msg, external_id = found
-            channel, postage, status, sent_at = msg.channel, msg.postage or "simple", msg.status, msg.sent_at
-        if channel != "letter":
-            reject(f"la référence {reference} n'est pas un courrier ({channel})")
-            continue
-        if status not in LEFT or sent_at is None:
-            reject(f"le courrier {reference} n'a jamais été envoyé (statut : {status})")
-            continue
-        if outcome.startswith("ar_") and postage != "lrar":
-            reject(f"accusé de réception pour {reference}, qui n'est pas une lettre recommandée (envoi {postage})")
-            continue
-        sent_on = app.calendar.local_date(sent_at)
-        if on < sent_on:
-            reject(f"date {_fr(on)} antérieure à l'envoi du courrier ({_fr(sent_on)})")
-            continue
+                reason = f"référence inconnue : {reference}"
+            else:
+                msg, external_id = found
+                postage = msg.postage or "simple"
+                if msg.channel != "letter":
+                    reason = f"la référence {reference} n'est pas un courrier ({msg.channel})"
+                elif msg.status not in LEFT or msg.sent_at is None:
+                    reason = f"le courrier {reference} n'a jamais été envoyé (statut : {msg.status})"
+                elif outcome.startswith("ar_") and postage != "lrar":
+                    reason = (f"accusé de réception pour {reference}, qui n'est pas une lettre recommandée "
+                              f"(envoi {postage})")
+                elif on < app.calendar.local_date(msg.sent_at):
+                    reason = (f"date {_fr(on)} antérieure à l'envoi du courrier "
+                              f"({_fr(app.calendar.local_date(msg.sent_at))})")
+            if reason is not None:
+                report["rejected"].append({"line": line, "reason": reason})
+            else:
+                checked.append((line, reference, outcome, on, message_id, external_id))
+    return checked
+
+
+class _LineRefused(Exception):
+    def __init__(self, item: tuple, reason: str) -> None:
+        super().__init__(reason)
+        self.item, self.reason = item, reason
+
+
+def _apply_all(app, checked: list[tuple], path: Path, data: bytes, report: dict, now: dt.datetime) -> None:
+    """The checked lines and the audit entry, in one transaction; a line the engine refuses is
+    rejected and the rest applied again from scratch. Any other error: nothing applied."""
+    pending = list(checked)
+    while True:
+        done: dict = {"applied": 0, "duplicates": 0, "ignored": []}
         try:
-            result = cases.apply_event(
-                app, external_id=external_id, type=outcome, now=now,
-                receipt_on=on if outcome.startswith("ar_") else None, source="mail_room",
-                idempotency_key=f"return:{reference}:{outcome}", message_id=message_id)
-        except ServiceError as exc:
-            reject(str(exc))
+            with one_transaction(app.db_url):
+                for item in pending:
+                    line, reference, outcome, on, message_id, external_id = item
+                    try:
+                        result = cases.apply_event(
+                            app, external_id=external_id, type=outcome, now=now,
+                            receipt_on=on if outcome.startswith("ar_") else None, source="mail_room",
+                            idempotency_key=f"return:{reference}:{outcome}", message_id=message_id)
+                    except ServiceError as exc:
+                        raise _LineRefused(item, str(exc)) from None
+                    if result.status == "duplicate":
+                        done["duplicates"] += 1
+                        continue
+                    done["applied"] += 1
+                    if result.status == "ignored":
+                        done["ignored"].append({"line": line, "reference": reference, "note": result.note})
+                _audit_returns(app, path, data, {**report, **done}, now)
+        except _LineRefused as refused:
+            report["rejected"].append({"line": refused.item[0], "reason": refused.reason})
+            pending.remove(refused.item)
             continue
-        if result.status == "duplicate":
-            report["duplicates"] += 1
-            continue
-        report["applied"] += 1
-        if result.status == "ignored":
-            report["ignored"].append({"line": line, "reference": reference, "note": result.note})
-    _audit_returns(app, path, data, report, now)
-    log.info("returns %s: %d applied, %d duplicates, %d rejected", path.name, report["applied"],
-             report["duplicates"], len(report["rejected"]))
-    return report
+        report.update(done)
+        return
 
 
 def _audit_returns(app, path: Path, data: bytes, report: dict, now: dt.datetime) -> None:

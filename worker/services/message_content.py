@@ -58,7 +58,7 @@ def _ground(path: str, sex: str | None) -> str:
     return (GROUNDS["ft"] if path == "ft" else GROUNDS["cd"]).format(e=_e(sex))
 
 
-def _facts(s: Session, app, case: Case, person: Person) -> list[SimpleNamespace]:
+def notice_facts(s: Session, app, case: Case, person: Person) -> list[SimpleNamespace]:
     """The dated facts of the notice: what was sent before the review (only what left:
     sent, dispatched or delivered), one fact per step and day, then the missed appointment."""
     cal = app.calendar
@@ -83,7 +83,10 @@ def _facts(s: Session, app, case: Case, person: Person) -> list[SimpleNamespace]
         text += f", à {where}." if where else "."
         facts.append(SimpleNamespace(kind="message", date=day, step=step, label=FACT_STEPS[step],
                                      channels=labels, town=where, place=None, text=text))
-    missed = s.execute(select(Appointment).where(Appointment.case_id == case.id, Appointment.status == "missed")
+    # An absence nobody recorded ("unconfirmed", CD path) is a fact once the reviewing agent, who saw it
+    # was not confirmed, decided to proceed: the notice states it and the person can contest it.
+    missed = s.execute(select(Appointment).where(Appointment.case_id == case.id,
+                                                 Appointment.status.in_(("missed", "unconfirmed")))
                        .order_by(Appointment.at.desc()).limit(1)).scalar()
     if missed is not None:
         day = cal.local_date(missed.at)
@@ -101,7 +104,7 @@ def _join_fr(items: list[str]) -> str:
 def _notice_context(s: Session, app, case: Case, person: Person) -> SimpleNamespace:
     spec = app.policy.path(case.path)
     notice = next((st for st in spec.steps if st.kind == "notice"), None)
-    return SimpleNamespace(facts=_facts(s, app, case, person), ground=_ground(case.path, person.sex),
+    return SimpleNamespace(facts=notice_facts(s, app, case, person), ground=_ground(case.path, person.sex),
                            sanction=app.policy.sanction_text,
                            observation_days=notice.observation_days if notice else 10)
 
@@ -121,12 +124,45 @@ def _issuer(app, step: str, org) -> SimpleNamespace:
                            signature=org.signatory)
 
 
+def _venue(org) -> SimpleNamespace:
+    """Where and how the appointment takes place: the invitations and convocations say it."""
+    c = org.convocation
+    return SimpleNamespace(place=c.place, access=c.access, duration=c.duration_minutes, bring=list(c.bring),
+                           meet=org.meet)
+
+
+def _privacy(app, step: str, code: str) -> SimpleNamespace:
+    """The information notice's values (RGPD art. 13/14): the Département is the controller of its
+    sanction letters; otherwise the organisation's controller (by kind unless it names one)."""
+    territory = app.territory
+    name, controller = territory.controller(None if step in DEPARTMENT_STEPS else code)
+    return SimpleNamespace(controller=name, dpo_email=controller.dpo_email,
+                           dpo_address=list(controller.dpo_address), notice_url=controller.notice_url,
+                           recipients=controller.recipients, source=territory.privacy.source,
+                           retention_months=app.settings.retention_months)
+
+
+def letter_day(app, now: dt.datetime) -> dt.date:
+    """The working day a letter written ``now`` goes out: today if it is a working day and the day's
+    print batch (RELANCE_PRINT_BATCH_TIME) has not run yet, else the next working day."""
+    cal = app.calendar
+    today = cal.local_date(now)
+    batch_at = dt.time.fromisoformat(app.settings.print_batch_time)
+    if cal.is_working_day(today) and cal.local(now).time() < batch_at:
+        return today
+    return cal.next_working_day(today)
+
+
 def build_context(s: Session, app, msg: Message, case: Case, person: Person, now: dt.datetime) -> dict:
     org = app.territory.organisations[case.organisation]
     cal = app.calendar
     appointment = None
     if case.appointment_at is not None:
         appointment = SimpleNamespace(at=cal.local(case.appointment_at), place=org.convocation.place)
+    # the appointment the person missed (confirmed: rdv_missed), for the last reminder
+    last_missed = s.execute(select(Appointment).where(Appointment.case_id == case.id, Appointment.status == "missed")
+                            .order_by(Appointment.at.desc()).limit(1)).scalar()
+    missed = SimpleNamespace(at=cal.local(last_missed.at), place=last_missed.place) if last_missed else None
     commission = None
     if case.commission_date is not None or msg.step == "crsa_referral":
         c = app.territory.commission
@@ -138,19 +174,27 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
         f"{_civility(person.sex)} {person.first_name} {person.last_name}"]
     return {
         "person": SimpleNamespace(civility=_civility(person.sex), first_name=person.first_name,
-                                  last_name=person.last_name, address_lines=address_lines, sex=person.sex),
+                                  last_name=person.last_name, address_lines=address_lines, sex=person.sex,
+                                  # large print (16 pt letters) and the language of the SMS and of the
+                                  # summary attached to the invitation letters, when the flux gives them
+                                  large_print=bool(getattr(person, "large_print", False)),
+                                  language=getattr(person, "language", None) or "fr"),
         "org": SimpleNamespace(code=case.organisation, kind=org.kind, name=org.name, short_name=org.short_name,
                                signatory=org.signatory, address=list(org.address), phone=org.phone,
                                email=org.email, booking_url=org.booking_url),
         "case": SimpleNamespace(reference=case.reference, path=case.path, droit_opened_on=case.droit_opened_on),
         "message": SimpleNamespace(reference=msg.reference),
         "step": msg.step,
-        "today": cal.local_date(now),
+        # a letter bears the day its print batch goes out; other messages, the day they are sent
+        "today": letter_day(app, now) if msg.channel == "letter" else cal.local_date(now),
         "respond_by": case.respond_by,
         "appointment": appointment,
+        "missed": missed,
         "notice": notice,
         "commission": commission,
         "issuer": _issuer(app, msg.step, org),
+        "venue": _venue(org),
+        "privacy": _privacy(app, msg.step, case.organisation),
         # the measure envisaged (notice) and decided (decision letter)
         "measure": SimpleNamespace(rate=case.measure_rate, months=case.measure_months, repeat=case.measure_repeat),
         "decision": SimpleNamespace(rate=case.decision_rate, months=case.decision_months, start=case.decision_from),

@@ -42,10 +42,12 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from worker.adapters.rendering import redate_letter
 from worker.adapters.store import audit, repository
 from worker.adapters.store.models import Case, Message
 from worker.adapters.store.session import session_scope
-from worker.domain.model import DISPATCHED, SENT
+from worker.domain import engine
+from worker.domain.model import CANCELLED, DISPATCHED, SENT
 
 log = logging.getLogger("relance.letters")
 UTC = dt.timezone.utc
@@ -216,6 +218,25 @@ def _fail_missing(app, missing: list[tuple[_Claimed, Path | None]], now: dt.date
             log.error("print batch: letter %s has no HTML file; marked technical-failure", claimed.reference)
 
 
+def _drop_stale(app, claimed: list[_Claimed], now: dt.datetime) -> list[_Claimed]:
+    """Letters whose case moved on since they were written (a booking, a closure, a legitimate reason,
+    NPAI: :func:`engine.stale_letter`) are cancelled, never printed; returns the others."""
+    keep: list[_Claimed] = []
+    with session_scope(app.db_url) as s:
+        for c in claimed:
+            msg = s.get(Message, c.id)
+            state = repository.to_state(s.get(Case, msg.case_id))
+            view = next(m for m in state.messages if m.id == msg.id)
+            reason = engine.stale_letter(state, view, now, app.policy, app.calendar)
+            if reason is None:
+                keep.append(c)
+                continue
+            msg.batch_id = None
+            repository.set_message_status(s, msg, CANCELLED, now, reason=f"not_printed:{reason}")
+            log.info("print batch: letter %s not printed, its case moved on (%s)", c.reference, reason)
+    return keep
+
+
 def _batch_name_taken(app, directory: Path, day: dt.date, stem: str) -> bool:
     if (directory / f"{stem}.pdf").exists() or (directory / f"{stem}_manifest.csv").exists():
         return True
@@ -236,15 +257,19 @@ def _render_group(app, day: dt.date, organisation: str, postage: str, letters: l
             continue
         try:
             written = write_print_batch(app.settings.print_dir, day=day, organisation=organisation,
-                                        postage=token, letters=letters, base_url=base_url)
+                                        postage=token, letters=letters, base_url=base_url,
+                                        assets=app.settings.templates_dir)
         except FileExistsError:
             continue  # another run published this name first: take the next one
         return written, stem
     raise RuntimeError(f"trop de lots pour {organisation}_{postage} le {day.isoformat()}")
 
 
-def produce_batches(app, day: dt.date, now: dt.datetime) -> list[Batch]:
+def produce_batches(app, day: dt.date, now: dt.datetime, *, drop_stale: bool = True) -> list[Batch]:
     """Print the letters sent on or before ``day``: one PDF + manifest per (organisation, postage).
+
+    A letter whose case moved on since it was written is cancelled, not printed (``drop_stale``;
+    False only to re-run a past day on a database that has lived on since, as the tests do).
 
     Raises :class:`BatchError` (after doing every other group) if some group
     could not be rendered; its letters are released for the next run.
@@ -259,9 +284,11 @@ def produce_batches(app, day: dt.date, now: dt.datetime) -> list[Batch]:
     for (organisation, postage), ids in sorted(_candidates(app, day).items()):
         token = _claim_token(day, now)
         claimed = _claim(app, ids, token)
+        if drop_stale:
+            claimed = _drop_stale(app, claimed, now)
         if not claimed:
-            continue  # another run took them
-        letters, kept, missing = [], [], []
+            continue  # another run took them, or none is still wanted
+        letters, kept, missing, redated = [], [], [], 0
         for c in claimed:
             path = _letter_path(root, c.provider_ref)
             try:
@@ -271,6 +298,9 @@ def produce_batches(app, day: dt.date, now: dt.datetime) -> list[Batch]:
             if html is None:
                 missing.append((c, path))
                 continue
+            # A letter is dated on the working day its print batch goes out (it may have waited).
+            html, changed = redate_letter(html, day)
+            redated += changed
             letters.append(BatchLetter(reference=c.reference, case_reference=c.case_reference, step=c.step,
                                        html=html))
             kept.append(c)
@@ -290,7 +320,7 @@ def produce_batches(app, day: dt.date, now: dt.datetime) -> list[Batch]:
         with session_scope(app.db_url) as s:
             _finalize(s, app, [c.id for c in kept], batch_id, pages, now)
             audit.append(s, at=now, kind="batch", data={
-                "batch_id": batch_id, "letters": len(kept), "pages": written.page_count,
+                "batch_id": batch_id, "letters": len(kept), "pages": written.page_count, "redated": redated,
                 "pdf_sha256": written.sha256, "message_ids": [c.id for c in kept]})
         batches.append(Batch(batch_id=batch_id, day=day, organisation=organisation, postage=postage,
                              pdf_path=written.pdf_path, manifest_path=written.manifest_path,

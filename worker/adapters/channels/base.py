@@ -12,7 +12,12 @@ status lifecycle:
   and the engine is told (``sms_failed``): letters carry on;
 * :class:`OptOutError`     -> ``failed``; the person's opt-out is recorded
   (``sms_opt_out``);
-* :class:`TechnicalError`  -> ``technical-failure``; visible to ops, not retried.
+* :class:`TechnicalError`  -> ``technical-failure``; visible to ops, not retried. Also
+  what the account or the sender cannot do (Twilio 21408 Geo Permissions, 21612
+  sender/route): an alert for ops, the person's phone is kept.
+
+``RecipientError`` with ``code="not_mobile"`` (or Twilio 21635) means a landline:
+the phone is flagged ``not_mobile`` rather than just failed.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ class OutgoingMessage:
     html: str | None = None  # e-mail HTML part, or the letter HTML
     postage: str | None = None  # letters: "simple" | "lrar"
     sender_name: str | None = None  # organisation display name
+    reply_to: str | None = None  # e-mails: the organisation's mailbox, where answers go
     extra: dict = field(default_factory=dict)
 
 

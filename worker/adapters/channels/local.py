@@ -2,27 +2,26 @@
 
 SMS and e-mails are appended to ``sms.jsonl`` / ``email.jsonl``; letters are
 written as one HTML file each under ``letters/<YYYY-MM-DD>/``. These files hold
-personal data, like real letters: the outbox folder is not a log.
+personal data, like real letters: the outbox folder is not a log. They are
+written 0600 (letters 0640, for the mail room), never through a symbolic link,
+and purged by the retention job with the rows they belong to.
 """
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
-from worker.adapters.channels.base import Delivery, OutgoingMessage
+from worker.adapters.channels.base import Delivery, OutgoingMessage, RecipientError
+from worker.adapters.files import PRIVATE_MODE, SHARED_MODE, append_line, replace_file, safe_dir
 
 _LOCK = threading.Lock()
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, ensure_ascii=False) + "\n"
-    with _LOCK, open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    # 0600, never through a link, locked against the retention job's rewrite (worker.adapters.files)
+    with _LOCK:
+        append_line(path, json.dumps(record, ensure_ascii=False), PRIVATE_MODE)
 
 
 class LocalSmsChannel:
@@ -33,12 +32,15 @@ class LocalSmsChannel:
         self.path = Path(outbox) / "sms.jsonl"
 
     def send(self, message: OutgoingMessage) -> Delivery:
-        from worker.domain.gsm7 import segments, to_gsm7
+        from worker.domain.contact import can_receive_sms
+        from worker.domain.gsm7 import sms_body, sms_segments
 
-        body = to_gsm7(message.text)
+        if not can_receive_sms(message.to):  # a landline or a foreign number, as Twilio's channel refuses it
+            raise RecipientError("recipient is not a French mobile number", code="not_mobile")
+        body = sms_body(message.text)
         _append_jsonl(self.path, {"reference": message.reference, "step": message.step, "to": message.to,
                                   "from": message.organisation, "body": body})
-        return Delivery(status="sent", provider_ref=f"local-sms-{message.message_id}", segments=segments(body))
+        return Delivery(status="sent", provider_ref=f"local-sms-{message.message_id}", segments=sms_segments(body))
 
 
 class LocalEmailChannel:
@@ -64,10 +66,8 @@ class LocalLetterChannel:
 
     def send(self, message: OutgoingMessage) -> Delivery:
         day = message.extra.get("day", "undated")
-        folder = self.root / day
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = safe_dir(self.root, day)  # a link planted in the shared folder is refused, never followed
         target = folder / f"{message.reference}_{message.step}_{message.postage or 'simple'}.html"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(message.html or message.text, encoding="utf-8")
-        os.replace(tmp, target)
+        # unpredictable temporary name (O_EXCL), 0640 (the mail room reads the shared folder), renamed whole
+        replace_file(target, (message.html or message.text).encode("utf-8"), SHARED_MODE)
         return Delivery(status="sent", provider_ref=str(target.relative_to(self.root)))

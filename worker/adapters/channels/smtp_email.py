@@ -19,6 +19,13 @@ exceptions are raised ``from None`` so tracebacks do not carry smtplib's
 exceptions, whose text contains the recipient. Only the message reference
 (which carries no personal data) and SMTP codes are logged.
 
+Bounces: with a ``bounce_key``, each e-mail carries ``X-Relance-Token``, an
+HMAC of its reference (:func:`worker.adapters.dsn.bounce_token`), and with
+``verp`` its envelope sender is ``<local>+<reference>.<token>@<domain>`` (the
+mail server must deliver that address to the bounce Maildir: Postfix's
+``recipient_delimiter = +``). A delivery status notification is applied only
+if it gives the token back (:mod:`worker.services.bounces`).
+
 If the connection drops after the end of DATA but before the server's reply,
 the message may have been accepted: the retry then sends it twice. This is
 inherent to SMTP and accepted (rare, and harmless compared to not sending).
@@ -29,9 +36,11 @@ import base64
 import logging
 import smtplib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
+import email
+import email.policy
 from email.utils import formatdate, make_msgid
 
 from worker.adapters.channels.base import (
@@ -41,6 +50,7 @@ from worker.adapters.channels.base import (
     RetryableError,
     TechnicalError,
 )
+from worker.adapters.dsn import TOKEN_HEADER, bounce_token, verp_address
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,8 @@ class SmtpSettings:
     from_name: str | None = None
     timeout: float = 30.0
     verify_tls: bool = True  # False only for local test servers (self-signed certs)
+    bounce_key: bytes | None = field(default=None, repr=False)  # HMAC key of the bounce token
+    verp: bool = False  # the token in the envelope sender too (needs recipient_delimiter "+")
 
     def __post_init__(self) -> None:
         if self.security not in SECURITY_MODES:
@@ -96,6 +108,7 @@ def _build_message(
     html: str | None,
     reference: str,
     sender_name: str | None,
+    reply_to: str | None = None,
 ) -> EmailMessage:
     try:
         to_address = Address(addr_spec=to)
@@ -116,6 +129,11 @@ def _build_message(
         msg["Date"] = formatdate(localtime=True)
         msg["Message-ID"] = make_msgid(domain=domain)
         msg["X-Relance-Reference"] = reference
+        if reply_to:
+            # Answers reach the organisation's mailbox, not the bounce mailbox of the envelope sender.
+            msg["Reply-To"] = Address(display_name=sender_name or "", addr_spec=reply_to)
+        if settings.bounce_key:
+            msg[TOKEN_HEADER] = bounce_token(settings.bounce_key, reference)
         # Quoted-printable keeps the body 7-bit: safe on relays without 8BITMIME,
         # and long HTML lines are wrapped.
         msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
@@ -162,14 +180,21 @@ def _login(smtp: smtplib.SMTP, username: str, password: str) -> None:
         raise smtplib.SMTPAuthenticationError(code, reply)
 
 
+def _envelope_sender(settings: SmtpSettings, msg: EmailMessage) -> str:
+    token = msg.get(TOKEN_HEADER)
+    if settings.verp and token:
+        return verp_address(settings.from_address, msg["X-Relance-Reference"], token) or settings.from_address
+    return settings.from_address
+
+
 def _transmit(settings: SmtpSettings, msg: EmailMessage, to: str) -> None:
     smtp = _open(settings)
     try:
         if settings.username:
             _login(smtp, settings.username, settings.password or "")
-        # Explicit envelope: the sender is always from_address, the only
-        # recipient is `to` (headers are never used to derive recipients).
-        smtp.send_message(msg, from_addr=settings.from_address, to_addrs=[to])
+        # Explicit envelope: the sender is from_address (with VERP, its +reference.token
+        # variant), the only recipient is `to` (headers are never used to derive recipients).
+        smtp.send_message(msg, from_addr=_envelope_sender(settings, msg), to_addrs=[to])
     except BaseException:
         smtp.close()
         raise
@@ -189,8 +214,13 @@ def send_email(
     html: str | None = None,
     reference: str,
     sender_name: str | None = None,
+    reply_to: str | None = None,
+    attachment: bytes | None = None,
 ) -> str:
     """Send one e-mail and return its Message-ID (with angle brackets).
+
+    ``attachment``: an e-mail (raw bytes) attached whole as ``message/rfc822`` (a reply forwarded to
+    an organisation's mailbox).
 
     Reusable outside the beneficiary channel (agents' digests). Raises the
     :mod:`worker.adapters.channels.base` errors; never logs addresses or bodies.
@@ -198,8 +228,12 @@ def send_email(
     if not subject:
         raise TechnicalError("e-mail without a subject", code="invalid-message")
     msg = _build_message(
-        settings, to=to, subject=subject, text=text, html=html, reference=reference, sender_name=sender_name
+        settings, to=to, subject=subject, text=text, html=html, reference=reference, sender_name=sender_name,
+        reply_to=reply_to,
     )
+    if attachment is not None:
+        original = email.message_from_bytes(attachment, policy=email.policy.default)
+        msg.add_attachment(original, filename="reponse.eml")
     message_id = msg["Message-ID"]
     try:
         _transmit(settings, msg, to)
@@ -272,5 +306,6 @@ class SmtpEmailChannel:
             html=message.html,
             reference=message.reference,
             sender_name=message.sender_name,
+            reply_to=message.reply_to,
         )
         return Delivery(status="sent", provider_ref=message_id)

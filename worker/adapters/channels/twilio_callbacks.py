@@ -10,7 +10,9 @@ The HTTP route (FastAPI) lives elsewhere; it should:
    with :func:`next_status` (``None``: nothing to do, answer 200 anyway so
    Twilio does not retry), and for a failed message ask
    :func:`is_permanent_recipient_failure` whether the phone must be flagged
-   (``"sms_failed"``) or the opt-out recorded (``"sms_opt_out"``).
+   (``"sms_failed"``) or the opt-out recorded (``"sms_opt_out"``), and
+   :func:`error_code_kind` whether it is the account's problem (ops), a
+   landline, or a handset unreachable for now (send again).
 
 Twilio may deliver callbacks more than once and out of order: every helper
 here is idempotent and :func:`next_status` never moves a status backwards.
@@ -39,7 +41,11 @@ STATUS_MAP: dict[str, str] = {
     "undelivered": "failed",
     "failed": "failed",
     "canceled": "failed",
+    # Some segments of a long SMS reached the handset, not all: recorded on the
+    # message (see PARTIALLY_DELIVERED), neither a delivery nor a failure.
+    "partially_delivered": "sent",
 }
+PARTIALLY_DELIVERED = "partially_delivered"
 
 # Rank of our statuses: a status only ever moves to a strictly higher rank.
 # "delivered" is the top: a late delivery receipt after an "undelivered" one is
@@ -53,12 +59,51 @@ STATUS_RANK: dict[str, int] = {
     "delivered": 4,
 }
 
+# Twilio error codes, as Twilio's error dictionary describes them (checked
+# against these pages):
+#
+# * 21408 https://www.twilio.com/docs/api/errors/21408 "Message blocked:
+#   permissions disabled for the destination region": the destination's
+#   country code is disabled in the account's Messaging Geo Permissions (which
+#   treat +262, +590, +594 and +596 apart from +33; see also
+#   https://support.twilio.com/hc/en-us/articles/223181108). An account setting.
+# * 21612 https://www.twilio.com/docs/api/errors/21612 "Message cannot be sent
+#   with the current combination of 'To' and/or 'From' parameters": sender ID
+#   restrictions of the destination country or network, an alphanumeric sender
+#   not supported or not registered there, no connectivity to the carrier. The
+#   sender or the route, not the person's number.
+# * 21635 https://www.twilio.com/docs/api/errors/21635 "'To' number cannot be a
+#   landline": the phone is not a mobile.
+# * 30003 https://www.twilio.com/docs/api/errors/30003 "Unreachable destination
+#   handset": powered off, no signal, roaming, "otherwise temporarily
+#   unreachable"; Twilio's first suggested solution is to retry.
+# * 30006 https://www.twilio.com/docs/api/errors/30006 "Landline or unreachable
+#   carrier": do not retry the same SMS to that destination.
+# * ``partially_delivered`` is a value of the Message resource's status enum
+#   (twilio-python ``MessageInstance.Status.PARTIALLY_DELIVERED``), not
+#   described on the Message resource page (twilio/twilio-node issue 607).
+
+# The account or the sender cannot reach this destination: ops must act (alert,
+# technical-failure); the person's phone is kept.
+ACCOUNT_ERROR_CODES: frozenset[int] = frozenset({21408, 21612})
+# The number is a landline: the phone is flagged "not_mobile" (no SMS, letters carry on).
+NOT_MOBILE_CODES: frozenset[int] = frozenset({21635})
+# The handset is temporarily unreachable: the message is sent again while still valid.
+TEMPORARY_DELIVERY_CODES: frozenset[int] = frozenset({30003})
 # ErrorCodes of a failed/undelivered callback that say the number itself is
-# unusable for SMS (invalid, not a mobile, unknown/unreachable handset,
-# landline): the phone is flagged, letters carry on.
-PERMANENT_SMS_FAILURE_CODES: frozenset[int] = frozenset({30003, 30005, 30006, 21211, 21614})
+# unusable for SMS (invalid, not a mobile, unknown handset, landline): the
+# phone is flagged, letters carry on.
+PERMANENT_SMS_FAILURE_CODES: frozenset[int] = frozenset({30005, 30006, 21211, 21614}) | NOT_MOBILE_CODES
 # The recipient replied STOP (Twilio blocks every later message to them).
 OPT_OUT_CODES: frozenset[int] = frozenset({21610})
+
+# For ops (French: it is shown by ``relance messages list``), never the number.
+ACCOUNT_ERROR_TEXT: dict[int, str] = {
+    21408: ("destination non autorisée pour le compte Twilio (Geo Permissions de Messaging : "
+            "activer l'indicatif du pays ou du DROM)"),
+    21612: ("combinaison expéditeur / destinataire refusée par Twilio (expéditeur alphanumérique non "
+            "accepté ou non enregistré pour cette destination, ou pas de route)"),
+}
 
 
 def status_callback_url(base_url: str, message_id: int | str) -> str:
@@ -125,11 +170,13 @@ def is_permanent_recipient_failure(error_code: Any) -> str | None:
     """The engine event a failed/undelivered callback's ``ErrorCode`` implies.
 
     ``"sms_opt_out"`` for 21610 (the recipient unsubscribed); ``"sms_failed"``
-    for a number that cannot take SMS (30003 unreachable handset, 30005 unknown
-    handset, 30006 landline/unreachable carrier, 21211 invalid number, 21614
-    not a mobile); ``None`` otherwise: the message is recorded as failed but
-    the phone is not flagged (carrier filtering 30007, blocked 30004, queue
-    overflow, expired validity period, ...). Accepts ints or strings.
+    for a number that cannot take SMS (30005 unknown handset, 30006
+    landline/unreachable carrier, 21211 invalid number, 21614 not a mobile,
+    21635 landline); ``None`` otherwise: the message is recorded as failed but
+    the phone is not flagged (30003 unreachable handset, usually temporary;
+    carrier filtering 30007, blocked 30004, queue overflow, expired validity
+    period; 21408 / 21612, the account's or the sender's problem, ...).
+    Accepts ints or strings.
     """
     code = _error_code(error_code)
     if code is None:
@@ -138,6 +185,27 @@ def is_permanent_recipient_failure(error_code: Any) -> str | None:
         return "sms_opt_out"
     if code in PERMANENT_SMS_FAILURE_CODES:
         return "sms_failed"
+    return None
+
+
+def error_code_kind(error_code: Any) -> str | None:
+    """What a Twilio error code (API refusal or failed callback) says about whom:
+    ``"account"`` (ops must act, the phone is kept), ``"not_mobile"``,
+    ``"temporary"`` (send again while valid), ``"opt_out"``, ``"unusable"``
+    (the number), or None (the message only)."""
+    code = _error_code(error_code)
+    if code is None:
+        return None
+    if code in ACCOUNT_ERROR_CODES:
+        return "account"
+    if code in NOT_MOBILE_CODES:
+        return "not_mobile"
+    if code in TEMPORARY_DELIVERY_CODES:
+        return "temporary"
+    if code in OPT_OUT_CODES:
+        return "opt_out"
+    if code in PERMANENT_SMS_FAILURE_CODES:
+        return "unusable"
     return None
 
 

@@ -32,8 +32,8 @@ from worker.adapters.channels.base import (
     TechnicalError,
 )
 from worker.domain.contact import is_textable_mobile
-from worker.domain.gsm7 import segments, to_gsm7
-from worker.adapters.channels.twilio_callbacks import status_callback_url
+from worker.domain.gsm7 import sms_body, sms_segments
+from worker.adapters.channels.twilio_callbacks import ACCOUNT_ERROR_CODES, status_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,17 @@ OPT_OUT_CODES = frozenset({21610})
 RECIPIENT_CODES = frozenset({
     21211,  # invalid 'To' number
     21614,  # 'To' is not a mobile number
-    21612,  # cannot route to this number
-    21408,  # permission to send to this region not enabled
+    21635,  # 'To' number cannot be a landline (the phone is flagged "not_mobile")
     30006,  # landline or unreachable carrier
     21217,  # phone number does not appear valid
     21401,  # invalid phone number
     21407,  # this number is not supported
 })
+# 21408 (Messaging Geo Permissions: the destination's country code is disabled for
+# the account) and 21612 (this To/From combination cannot be routed: sender ID
+# restrictions, unregistered alphanumeric sender) are the account's or the
+# sender's problem, not the number's: TechnicalError, an alert for ops, and the
+# person's phone is kept. Sources: twilio_callbacks.ACCOUNT_ERROR_CODES.
 
 
 def _check_http_url(value: str, what: str) -> str:
@@ -205,7 +209,7 @@ class TwilioSmsChannel:
         if not is_textable_mobile(message.to):
             log.info("sms %s not sent: recipient is not a textable mobile", message.message_id)
             raise RecipientError("recipient is not a French mobile number", code="not_mobile")
-        body = to_gsm7(message.text or "")
+        body = sms_body(message.text or "")  # GSM-7 when it can, UCS-2 for Arabic
         if not body.strip():
             raise TechnicalError("SMS body is empty", code="empty_body")
         if len(body) > MAX_BODY_CHARS:
@@ -231,6 +235,10 @@ class TwilioSmsChannel:
                 "sms %s: Twilio refused it (HTTP %s, code %s) -> %s",
                 message.message_id, getattr(exc, "status", None), error.code, error.kind,
             )
+            if error.code in ACCOUNT_ERROR_CODES:
+                log.error("OPS ALERT: Twilio code %s for sms %s: the account or the sender cannot reach this "
+                          "destination (geo permissions, sender ID); the phone is kept", error.code,
+                          message.message_id)
             raise error from None  # the original's text quotes the phone number
         except requests.exceptions.RequestException as exc:
             error = self._map_network_error(exc)
@@ -239,7 +247,7 @@ class TwilioSmsChannel:
                 message.message_id, type(exc).__name__, error.kind,
             )
             raise error from None
-        parts = segments(body)
+        parts = sms_segments(body)
         log.info("sms %s handed to Twilio as %s (%d segment(s))", message.message_id, created.sid, parts)
         return Delivery(
             status="sent", provider_ref=created.sid, segments=parts, detail=created.status
@@ -265,6 +273,8 @@ class TwilioSmsChannel:
             return RetryableError(f"{label}: rate limited", code=code or 20429, retry_after=retry_after)
         if code in OPT_OUT_CODES:
             return OptOutError(f"{label}: the recipient opted out (STOP)", code=code)
+        if code in ACCOUNT_ERROR_CODES:
+            return TechnicalError(f"{label}: account or sender problem, not the recipient's number", code=code)
         if code in RECIPIENT_CODES:
             return RecipientError(f"{label}: the recipient number cannot receive this SMS", code=code)
         if status is not None and status >= 500:

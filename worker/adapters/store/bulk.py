@@ -1,10 +1,13 @@
-"""Bulk writes for large files: COPY on PostgreSQL, multi-row INSERT ... RETURNING elsewhere."""
+"""Bulk writes for large files: COPY on PostgreSQL, multi-row INSERT ... RETURNING elsewhere;
+database errors turned into messages that quote no row (:func:`database_errors_as`)."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 from sqlalchemy import String, any_, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 UTC = dt.timezone.utc
@@ -69,3 +72,31 @@ def insert_returning_ids(s: Session, table, rows: list[dict]) -> list[int]:
         return []
     stmt = table.insert().returning(table.c.id, sort_by_parameter_order=True)
     return list(s.execute(stmt, rows).scalars())
+
+
+def database_error_kind(exc: BaseException) -> str:
+    """The driver's class and SQLSTATE (``StringDataRightTruncation, SQLSTATE 22001``): never its
+    message, which may quote a value (a COPY error quotes the whole line)."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None)
+    return f"{type(orig).__name__}, SQLSTATE {state}" if state else type(orig).__name__
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """SQLAlchemy's errors, and the driver's own (raised as is by the COPY cursor)."""
+    return isinstance(exc, SQLAlchemyError) or type(exc).__module__.split(".")[0] in ("psycopg", "sqlite3")
+
+
+@contextlib.contextmanager
+def database_errors_as(error_cls: type[Exception], message: str):
+    """Re-raise any database error as ``error_cls(message.format(kind=...))``, without the driver's
+    text nor its chain (tracebacks and reports then carry no row data)."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        kind = database_error_kind(exc)
+    else:
+        return
+    raise error_cls(message.format(kind=kind))

@@ -143,6 +143,8 @@ class Case(Base):
     decision_months: Mapped[int | None] = mapped_column(Integer)
     decision_from: Mapped[dt.date | None] = mapped_column(Date)
     lifted_on: Mapped[dt.date | None] = mapped_column(Date)
+    pause_category: Mapped[str | None] = mapped_column(String(32))
+    reported_by: Mapped[str | None] = mapped_column(String(64))
     claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -260,3 +262,55 @@ class Lock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# --- the agents' workspace (migration 0007): agents, their sessions, their e-mail sign-in links --------
+
+
+class Agent(Base):
+    """A person who signs in to the workspace (``relance agents add``): an organisation and a role.
+
+    Roles: ``agent`` (their organisation's cases), ``department`` (the department's RSA team: every
+    case), ``ops`` (read-only, every case). Identified by e-mail (ProConnect's ``email`` claim, or the
+    address an e-mail sign-in link goes to)."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)  # lower case
+    name: Mapped[str] = mapped_column(String(200))
+    organisation: Mapped[str | None] = mapped_column(String(64))  # None: department team or ops
+    role: Mapped[str] = mapped_column(String(16))  # agent | department | ops
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    oidc_subject: Mapped[str | None] = mapped_column(String(255))  # ProConnect's `sub`, set at first sign-in
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AgentSession(Base):
+    """A signed-in browser: the cookie carries a random token, this row its SHA-256 (never the token)."""
+
+    __tablename__ = "agent_sessions"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    method: Mapped[str] = mapped_column(String(16))  # proconnect | email
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # signed out or expired
+    id_token: Mapped[str | None] = mapped_column(Text)  # OpenID Connect: the hint for the provider's sign-out
+
+
+class LoginLink(Base):
+    """An e-mail sign-in link: single use, expiring in minutes; only the keyed hash of its token is kept."""
+
+    __tablename__ = "login_links"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

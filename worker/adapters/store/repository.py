@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from worker.adapters.store import audit
 from worker.domain import engine
+from worker.domain.contact import can_receive_sms
 from worker.domain.model import (
     OPEN,
     PENDING,
@@ -22,6 +23,7 @@ from worker.domain.model import (
     CaseState,
     Decision,
     Flag,
+    HandOver,
     MarkReturned,
     MessageView,
     NeedSlot,
@@ -52,20 +54,21 @@ def write_state(case: Case, state: CaseState, now: dt.datetime) -> None:
 def contact_flags(person: Person) -> dict:
     return {
         "has_address": bool(person.address_line1 and person.postcode and person.city),
-        "has_phone": bool(person.phone),
+        "has_phone": can_receive_sms(person.phone),  # has a phone that can take an SMS
         "has_email": bool(person.email),
     }
 
 
 def create_case(session: Session, app, person: Person, path: str, now: dt.datetime,
-                start_step: str | None = None, due_at: dt.datetime | None = None, reason: str = "flux") -> Case:
+                start_step: str | None = None, due_at: dt.datetime | None = None, reason: str = "flux",
+                pause_category: str | None = None) -> Case:
     state = engine.new_case(path=path, organisation=person.organisation, droit_opened_on=person.droit_opened_on,
                             now=now, policy=app.policy, cal=app.calendar, start_step=start_step, due_at=due_at,
-                            **contact_flags(person))
+                            pause_category=pause_category, **contact_flags(person))
     state = dataclasses.replace(
         state,
         npai=person.address_status == "npai",
-        phone_unusable=person.phone_status == "failed",
+        phone_unusable=person.phone_status in ("failed", "not_mobile"),
         sms_opt_out=person.phone_status == "opted_out",
         email_unusable=person.email_status == "failed",
     )
@@ -178,9 +181,18 @@ def persist(session: Session, app, case: Case, decision: Decision, now: dt.datet
         elif isinstance(action, OpenCase):
             person = session.get(Person, case.person_id)
             new = create_case(session, app, person, action.path, now, start_step=action.start_step,
-                              due_at=action.due_at, reason=action.reason)
+                              due_at=action.due_at, reason=action.reason, pause_category=action.pause_category)
             audit.append(session, at=now, kind="case", case_id=case.id, entity_id=case.id,
                          data={"action": "continued_in", "case": new.id, "reason": action.reason})
+        elif isinstance(action, HandOver):
+            # France Travail reported: the department's organisation for the person's postcode reviews it.
+            person = session.get(Person, case.person_id)
+            reviewer = app.territory.department.review_organisation(person.postcode if person else None)
+            state = dataclasses.replace(state, organisation=reviewer,
+                                        reported_by=state.reported_by or state.organisation)
+            audit.append(session, at=now, kind="case", case_id=case.id, entity_id=case.id,
+                         data={"handed_over_to": reviewer, "reported_by": state.reported_by,
+                               "reason": action.reason})
         elif isinstance(action, ReferToCommission):
             session_date = app.territory.commission.next_session(action.after)
             case.commission_date = session_date

@@ -1,7 +1,9 @@
 """Engine, sessions and migrations."""
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -23,12 +25,24 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur.close()
 
 
+def _create_private(path: str) -> None:
+    """A new SQLite database file is created 0600 (personal data; its -wal and -shm files get
+    the same mode from SQLite); an existing one is left as it is."""
+    if "?" in path or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        pass
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -40,9 +54,20 @@ def _factory(url: str) -> sessionmaker:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
 
+# Set by one_transaction: (url, session) that every session_scope(url) inside it shares.
+_SHARED: ContextVar[tuple[str, Session] | None] = ContextVar("relance_shared_session", default=None)
+
+
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
-    """One transaction: committed on success, rolled back on error."""
+    """One transaction: committed on success, rolled back on error.
+
+    Inside :func:`one_transaction` on the same URL: that transaction's session,
+    committed or rolled back by it, as a whole."""
+    shared = _SHARED.get()
+    if shared is not None and shared[0] == url:
+        yield shared[1]
+        return
     session = _factory(url)()
     try:
         yield session
@@ -52,6 +77,18 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def one_transaction(url: str) -> Iterator[Session]:
+    """All or nothing: every ``session_scope(url)`` opened inside (by any service this code
+    calls) joins this one session; committed at the end, rolled back whole on any error."""
+    with session_scope(url) as session:
+        token = _SHARED.set((url, session))
+        try:
+            yield session
+        finally:
+            _SHARED.reset(token)
 
 
 def ping_database(url: str) -> None:
