@@ -643,3 +643,62 @@ def test_the_summary_in_english_or_arabic_is_one_page_after_the_french_letter(st
         fonts = subprocess.run(["pdffonts", str(path)], capture_output=True, text=True, check=True).stdout
         embedded = [line.split()[0] for line in fonts.splitlines()[2:] if line.strip()]
         assert embedded and all("DejaVu-Sans" in name for name in embedded), embedded
+
+
+# --- the address block in the envelope window (issue 10): measured on the PDF -----------------------
+
+WINDOW_MM = (100, 186, 52, 82)  # x from, x to, y from, y to (letter.css)
+
+
+def _words_bbox(pdf: bytes, tmp_path) -> list[tuple[float, float, float, float, str]]:
+    """(xMin, yMin, xMax, yMax, word) in millimetres of the first page (pdftotext -bbox)."""
+    import html as html_lib
+    import re as re_lib
+    import subprocess as sp
+
+    path = tmp_path / "window.pdf"
+    path.write_bytes(pdf)
+    out = sp.run(["pdftotext", "-bbox", "-f", "1", "-l", "1", str(path), "-"], check=True,
+                 capture_output=True, text=True).stdout
+    mm = 25.4 / 72
+    return [(float(a) * mm, float(b) * mm, float(c) * mm, float(d) * mm, html_lib.unescape(w))
+            for a, b, c, d, w in re_lib.findall(
+                r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>', out)]
+
+
+@pytest.mark.parametrize("line2,city", [
+    ("B.P. 12, Chez Mme Martin", "Redon"),
+    ("Résidence des Grands Chênes Bâtiment C; Chez Mme Le Goff-Hernandez; BP 12345; Cedex",
+     "Saint-Nicolas-de-Redon"),
+])
+def test_the_address_block_stays_in_the_window_one_line_each(line2, city, tmp_path):
+    import weasyprint
+
+    lines = address_block(civility="Monsieur", first_name="Jean-Baptiste", last_name="Le Bihan-Kerouédan",
+                          line1="128 boulevard du Maréchal de Lattre de Tassigny", line2=line2,
+                          postcode="35600", city=city)
+    # and 38-character lines of the widest capitals a French address has (M, W, D, O...): the worst case
+    lines = lines[:-1] + ["MOULIN DE LA GRANDE ROCHE DOM DU MANOIR"[:38]] + [lines[-1]]
+    lines = lines[-6:]
+    person = {"address_lines": lines}
+    pdf = weasyprint.HTML(string=_minimal_letter("RL-000001-0000001", person)).write_pdf()
+    words = _words_bbox(pdf, tmp_path)
+    x0, x1, y0, y1 = WINDOW_MM
+    block = [w for w in words if w[0] >= x0 - 1 and w[1] >= y0 - 1 and w[3] <= y1 + 1]
+    rows = sorted({round(w[1], 1) for w in block})
+    assert len(rows) == len(lines), (rows, lines)  # one printed line per line of the block: no wrap
+    assert max(w[2] for w in block) <= x1 and min(w[0] for w in block) >= x0
+    assert max(w[3] for w in block) <= y1
+
+
+def test_a_po_box_is_printed_below_the_street_line(tmp_path):
+    import weasyprint
+
+    lines = address_block(civility="Madame", first_name="Julie", last_name="Martin", line1="12 rue des Douves",
+                          line2="B.P. 12, Chez Mme Martin", postcode="35600", city="Redon cedex")
+    pdf = weasyprint.HTML(string=_minimal_letter("RL-000001-0000002", {"address_lines": lines})).write_pdf()
+    words = _words_bbox(pdf, tmp_path)
+    y_of = {w[4]: w[1] for w in words}
+    assert y_of["DOUVES"] < y_of["BP"] < y_of["CEDEX"]
+    assert y_of["Chez"] < y_of["DOUVES"]
+    assert "B.P." not in y_of  # no punctuation from the street line on

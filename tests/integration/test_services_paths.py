@@ -721,3 +721,31 @@ def test_the_household_cap_applies_when_the_flux_gives_the_household_size(app, f
                           rate=cap + 10, months=1, now=local(2024, 7, 23, 10))
     assert case_of(app, "CAF35-0009801").measure_rate == cap
     assert case_of(app, "CAF35-0009802").measure_rate == cap + 10
+
+
+def test_large_print_and_language_from_the_flux_or_an_event(app, flux_writer):
+    """`large_print` / `language` (optional flux columns, or `preferences_updated`): the next letters are
+    in 16 pt, the SMS in the person's language (issue 10)."""
+    path = flux_writer([{"external_id": "CAF35-0009901"}, {"external_id": "CAF35-0009902"}])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[0] += ",large_print,language"
+    lines[1] += ",true,en"
+    lines[2] += ",,"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ingest.ingest_file(app, path, local(2024, 6, 3, 8))
+    cases.apply_event(app, external_id="CAF35-0009902", type="preferences_updated", large_print=True,
+                      language="ar", now=local(2024, 6, 3, 8, 30))
+    with pytest.raises(ServiceError, match="langue inconnue"):
+        cases.apply_event(app, external_id="CAF35-0009902", type="preferences_updated", language="xx",
+                          now=local(2024, 6, 3, 8, 31))
+    with freeze_time(local(2024, 6, 3, 10)) as clock:
+        cycle_at(app, clock, local(2024, 6, 3, 10))
+    for eid, lang in (("CAF35-0009901", "en"), ("CAF35-0009902", "ar")):
+        case = case_of(app, eid)
+        letter = letter_for(app, the(messages_of(app, case.id), "invitation_1", "letter"))
+        assert "large-print" in letter
+        sms = sms_for(app, the(messages_of(app, case.id), "invitation_1", "sms"))["body"]
+        if lang == "ar":
+            assert any("\u0600" <= ch <= "\u06ff" for ch in sms) and "??" not in sms  # never transliterated
+        else:
+            assert "appointment" in sms.lower() or "hello" in sms.lower()

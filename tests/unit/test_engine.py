@@ -771,6 +771,7 @@ VALID_PARAMS = {
     "rdv_booked": {"appointment_at": MONDAY + 5 * DAY},
     "legitimate_reason": {"until": MONDAY + 5 * DAY, "category": "sick_leave"},
     "legitimate_reason_ended": {},
+    "preferences_updated": {"large_print": True},
     "reoriented": {"to": "ml"},
     "review_decision": {"decision": "proceed"},
     "ar_signed": {"receipt_on": dt.date(2024, 3, 5)},

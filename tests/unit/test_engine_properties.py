@@ -532,7 +532,7 @@ EVENT_WEIGHTS = {
     "address_updated": 2, "phone_updated": 1, "sms_failed": 1, "sms_opt_out": 1, "droit_closed": 1,
     "reoriented": 1, "review_decision": 6, "phone_followup_done": 3, "ar_signed": 4, "ar_unclaimed": 2,
     "observations_received": 2, "hearing_requested": 1, "sanction_decided": 2, "sanction_lifted": 1,
-    "legitimate_reason_ended": 1,
+    "legitimate_reason_ended": 1, "preferences_updated": 1,
 }
 assert set(EVENT_WEIGHTS) == set(EVENT_TYPES)
 WEIGHTED_EVENTS = [t for t, w in EVENT_WEIGHTS.items() for _ in range(w)]
@@ -581,6 +581,8 @@ def _event_params(sim, type_: str, p: dict) -> dict | None:
         return {"appointment_at": now + dt.timedelta(days=p["ahead"])}
     if type_ == "legitimate_reason":
         return _reason_params(sim, p)
+    if type_ == "preferences_updated":
+        return {"large_print": p["repeat"], "language": "ar" if p["frac"] > 0.5 else None}
     if type_ == "reoriented":
         return {"to": p["to"]}
     if type_ == "review_decision":

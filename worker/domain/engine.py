@@ -776,6 +776,13 @@ def _on_sanction_lifted(case, ev, now, policy, cal):
     return case, [Flag("sanction_lifted")] + actions, ""
 
 
+def _on_preferences_updated(case, ev, now, policy, cal):
+    """Large print or language: the person's record changes (the service layer), not the procedure."""
+    if ev.large_print is None and ev.language is None:
+        raise EngineError("preferences_updated : préciser --large-print / --no-large-print ou --language")
+    return case, [Flag("preferences_updated")], ""
+
+
 def _on_phone_followup_done(case, ev, now, policy, cal):
     if case.phase != TASK:
         return case, [], "no task running"
@@ -838,6 +845,7 @@ _HANDLERS = {
     "sanction_decided": _on_sanction_decided,
     "sanction_lifted": _on_sanction_lifted,
     "legitimate_reason_ended": _on_legitimate_reason_ended,
+    "preferences_updated": _on_preferences_updated,
 }
 # Events that still apply once the case has left the worker's hands (referred to the commission).
 _AFTER_REFERRAL = frozenset({"sanction_decided", "sanction_lifted"})

@@ -45,7 +45,9 @@ EVENT_TYPES = (
     "sanction_decided",
     "sanction_lifted",
     "legitimate_reason_ended",
+    "preferences_updated",
 )
+LANGUAGES = ("fr", "en", "ar")  # the languages of the SMS and of the invitation's summary
 REVIEW_DECISIONS = ("proceed", "refer", "legitimate_reason", "close")
 OBSERVATIONS_REVIEW = "observations_review"  # the human step after observations or a legitimate reason
 # Letters of the Département after the procedure (planned on a closed case).
@@ -151,6 +153,8 @@ class Event:
     category: str | None = None  # legitimate_reason / review_decision legitimate_reason: config category
     review_on: dt.date | None = None  # legitimate_reason without a natural end: the day an agent reviews it
     household_size: int | None = None  # from the flux when it tells it: caps the measure (MeasureSpec.check)
+    large_print: bool | None = None  # preferences_updated: letters in 16 pt
+    language: str | None = None  # preferences_updated: fr | en | ar (SMS and the invitation's summary)
 
 
 # --- actions -------------------------------------------------------------------

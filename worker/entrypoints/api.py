@@ -94,6 +94,8 @@ class EventIn(BaseModel):
     # category without a natural end (homelessness, incarceration) the review date instead of `until`.
     category: str | None = Field(default=None, max_length=32)
     review_on: IsoDate | None = None
+    large_print: bool | None = None  # preferences_updated: letters in 16 pt
+    language: str | None = Field(default=None, max_length=8)  # preferences_updated: fr | en | ar
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("*")
@@ -335,7 +337,7 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
                     decision=event.decision, to=event.to, reason=event.reason, receipt_on=receipt_on,
                     source="api", idempotency_key=event.idempotency_key, rate=event.rate, months=event.months,
                     repeat=event.repeat, start_on=event.start_on, category=event.category,
-                    review_on=event.review_on))
+                    review_on=event.review_on, large_print=event.large_print, language=event.language))
         except errors.IdempotencyConflict as exc:  # the key was used for another content: nothing recorded
             log.info("event %s refused (409: idempotency key reused with other content)", event.type)
             return JSONResponse(status_code=409, content={"detail": str(exc)})

@@ -226,6 +226,10 @@ def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, 
                                        "training_or_work, other — config/paths.yaml)"),
           review_on: Optional[str] = typer.Option(
               None, "--review-on", help="legitimate_reason sans fin prévisible : date de réexamen (AAAA-MM-JJ)"),
+          large_print: Optional[bool] = typer.Option(
+              None, "--large-print/--no-large-print", help="preferences_updated : courriers en gros caractères"),
+          language: Optional[str] = typer.Option(
+              None, "--language", help="preferences_updated : langue des SMS et du résumé (fr, en, ar)"),
           key: Optional[str] = typer.Option(None, "--key", help="Clé d'idempotence (un même événement n'est appliqué qu'une fois)"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Enregistre un événement pour une personne et l'applique à son dossier."""
@@ -245,7 +249,8 @@ def event(type: str = typer.Argument(..., help="Type d'événement (rdv_booked, 
                                 decision=decision, to=to, reason=reason, receipt_on=receipt_on,
                                 source="cli", idempotency_key=key, rate=rate, months=months, repeat=repeat,
                                 start_on=start_on, category=category,
-                                review_on=_parse_date(review_on, "--review-on"))
+                                review_on=_parse_date(review_on, "--review-on"), large_print=large_print,
+                                language=language)
     except errors.ServiceError as exc:
         raise CliError(str(exc)) from None
     if as_json:

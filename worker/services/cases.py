@@ -23,12 +23,12 @@ from worker.adapters.store import audit, repository
 from worker.adapters.store.models import Case, InboundEvent, Message, Person
 from worker.adapters.store.session import session_scope
 from worker.domain import engine
-from worker.domain.model import EVENT_TYPES, Event
+from worker.domain.model import EVENT_TYPES, LANGUAGES, Event
 from worker.services.errors import IdempotencyConflict, ServiceError
 
 log = logging.getLogger("relance.services")
 
-CONTACT_EVENTS = {"npai", "address_updated", "phone_updated", "sms_failed", "sms_opt_out"}
+CONTACT_EVENTS = {"npai", "address_updated", "phone_updated", "sms_failed", "sms_opt_out", "preferences_updated"}
 
 
 def load_case(s: Session, case_id: int, lock: bool = False) -> Case | None:
@@ -96,6 +96,16 @@ def _active_case(s: Session, person: Person) -> Case | None:
         (Case.status == "active").desc(), Case.id.desc()).limit(1).options(selectinload(Case.messages))).scalar()
 
 
+def _update_preferences(person: Person, large_print: bool | None, language: str | None) -> None:
+    """Large print and language live in ``person.extra`` (also the flux's optional columns)."""
+    extra = dict(person.extra or {})
+    if large_print is not None:
+        extra["large_print"] = "true" if large_print else "false"
+    if language is not None:
+        extra["language"] = language
+    person.extra = extra
+
+
 def _update_person_contact(person: Person, event_type: str, now: dt.datetime) -> None:
     if event_type == "npai":
         person.address_status = "npai"
@@ -137,7 +147,8 @@ def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt
                 idempotency_key: str | None = None, message_id: int | None = None, rate: int | None = None,
                 months: int | None = None, repeat: bool = False, start_on: dt.date | None = None,
                 category: str | None = None, review_on: dt.date | None = None,
-                extra: dict | None = None) -> EventResult:
+                extra: dict | None = None, large_print: bool | None = None,
+                language: str | None = None) -> EventResult:
     """Record an event and apply it to the person's active case, once.
 
     ``extra``: what the workspace adds to the stored payload (``actor``: the agent's id, also in
@@ -150,8 +161,12 @@ def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt
     payload = {"until": until, "appointment_at": appointment_at, "decision": decision, "to": to,
                "reason_given": bool(reason), "receipt_on": receipt_on, "message_id": message_id,
                "rate": rate, "months": months, "repeat": repeat, "start_on": start_on,
-               "category": category, "review_on": review_on}
+               "category": category, "review_on": review_on, "language": language}
     payload = {k: v for k, v in payload.items() if v not in (None, False)}
+    if large_print is not None:
+        payload["large_print"] = large_print
+    if language is not None and language not in LANGUAGES:
+        raise ServiceError(f"--language : langue inconnue {language!r} (attendu : {', '.join(LANGUAGES)})")
     if source.startswith("web:") and type == "review_decision" and not str((extra or {}).get("justification")
                                                                             or "").strip():
         raise ServiceError("review_decision : la justification de la décision est obligatoire")
@@ -186,10 +201,13 @@ def apply_event(app, *, external_id: str, type: str, now: dt.datetime, until: dt
                 s.flush()
                 if type in CONTACT_EVENTS:
                     _update_person_contact(person, type, now)
+                if type == "preferences_updated":
+                    _update_preferences(person, large_print, language)
                 event = Event(type=type, at=now, until=until, appointment_at=appointment_at, decision=decision,
                               to=to, reason=reason, receipt_on=receipt_on, rate=rate, months=months,
                               repeat=repeat, start_on=start_on, category=category, review_on=review_on,
-                              household_size=_household_size(person))
+                              household_size=_household_size(person), large_print=large_print,
+                              language=language)
                 if type == "reoriented" and to:
                     person.orientation = {"ft_unregistered": "ft"}.get(to, to)
                 case = None

@@ -142,6 +142,11 @@ def _privacy(app, step: str, code: str) -> SimpleNamespace:
                            retention_months=app.settings.retention_months)
 
 
+def _preference(person: Person, key: str) -> str:
+    """A preference kept in ``person.extra`` (flux column or ``preferences_updated`` event)."""
+    return str((person.extra or {}).get(key) or "").strip().lower()
+
+
 def letter_day(app, now: dt.datetime) -> dt.date:
     """The working day a letter written ``now`` goes out: today if it is a working day and the day's
     print batch (RELANCE_PRINT_BATCH_TIME) has not run yet, else the next working day."""
@@ -177,8 +182,8 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
                                   last_name=person.last_name, address_lines=address_lines, sex=person.sex,
                                   # large print (16 pt letters) and the language of the SMS and of the
                                   # summary attached to the invitation letters, when the flux gives them
-                                  large_print=bool(getattr(person, "large_print", False)),
-                                  language=getattr(person, "language", None) or "fr"),
+                                  large_print=_preference(person, "large_print") in ("true", "1", "oui", "yes"),
+                                  language=_preference(person, "language") or "fr"),
         "org": SimpleNamespace(code=case.organisation, kind=org.kind, name=org.name, short_name=org.short_name,
                                signatory=org.signatory, address=list(org.address), phone=org.phone,
                                email=org.email, booking_url=org.booking_url),
