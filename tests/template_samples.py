@@ -251,6 +251,7 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None, la
             "civility": "Madame, Monsieur",
             "first_name": "Marie-Héloïse",
             "last_name": "de La Villemarqué-Kerambrun",
+            "matricule": "MSA35-0000000099999",
             "address_lines": [
                 "Madame Marie-Héloïse de La Villemarqué-Kerambrun",
                 "Chez Monsieur et Madame Le Goff-Trémeur",
@@ -300,6 +301,7 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None, la
             "first_name": "Julie",
             "last_name": "Martin",
             "address_lines": ["Madame Julie MARTIN", "5 rue des Lilas", "35600 REDON"],
+            "matricule": "CAF35-0001001",
         }
         droit = date(2024, 5, 13)
         today = date(2024, 5, 20)

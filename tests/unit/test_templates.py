@@ -906,3 +906,12 @@ def test_the_summary_is_attached_to_the_invitations_in_the_persons_language(rend
                 assert "يُرجى حجز موعد" in text and "04/06/2024" in text
             # the phone number is kept left to right and on one line
             assert "\u2066" + ctx["org"]["phone"].replace(" ", "\u00a0") + "\u2069" in out.html
+
+
+def test_every_letter_prints_the_references_agents_look_up_and_the_matricule(renderer):
+    """relance timeline accepts each of them (issue 10): the letter's, the case's and the matricule."""
+    for step in ("invitation_1", "convocation", "pre_sanction_notice", "sanction_decision"):
+        ctx = sample_context(step)
+        text = " ".join(renderer.render(step, "letter", ctx).text.split())
+        assert ctx["message"]["reference"] in text and ctx["case"]["reference"] in text
+        assert f"Matricule : {ctx['person']['matricule']}" in text

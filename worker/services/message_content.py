@@ -180,6 +180,7 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
     return {
         "person": SimpleNamespace(civility=_civility(person.sex), first_name=person.first_name,
                                   last_name=person.last_name, address_lines=address_lines, sex=person.sex,
+                                  matricule=person.external_id,  # the CAF/MSA matricule of the flux
                                   # large print (16 pt letters) and the language of the SMS and of the
                                   # summary attached to the invitation letters, when the flux gives them
                                   large_print=_preference(person, "large_print") in ("true", "1", "oui", "yes"),
