@@ -160,3 +160,20 @@ def test_safe_dir_refuses_odd_names(tmp_path):
         with pytest.raises(ValueError):
             files.safe_dir(tmp_path, name)
     assert files.safe_dir(tmp_path, "2024-06-03").is_dir()
+
+
+def test_read_nofollow_refuses_a_link_swapped_in_after_the_check(tmp_path):
+    import errno
+
+    from worker.adapters.files import read_nofollow
+
+    secret = tmp_path / "secret"
+    secret.write_text("NIR")
+    flux = tmp_path / "flux.csv"
+    flux.write_text("a,b\n")
+    assert read_nofollow(flux) == b"a,b\n"
+    flux.unlink()
+    flux.symlink_to(secret)  # swapped between the inbox's check and the read
+    with pytest.raises(OSError) as exc:
+        read_nofollow(flux)
+    assert exc.value.errno == errno.ELOOP

@@ -194,6 +194,13 @@ def rewrite_lines(path: Path, keep: Callable[[str], bool]) -> int:
         os.close(fd)
 
 
+def read_nofollow(path: Path) -> bytes:
+    """A file's bytes, refusing a symbolic link even one swapped in since it was checked (ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
 def _nofollow_reader(path, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 

@@ -40,7 +40,7 @@ from worker.services.agenda import ACTIONS, SECTIONS, Item, agenda, plain_todo
 from worker.domain.calendar import parse_hhmm
 from worker.adapters.channels.base import RetryableError
 from worker.adapters.store.session import session_scope
-from worker.adapters.files import create_new
+from worker.adapters.files import SHARED_MODE, append_line, create_new, replace_file
 
 log = logging.getLogger("relance.digests")
 
@@ -154,10 +154,9 @@ def _send(app, organisation: str, day: dt.date, rendered, path: Path) -> str:
         except Exception as exc:  # noqa: BLE001 - RecipientError / TechnicalError: recorded for ops
             failures.append(f"destinataire n° {index + 1} : {exc}")
             continue
-        with sent_file.open("a", encoding="utf-8") as handle:
-            handle.write(recipient + "\n")
+        append_line(sent_file, recipient, mode=SHARED_MODE)  # O_NOFOLLOW, explicit mode
     if failures:
-        path.with_suffix(".error").write_text("\n".join(failures) + "\n", encoding="utf-8")
+        replace_file(path.with_suffix(".error"), ("\n".join(failures) + "\n").encode("utf-8"), mode=SHARED_MODE)
         log.error("digest %s %s: %d recipient(s) not reached (see %s)", organisation, day, len(failures),
                   path.with_suffix(".error").name)
         return "partly-sent" if len(failures) < len(recipients) else "failed"
@@ -199,7 +198,7 @@ def send_due(app, now: dt.datetime, *, force: bool = False) -> list[DigestResult
             log.warning("digest %s %s: claim left unfinished, taken over", organisation, day)
             rendered = _as_written(path, rendered)  # what was claimed is what goes out
         elif rendered.html:
-            path.with_suffix(".html").write_text(rendered.html, encoding="utf-8")
+            replace_file(path.with_suffix(".html"), rendered.html.encode("utf-8"), mode=SHARED_MODE)
         status = _send(app, organisation, day, rendered, path) if app.settings.email_backend == "smtp" else "written"
         if status != "retry":
             done.touch()

@@ -140,10 +140,10 @@ def _gc_paused():
 def ingest_file(app, path: Path, now: dt.datetime, progress=None) -> IngestReport:
     """Read a flux file; reject bad rows with a reason; upsert people; open cases."""
     from worker.adapters.config_files import load_flux_columns
+    from worker.adapters.files import read_nofollow
     from worker.adapters.flux import parse_flux
-
     path = Path(path)
-    data = path.read_bytes()
+    data = read_nofollow(path)  # never through a link, even one planted after the inbox's check
     orgs, kept = frozenset(app.territory.organisations), load_flux_columns(app.settings.config_dir)
     with _gc_paused(), database_errors_as(IngestError, REFUSED):
         parsed = parse_flux(data, organisations=orgs, today=app.calendar.local_date(now), filename=path.name,

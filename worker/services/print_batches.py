@@ -42,6 +42,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from worker.adapters.files import read_nofollow
 from worker.adapters.rendering import redate_letter
 from worker.adapters.store import audit, repository
 from worker.adapters.store.models import Case, Message
@@ -292,8 +293,9 @@ def produce_batches(app, day: dt.date, now: dt.datetime, *, drop_stale: bool = T
         for c in claimed:
             path = _letter_path(root, c.provider_ref)
             try:
-                html = path.read_text(encoding="utf-8") if path is not None else None
-            except FileNotFoundError:
+                # never through a link (even one to another letter of the folder)
+                html = read_nofollow(path).decode("utf-8") if path is not None else None
+            except (FileNotFoundError, OSError):
                 html = None
             if html is None:
                 missing.append((c, path))
