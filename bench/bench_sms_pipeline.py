@@ -1,38 +1,43 @@
 #!/usr/bin/env python3
-"""Benchmark: end-to-end SMS throughput (flux -> engine -> fake Twilio) vs bare Celery.
+"""Benchmark: end-to-end SMS throughput (flux -> engine -> fake Twilio) vs bare Celery; with a slow
+provider; under a rate limit; worker memory over a long run.
 
-    .venv/bin/python bench/bench_sms_pipeline.py [--sms 2000] [--noop 4000] [--workers 1,2]
-                                                 [--memory-sms 12000] [--breakdown 300] [--max-seconds 1500]
+    .venv/bin/python bench/bench_sms_pipeline.py [--sms 3000] [--noop 4000] [--workers 1,2]
+        [--latency 0.15] [--latency-sms 4000] [--latency-workers 1,2] [--rate 50] [--rate-sms 3000]
+        [--memory-sms 100000] [--breakdown 400] [--max-seconds 3600] [--name sms_pipeline]
 
 Everything is real and on loopback: a throwaway PostgreSQL and redis-server
 (tests/infra), real ``celery worker`` subprocesses (bench/celery_bench.py: the
 `relance worker` app and options -- acks_late, prefetch multiplier 1, task
 events, INFO logs -- consuming the ``cases`` and ``sms`` queues, with
 ``--concurrency`` = the number of worker processes), the Twilio SMS channel
-talking to the fake Twilio server of tests/fakes (no status callbacks: the
-pipeline ends when Twilio accepted the message).
+(the real ``twilio`` client, its pooled HTTP connections) talking to the fake
+Twilio of tests/fakes, with kept-alive HTTP/1.1 connections like the real API
+(no status callbacks: the pipeline ends when Twilio accepted the message).
+The batches are the settings' defaults (RELANCE_ADVANCE_BATCH_SIZE,
+RELANCE_SEND_BATCH_SIZE, RELANCE_SEND_CONCURRENCY) unless given.
 
-For each worker count:
+Phases (each stops by itself; --max-seconds is the overall budget):
 
-1. bare Celery: --noop no-op tasks (``bench.noop``, same queue ``sms``, same
-   settings) published from this process; tasks/s = count / time until the
-   queue and the unacked set are empty;
-2. the SMS pipeline on a fresh database: a flux of --sms people (valid rows,
-   a mobile phone each, droits et devoirs) is ingested (ingest.ingest_file,
-   timed apart), then this process runs the scheduler's jobs with the
-   simulated now (a Monday, 10:00 Paris) travelling with each task:
-   jobs.sweep once (one ``advance`` task per case: the engine plans the
-   invitation's letter and SMS), then jobs.relay every 0.2 s (one ``send``
-   task per due SMS; letters go to the ``letters`` queue, not consumed here).
-   SMS/s = count / time from the sweep until the fake Twilio accepted the last
-   SMS. Every case advanced exactly once and every SMS was accepted once
-   (checked at the end).
+1. ``--breakdown``: in this process, without Celery: time, SQL statements and
+   transactions per case of ``advance_cases`` (batches of RELANCE_ADVANCE_BATCH_SIZE)
+   and per SMS of ``send_messages`` (batches of RELANCE_SEND_BATCH_SIZE, fake answering at once);
+2. for each of ``--workers``: bare Celery (``--noop`` no-op tasks, ``bench.noop``, same
+   queue and settings; tasks/s until the queue and the unacked set are empty), then the
+   SMS pipeline on a fresh database: a flux of ``--sms`` people (each a mobile, on the CD
+   path) is ingested (timed apart), then this process runs the scheduler's jobs every 0.2 s
+   (sweep and relay) with the simulated now (a Monday, 10:00 Paris) travelling with each
+   task. SMS/s = count / time from the first sweep until the fake accepted the last SMS;
+   the ratio SMS/s : no-op tasks/s is reported (target >= 30 %);
+3. ``--latency``: the same pipeline with the fake answering each request after that many
+   seconds, for each of ``--latency-workers`` (target >= 100 SMS/s with 2 processes);
+4. ``--rate``: the same, 2 processes, with RELANCE_SMS_RATE_LIMIT set: the rate measured at
+   the fake (accepted messages over the time from the first to the last) must be within 5 %;
+5. ``--memory-sms``: a long run (2 processes, instant fake) sampling the RSS of every worker
+   process each second: start / quarter / middle / three quarters / end.
 
-The ratio SMS/s : no-op tasks/s is reported (target >= 30 %). With
---memory-sms, a longer run (two worker processes) samples the RSS of every
-worker process each second: start / middle / end reported. Each phase stops
-by itself (--max-seconds overall budget; a phase that runs out of time is
-reported as such). Results: bench/results/sms_pipeline.json.
+Every run checks that every case advanced once and every SMS was accepted once and
+recorded ``sent``. Results: bench/results/<--name>.json.
 """
 from __future__ import annotations
 
@@ -40,7 +45,6 @@ import argparse
 import datetime as dt
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,8 +61,11 @@ import _common  # noqa: E402
 import flux_gen  # noqa: E402
 
 TARGET_RATIO = 0.30
+TARGET_LATENCY_SMS_PER_S = 100
 NOW = dt.datetime(2024, 6, 10, 10, 0, tzinfo=ZoneInfo("Europe/Paris"))  # a Monday, not a holiday
 QUEUES = ("cases", "sms")
+BENCH_NIR_KEY = "bench-nir-key-" + "0123456789abcdef" * 3  # fictional data, keys of this run only
+BENCH_AUDIT_KEY = "bench-audit-key-" + "fedcba9876543210" * 3
 
 
 class Deadline(Exception):
@@ -66,16 +73,17 @@ class Deadline(Exception):
 
 
 class Bench:
-    def __init__(self, tmp: Path, pg, redis, fake, max_seconds: float):
+    def __init__(self, tmp: Path, pg, redis, fake, max_seconds: float, batch_env: dict[str, str]):
         self.tmp, self.pg, self.redis, self.fake = tmp, pg, redis, fake
         self.deadline = time.monotonic() + max_seconds
+        self.batch_env = batch_env
         self.procs: list[subprocess.Popen] = []
         self.app = None
         self.url = None
         self.n_db = 0
 
     # -- environment ---------------------------------------------------------------------------
-    def settings_env(self) -> dict[str, str]:
+    def settings_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {
             "RELANCE_DATABASE_URL": self.url,
             "RELANCE_BROKER_URL": self.redis.url,
@@ -90,18 +98,22 @@ class Bench:
             "RELANCE_LETTER_BACKEND": "local",
             "RELANCE_SMS_WINDOW_START": "00:00",
             "RELANCE_SMS_WINDOW_END": "23:59",
+            "RELANCE_NIR_HASH_KEY": BENCH_NIR_KEY,  # every process refuses the development keys
+            "RELANCE_AUDIT_KEY": BENCH_AUDIT_KEY,
+            **self.batch_env,
+            **(extra or {}),
         }
 
-    def fresh_database(self) -> None:
+    def fresh_database(self, extra: dict[str, str] | None = None) -> None:
         """A new database; this process's app and Celery producer point at it."""
+        from worker.adapters.store import session as db_session
         from worker.bootstrap import build_app, set_app
         from worker.entrypoints.celery_app import configure
-        from worker.adapters.store import session as db_session
         from worker.settings import Settings
 
         self.n_db += 1
         self.url = self.pg.create_database(f"sms{self.n_db}")
-        env = self.settings_env()
+        env = self.settings_env(extra)
         settings = Settings(**{k[len("RELANCE_"):].lower(): v for k, v in env.items()})
         db_session.upgrade(self.url)
         self.app = build_app(settings)
@@ -109,11 +121,11 @@ class Bench:
         set_app(self.app)
 
     # -- workers ----------------------------------------------------------------------------------
-    def start_workers(self, concurrency: int, tag: str) -> subprocess.Popen:
+    def start_workers(self, concurrency: int, tag: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
         from tests.infra import env_without, spawn
 
         env = env_without(("RELANCE_", "CELERY_"))
-        env.update(self.settings_env())
+        env.update(self.settings_env(extra))
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = str(ROOT)
         log = self.tmp / f"worker-{tag}.log"
@@ -183,45 +195,54 @@ class Bench:
         log = (self.tmp / f"worker-{tag}.log").read_text(errors="replace")
         return dict(collections.Counter(re.findall(r"Task ([\w.]+)\[[0-9a-f-]+\] succeeded", log)))
 
-    def sms_run(self, concurrency: int, count: int, sample_rss: bool = False) -> dict:
+    def sms_run(self, concurrency: int, count: int, tag: str, extra: dict[str, str] | None = None,
+                sample_rss: bool = False, timeout: float = 3600) -> dict:
         import redis as redis_lib
         from sqlalchemy import func, select
 
-        from worker.entrypoints import jobs
-
-        from worker.services import ingest
         from worker.adapters.store.models import Case, Message
         from worker.adapters.store.session import session_scope
+        from worker.entrypoints import jobs
+        from worker.services import ingest
 
-        self.fresh_database()
+        self.fresh_database(extra)
         redis_lib.Redis.from_url(self.redis.url).flushall()
         self.fake.reset()
         flux = flux_gen.write_rows(self.tmp / f"flux_sms_{count}.csv", _sms_people(count, self.n_db))
-        people = _only_mobiles(flux)
-        for number in people:
+        for number in _only_mobiles(flux):
             self.fake.set_rule(number, "no_callback")
         t = time.perf_counter()
         report = ingest.ingest_file(self.app, flux, NOW)
         ingest_s = time.perf_counter() - t
         expected = report.cases_opened
-        proc = self.start_workers(concurrency, f"sms-c{concurrency}-{count}")
+        tag = f"{tag}-c{concurrency}-{count}-{self.n_db}"
+        proc = self.start_workers(concurrency, tag, extra)
         sampler = RssSampler(proc.pid) if sample_rss else None
+        swept = relayed = 0
+        pg_cpu0, self_cpu0 = _common.tree_cpu_seconds(self.pg.pid), time.process_time()
         try:
             if sampler:
                 sampler.start()
             t0 = time.perf_counter()
-            swept = jobs.sweep(self.app, NOW)
-            relayed = 0
 
-            def done() -> bool:
-                nonlocal relayed
+            rounds = 0
+
+            def done() -> bool:  # the scheduler's jobs, every 0.2 s (it runs them every minute)
+                nonlocal swept, relayed, rounds
+                swept += jobs.sweep(self.app, NOW)
                 relayed += jobs.relay(self.app, NOW)
+                rounds += 1
+                if rounds % 25 == 0:
+                    self._no_retries()  # now stands still here: a message put off would never go
                 return len(self.fake.messages) >= expected
 
-            self.wait(done, 3600, f"{expected} SMS at the fake Twilio", proc, interval=0.2)
+            self.wait(done, timeout, f"{expected} SMS at the fake Twilio", proc, interval=0.2)
             elapsed = time.perf_counter() - t0
             # Let the last sends record their outcome before counting.
-            self.wait(lambda: self._sms_sent(expected), 60, "the last outcomes recorded", proc)
+            self.wait(lambda: self._sms_sent(expected), 120, "the last outcomes recorded", proc)
+            cpu = {"workers_s": round(_common.tree_cpu_seconds(proc.pid), 2),
+                   "postgresql_s": round(_common.tree_cpu_seconds(self.pg.pid) - pg_cpu0, 2),
+                   "bench_and_fake_s": round(time.process_time() - self_cpu0, 2)}
         finally:
             if sampler:
                 sampler.stop()
@@ -231,28 +252,32 @@ class Bench:
                                  ).scalar_one()
             sms_rows = s.execute(select(Message.status, func.count()).where(Message.channel == "sms")
                                  .group_by(Message.status)).all()
-        accepted = self.fake.message_id_counts() if hasattr(self.fake, "message_id_counts") else None
-        sent_once = len(self.fake.messages)
-        tasks = self.executed(f"sms-c{concurrency}-{count}")
-        out = {"people": count, "cases": expected, "sms": sent_once, "swept": swept, "relayed": relayed,
-               "tasks_executed": tasks,
-               "ingest_s": round(ingest_s, 2), "seconds": round(elapsed, 2), "sms_per_s": round(expected / elapsed, 1),
-               "cases_advanced": advanced, "sms_statuses": dict(sms_rows)}
+        accepted = self.fake.message_id_counts()
+        at_fake = sorted(m.date_created for m in self.fake.messages)
+        out = {"people": count, "cases": expected, "sms": len(at_fake), "swept": swept, "relayed": relayed,
+               "tasks_executed": self.executed(tag), "settings": {k: v for k, v in (extra or {}).items()},
+               "ingest_s": round(ingest_s, 2), "seconds": round(elapsed, 2),
+               "sms_per_s": round(expected / elapsed, 1), "cases_advanced": advanced,
+               "sms_statuses": dict(sms_rows), "loadavg_after": _common.loadavg(),
+               "cpu": cpu, "cpu_ms_per_sms": {k[:-2]: round(v * 1000 / expected, 2) for k, v in cpu.items()}}
+        if len(at_fake) > 1:
+            span = (at_fake[-1] - at_fake[0]).total_seconds()
+            out["rate_at_fake_per_s"] = round((len(at_fake) - 1) / span, 2) if span > 0 else None
+            out["per_second_at_fake"] = _per_second(at_fake)
         assert advanced == expected, out
-        assert sent_once == expected, out
-        if accepted is not None:
-            assert all(n == 1 for n in accepted.values()), "an SMS was accepted twice"
+        assert len(at_fake) == expected, out
+        assert all(n == 1 for n in accepted.values()), "an SMS was accepted twice"
         if sampler:
             out["rss"] = sampler.summary()
         return out
 
     def breakdown(self, count: int) -> dict:
-        """In this process, without Celery: time and SQL statements of advance_case and send_message."""
+        """In this process, without Celery: time and SQL statements of a batch of advances and sends."""
         from sqlalchemy import event, select
 
-        from worker.services import cases, ingest, sending
-        from worker.adapters.store.models import Case, Message
+        from worker.adapters.store.models import Case
         from worker.adapters.store.session import get_engine, session_scope
+        from worker.services import cases, ingest, sending
 
         self.fresh_database()
         self.fake.reset()
@@ -271,32 +296,42 @@ class Bench:
 
         event.listen(engine, "before_cursor_execute", on_execute)
         event.listen(engine, "commit", on_commit)
+        settings = self.app.settings
         out = {}
         try:
             with session_scope(self.app.db_url) as s:
                 case_ids = list(s.execute(select(Case.id).order_by(Case.id)).scalars())
-            for label, ids, fn in (("advance_case", case_ids, cases.advance_case),
-                                   ("send_message (sms)", None, sending.send_message)):
-                if ids is None:
-                    with session_scope(self.app.db_url) as s:
-                        ids = list(s.execute(select(Message.id).where(Message.channel == "sms")
-                                             .order_by(Message.id)).scalars())
-                warm, timed_ids = ids[:20], ids[20:]
-                for i in warm:
-                    fn(self.app, i, NOW)
+            for label, size, fn, get_ids in (
+                    ("advance_cases", settings.advance_batch_size, cases.advance_cases, lambda: case_ids),
+                    ("send_messages (sms)", settings.send_batch_size, sending.send_messages, lambda: _sms_ids())):
+                ids = get_ids()
+                batches = [ids[i:i + size] for i in range(0, len(ids), size)]
+                fn(self.app, batches[0], NOW)  # warm-up
                 counter.update(statements=0, commits=0)
                 t, c = time.perf_counter(), time.process_time()
-                for i in timed_ids:
-                    fn(self.app, i, NOW)
-                n = len(timed_ids)
-                out[label] = {"calls": n, "ms_per_call": round((time.perf_counter() - t) * 1000 / n, 2),
-                              "cpu_ms_per_call": round((time.process_time() - c) * 1000 / n, 2),
-                              "sql_statements_per_call": round(counter["statements"] / n, 1),
-                              "transactions_per_call": round(counter["commits"] / n, 1)}
+                for b in batches[1:]:
+                    fn(self.app, b, NOW)
+                n = sum(len(b) for b in batches[1:])
+                out[label] = {"items": n, "batch": size, "ms_per_item": round((time.perf_counter() - t) * 1000 / n, 2),
+                              "cpu_ms_per_item": round((time.process_time() - c) * 1000 / n, 2),
+                              "sql_statements_per_item": round(counter["statements"] / n, 2),
+                              "transactions_per_batch": round(counter["commits"] / max(1, len(batches) - 1), 1)}
         finally:
             event.remove(engine, "before_cursor_execute", on_execute)
             event.remove(engine, "commit", on_commit)
         return out
+
+    def _no_retries(self) -> None:
+        from sqlalchemy import func, select
+
+        from worker.adapters.store.models import Message
+        from worker.adapters.store.session import session_scope
+
+        with session_scope(self.app.db_url) as s:
+            n = s.execute(select(func.count()).select_from(Message).where(
+                Message.channel == "sms", Message.status == "pending", Message.error.is_not(None))).scalar_one()
+        if n:
+            raise RuntimeError(f"{n} SMS put off for a retry (provider errors): the run is invalid")
 
     def _sms_sent(self, expected: int) -> bool:
         from sqlalchemy import func, select
@@ -313,6 +348,29 @@ class Bench:
         for p in self.procs:
             if p.poll() is None:
                 self.stop_workers(p)
+
+
+def _sms_ids() -> list[int]:
+    from sqlalchemy import select
+
+    from worker.adapters.store.models import Message
+    from worker.adapters.store.session import session_scope
+    from worker.bootstrap import get_app
+
+    with session_scope(get_app().db_url) as s:
+        return list(s.execute(select(Message.id).where(Message.channel == "sms").order_by(Message.id)).scalars())
+
+
+def _per_second(stamps) -> dict:
+    """Accepted messages per whole second of the run at the fake (the first and last seconds left out)."""
+    import collections
+
+    t0 = stamps[0]
+    counts = collections.Counter(int((t - t0).total_seconds()) for t in stamps)
+    inner = [counts.get(i, 0) for i in range(1, max(counts))] if len(counts) > 2 else []
+    if not inner:
+        return {}
+    return {"seconds": len(inner), "min": min(inner), "max": max(inner), "mean": round(sum(inner) / len(inner), 2)}
 
 
 def _sms_people(count: int, seed: int):
@@ -383,7 +441,7 @@ class RssSampler:
         out = {name: {"t_s": t, "rss_mib": {("main" if pid == self.root else str(pid)): round(kib / 1024, 1)
                                              for pid, kib in sorted(snap.items())}}
                for name, (t, snap) in picks.items()}
-        out["samples"] = len(self.samples)
+        out["samples"] = n
         out["children_max_mib"] = round(max((kib for _, snap in self.samples for pid, kib in snap.items()
                                              if pid != self.root), default=0) / 1024, 1)
         return out
@@ -391,18 +449,27 @@ class RssSampler:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sms", type=int, default=2000, help="people (= SMS) per throughput run")
+    ap.add_argument("--sms", type=int, default=3000, help="people (= SMS) per throughput run (0: skip)")
     ap.add_argument("--noop", type=int, default=4000, help="no-op tasks per bare-Celery run")
-    ap.add_argument("--workers", default="1,2", help="worker process counts to measure")
-    ap.add_argument("--memory-sms", type=int, default=12000, help="SMS of the memory run (2 workers; 0: skip)")
-    ap.add_argument("--max-seconds", type=float, default=1500, help="overall time budget")
-    ap.add_argument("--breakdown", type=int, default=300,
-                    help="cases for the in-process breakdown of one SMS's work (0: skip)")
+    ap.add_argument("--workers", default="1,2", help="worker process counts to measure (instant fake)")
+    ap.add_argument("--latency", type=float, default=0.15, help="the slow fake's answer time (s; 0: skip)")
+    ap.add_argument("--latency-sms", type=int, default=4000, help="SMS of each slow-fake run")
+    ap.add_argument("--latency-workers", default="1,2", help="worker process counts with the slow fake")
+    ap.add_argument("--rate", type=float, default=50, help="RELANCE_SMS_RATE_LIMIT of the rate run (0: skip)")
+    ap.add_argument("--rate-sms", type=int, default=3000, help="SMS of the rate run")
+    ap.add_argument("--memory-sms", type=int, default=100_000, help="SMS of the memory run (2 workers; 0: skip)")
+    ap.add_argument("--breakdown", type=int, default=400, help="cases of the in-process breakdown (0: skip)")
+    ap.add_argument("--advance-batch", type=int, default=None, help="RELANCE_ADVANCE_BATCH_SIZE (default: settings)")
+    ap.add_argument("--send-batch", type=int, default=None, help="RELANCE_SEND_BATCH_SIZE (default: settings)")
+    ap.add_argument("--concurrency", type=int, default=None, help="RELANCE_SEND_CONCURRENCY (default: settings)")
+    ap.add_argument("--max-seconds", type=float, default=5400, help="overall time budget")
+    ap.add_argument("--name", default="sms_pipeline", help="results file bench/results/<name>.json")
     args = ap.parse_args()
 
     from tests.fakes.fake_twilio import FakeTwilio
     from tests.infra.postgres import PostgresServer
     from tests.infra.redis_server import RedisServer
+    from worker.settings import Settings
 
     class CountingFake(FakeTwilio):
         def message_id_counts(self):
@@ -415,24 +482,32 @@ def main() -> int:
                 counts[match.group(1) if match else m.sid] += 1
             return counts
 
+    batch_env = {name: str(value) for name, value in (("RELANCE_ADVANCE_BATCH_SIZE", args.advance_batch),
+                                                       ("RELANCE_SEND_BATCH_SIZE", args.send_batch),
+                                                       ("RELANCE_SEND_CONCURRENCY", args.concurrency))
+                 if value is not None}
+    defaults = Settings(broker_url="memory://")
     load_before = _common.loadavg()
-    result: dict = {"now": NOW.isoformat(), "queues": QUEUES, "target_ratio": TARGET_RATIO, "runs": {}}
+    result: dict = {"now": NOW.isoformat(), "queues": QUEUES, "target_ratio": TARGET_RATIO, "runs": {},
+                    "batches": {"advance_batch_size": args.advance_batch or defaults.advance_batch_size,
+                                "send_batch_size": args.send_batch or defaults.send_batch_size,
+                                "send_concurrency": args.concurrency or defaults.send_concurrency}}
     with tempfile.TemporaryDirectory(prefix="bench-sms-") as tmp, PostgresServer() as pg, RedisServer() as redis, \
-            CountingFake() as fake:
+            CountingFake(keep_alive=True) as fake:
         tmp = Path(tmp)
-        bench = Bench(tmp, pg, redis, fake, args.max_seconds)
+        bench = Bench(tmp, pg, redis, fake, args.max_seconds, batch_env)
         try:
             with pg.connect() as conn:
                 result["postgresql"] = _common.pg_version(conn)
             if args.breakdown:
                 result["breakdown"] = bench.breakdown(args.breakdown)
                 print(f"[in process, no Celery] {result['breakdown']}", flush=True)
-            for c in [int(x) for x in args.workers.split(",") if x]:
+            for c in [int(x) for x in args.workers.split(",") if x] if args.sms else []:
                 run: dict = {}
                 try:
                     run["noop"] = bench.noop_rate(c, args.noop)
                     print(f"[{c} worker process(es)] bare Celery: {run['noop']}", flush=True)
-                    run["sms"] = bench.sms_run(c, args.sms)
+                    run["sms"] = bench.sms_run(c, args.sms, "instant")
                     print(f"[{c} worker process(es)] SMS pipeline: {run['sms']}", flush=True)
                     run["ratio"] = round(run["sms"]["sms_per_s"] / run["noop"]["tasks_per_s"], 3)
                     run["met"] = run["ratio"] >= TARGET_RATIO
@@ -441,21 +516,52 @@ def main() -> int:
                     run["error"] = str(exc)
                     print(f"[{c}] stopped: {exc}", flush=True)
                 result["runs"][str(c)] = run
+            if len(result["runs"]) == 2 and all("sms" in r for r in result["runs"].values()):
+                one, two = (result["runs"][k]["sms"]["sms_per_s"] for k in sorted(result["runs"]))
+                result["scaling_instant"] = round(two / one, 2)
+            if args.latency:
+                fake.response_delay = args.latency
+                result["latency"] = {"response_delay_s": args.latency, "runs": {}}
+                for c in [int(x) for x in args.latency_workers.split(",") if x]:
+                    try:
+                        r = bench.sms_run(c, args.latency_sms, "slow")
+                    except Deadline as exc:
+                        r = {"error": str(exc)}
+                    result["latency"]["runs"][str(c)] = r
+                    print(f"[slow fake {args.latency} s, {c} worker process(es)] {r}", flush=True)
+                runs = result["latency"]["runs"]
+                if "2" in runs and "sms_per_s" in runs["2"]:
+                    result["latency"]["met"] = runs["2"]["sms_per_s"] >= TARGET_LATENCY_SMS_PER_S
+                if "1" in runs and "2" in runs and "sms_per_s" in runs["1"] and "sms_per_s" in runs["2"]:
+                    result["latency"]["scaling"] = round(runs["2"]["sms_per_s"] / runs["1"]["sms_per_s"], 2)
+                fake.response_delay = 0
+            if args.rate:
+                fake.response_delay = args.latency
+                try:
+                    r = bench.sms_run(2, args.rate_sms, "rate", extra={"RELANCE_SMS_RATE_LIMIT": str(args.rate)})
+                    r["limit"] = args.rate
+                    r["deviation"] = round(r["rate_at_fake_per_s"] / args.rate - 1, 4)
+                    r["met"] = abs(r["deviation"]) <= 0.05
+                except Deadline as exc:
+                    r = {"error": str(exc)}
+                result["rate_limit"] = r
+                print(f"[rate limit {args.rate}/s, slow fake, 2 worker processes] {r}", flush=True)
+                fake.response_delay = 0
             if args.memory_sms:
                 try:
-                    mem = bench.sms_run(2, args.memory_sms, sample_rss=True)
+                    mem = bench.sms_run(2, args.memory_sms, "memory", sample_rss=True, timeout=args.max_seconds)
                     result["memory_run"] = mem
                     print(f"[memory] {args.memory_sms} SMS, 2 worker processes: {mem['seconds']} s; RSS "
-                          f"{ {k: mem['rss'][k] for k in ('start', 'middle', 'end')} }", flush=True)
+                          f"{ {k: mem['rss'][k] for k in ('start', 'quarter', 'middle', 'three_quarters', 'end')} }",
+                          flush=True)
                 except Deadline as exc:
                     result["memory_run"] = {"error": str(exc)}
                     print(f"[memory] stopped: {exc}", flush=True)
         finally:
             bench.close()
+            from worker.adapters.store import session as db_session
             from worker.bootstrap import set_app
             from worker.entrypoints.celery_app import celery, configure
-            from worker.adapters.store import session as db_session
-            from worker.settings import Settings
 
             set_app(None)
             celery.close()
@@ -463,7 +569,7 @@ def main() -> int:
             db_session.dispose_all()
     result["loadavg_before"] = load_before
     result["loadavg_after"] = _common.loadavg()
-    saved = _common.save("sms_pipeline", result)
+    saved = _common.save(args.name, result)
     print(f"-> {saved.relative_to(ROOT)}")
     return 0
 

@@ -185,6 +185,9 @@ def main() -> int:
                          "1 000 000-case table and its indexes)")
     ap.add_argument("--clustered", action="store_true",
                     help="due cases in runs of consecutive ids (as one flux file's cases) instead of scattered")
+    ap.add_argument("--vacuum-between", action="store_true",
+                    help="VACUUM the queue between two claims (untimed): what autovacuum does within the minute "
+                         "between two sweeps with case_due's settings (migration 0010)")
     ap.add_argument("--legacy", action="store_true",
                     help="time the former due_case_ids (bench/legacy_sweep.py) instead of services'")
     args = ap.parse_args()
@@ -202,12 +205,13 @@ def main() -> int:
 
         claim = legacy_sweep.due_case_ids
     name = (f"sweep-{args.revision}" + ("-legacy" if args.legacy else "") + ("-clustered" if args.clustered else "")
-            + (f"-batch{batch}" if batch != BATCH else ""))
+            + (f"-batch{batch}" if batch != BATCH else "") + ("-vacuum" if args.vacuum_between else ""))
     rnd = random.Random(args.seed)
     load_before = _common.loadavg()
     result: dict = {"cases": args.cases, "runs": args.runs, "batch": batch, "revision": args.revision,
                     "due_layout": "clustered" if args.clustered else "scattered",
-                    "function": f"{claim.__module__}.due_case_ids", "target_ms": TARGET_MS}
+                    "function": f"{claim.__module__}.due_case_ids", "target_ms": TARGET_MS,
+                    "vacuum_between": args.vacuum_between}
     result["shared_buffers"] = args.shared_buffers
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp, \
             PostgresServer(settings={"shared_buffers": args.shared_buffers}) as pg:
@@ -223,10 +227,13 @@ def main() -> int:
             t = time.perf_counter()
             conn.execute("VACUUM ANALYZE persons")
             conn.execute("VACUUM ANALYZE cases")
+            if args.revision in ("head", "0010") or args.revision > "0009":
+                conn.execute("VACUUM ANALYZE case_due")  # the sweep's queue (migration 0010), filled by trigger
             print(f"  VACUUM ANALYZE: {time.perf_counter() - t:.1f} s")
             result["sizes"] = dict(conn.execute(
                 "SELECT relname, pg_size_pretty(pg_relation_size(oid)) FROM pg_class WHERE relname IN "
-                "('cases', 'persons', 'cases_pkey', 'ix_cases_due_active', 'ix_cases_due', 'ix_cases_person_id')"
+                "('cases', 'persons', 'cases_pkey', 'ix_cases_due_active', 'ix_cases_due', 'ix_cases_person_id', "
+                "'case_due', 'case_due_pkey', 'ix_case_due_due_at')"
             ).fetchall())
             print(f"  sizes: {result['sizes']}")
             result["indexes"] = [r[0] for r in conn.execute(
@@ -259,6 +266,8 @@ def main() -> int:
                 promote, waiting = waiting[:batch], waiting[batch:]
                 conn.execute("UPDATE cases SET due_at = %s::timestamp - random() * interval '60 minutes', "
                              "version = version + 1 WHERE id = ANY(%s)", (naive(now_utc), promote))
+                if args.vacuum_between:  # what autovacuum does in the minute between two sweeps (0010)
+                    conn.execute("VACUUM case_due")
             log.close()
             engine = db_session.get_engine(url)
             if not args.legacy:

@@ -25,7 +25,32 @@ STEP_CHANNELS: dict[str, tuple[str, ...]] = {
     "sanction_decision": ("letter",),
     "sanction_lifting": ("letter",),
     "procedure_closed": ("letter",),
+    # the stock campaign's first letter and e-mail (issue 14), in place of invitation_1's / ft_convocation's
+    "campaign_invitation": ("letter", "email"),
+    "campaign_convocation": ("letter", "email"),
 }
+
+# The campaign's templates render a message of this step (the context's `step`).
+CAMPAIGN_STEPS = {"campaign_invitation": "invitation_1", "campaign_convocation": "ft_convocation"}
+# What the campaign's templates say the appointment is for (config/campaign.yaml appointment_types):
+# ordinary values, and the longest.
+_CAMPAIGN = {
+    "campaign_invitation": {
+        "segment": "non_oriented", "appointment": "co_diagnostic", "label": "co-diagnostic",
+        "name": "un co-diagnostic", "meet": None,
+        "purpose": "Ce rendez-vous fait le point sur votre situation. Le Département et France Travail vous "
+                   "reçoivent ensemble. Vous choisissez avec eux qui vous accompagnera."},
+    "campaign_convocation": {
+        "segment": "ft_registered", "appointment": "milestone", "label": "entretien d'étape",
+        "name": "un entretien d'étape", "meet": None,
+        "purpose": "Ce rendez-vous fait le point sur votre parcours. Vous regardez ce qui avance et ce qui "
+                   "bloque. Vous préparez ensemble la suite."},
+}
+_LONG_CAMPAIGN = {
+    "segment": "cd_contract_to_renew", "appointment": "contract_renewal", "label": "renouvellement de contrat",
+    "name": "le renouvellement de votre contrat", "meet": "votre référente ou votre référent",
+    "purpose": "Votre contrat d'engagement arrive à son terme. Ce rendez-vous fait le bilan de ce contrat. "
+               "Vous fixez ensemble vos prochains objectifs."}
 
 # Steps whose letters the Département issues (worker/services/message_content.DEPARTMENT_STEPS).
 DEPARTMENT_STEPS = ("pre_sanction_notice", "crsa_referral", "sanction_decision", "sanction_lifting",
@@ -43,6 +68,8 @@ STEP_CODES = {
     "sanction_decision": "DEC",
     "sanction_lifting": "LEV",
     "procedure_closed": "CLOS",
+    "campaign_invitation": "INV1",
+    "campaign_convocation": "FTCONV",
 }
 
 _DEPARTMENT = {
@@ -228,7 +255,7 @@ _LONG_PRIVACY_DEPARTMENT = {
 
 
 def _default_kind(step: str) -> str:
-    return "ft" if step.startswith("ft_") else "cd"
+    return "ft" if step.startswith("ft_") or step == "campaign_convocation" else "cd"
 
 
 def sample_context(step: str, *, long: bool = False, kind: str | None = None, language: str = "fr",
@@ -272,13 +299,13 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None, la
         town = "35600 SAINT-NICOLAS-DE-REDON"
         facts = [
             _fact("message", date(2025, 8, 20), "invitation", ["courrier", "SMS", "e-mail"], town, None,
-                  f"Le mercredi 20 août 2025 : invitation envoyée par courrier, SMS et e-mail, "
+                  f"Le 20 août 2025 : invitation envoyée par courrier, SMS et e-mail, "
                   f"à {town}."),
             _fact("message", date(2025, 9, 3), "relance", ["courrier", "SMS", "e-mail"], town, None,
-                  f"Le mercredi 3 septembre 2025 : relance envoyée par courrier, SMS et e-mail, "
+                  f"Le 3 septembre 2025 : relance envoyée par courrier, SMS et e-mail, "
                   f"à {town}."),
             _fact("message", date(2025, 9, 10), "convocation", ["courrier", "SMS"], town, None,
-                  f"Le mercredi 10 septembre 2025 : convocation envoyée par courrier et SMS, "
+                  f"Le 10 septembre 2025 : convocation envoyée par courrier et SMS, "
                   f"à {town}."),
             _fact("missed", date(2025, 9, 24), "rendez-vous manqué", [], None, place_long_missed,
                   f"Le mercredi 24 septembre 2025 : vous n'êtes pas venu(e) au rendez-vous, {place_long_missed}."),
@@ -310,9 +337,9 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None, la
         place = "CDAS du Pays de Redon, 12 rue des Douves, 35600 Redon"
         facts = [
             _fact("message", date(2024, 5, 13), "invitation", ["courrier", "SMS"], "35600 REDON", None,
-                  "Le lundi 13 mai 2024 : invitation envoyée par courrier et SMS, à 35600 REDON."),
+                  "Le 13 mai 2024 : invitation envoyée par courrier et SMS, à 35600 REDON."),
             _fact("message", date(2024, 5, 20), "convocation", ["courrier", "SMS"], "35600 REDON", None,
-                  "Le lundi 20 mai 2024 : convocation envoyée par courrier et SMS, à 35600 REDON."),
+                  "Le 20 mai 2024 : convocation envoyée par courrier et SMS, à 35600 REDON."),
             _fact("missed", date(2024, 6, 3), "rendez-vous manqué", [], None,
                   "CDAS du Pays de Redon, 12 rue des Douves, 35600 Redon",
                   "Le lundi 3 juin 2024 : vous n'êtes pas venue au rendez-vous, "
@@ -366,14 +393,25 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None, la
         privacy["controller"] = issuer["name"]  # the Département's name, as its letterhead says
     privacy.update(source="la CAF ou la MSA", retention_months=24)
 
-    has_respond_by = step in {"invitation_1", "invitation_2", "ft_warning"}
-    has_appointment = step in {"convocation", "ft_convocation", "rdv_reminder"}
+    # The booking link (issue 16): the messages carry the short link (org.booking_url); the CD organisation's
+    # goes to RDV-Solidarités' page of its motif category (the letter's QR code and the e-mail's link).
+    booking = {"url": org["booking_url"], "short": org["booking_url"], "category": None,
+               "display": org["booking_url"].removeprefix("https://")}
+    if kind == "cd":
+        booking.update(url=("https://rdv-solidarites.example.org/prendre_rdv?departement=35"
+                            "&motif_category_short_name=rsa_orientation&organisation_ids[]=412"),
+                       category="rsa_orientation")
+
+    has_respond_by = step in {"invitation_1", "invitation_2", "ft_warning", "campaign_invitation"}
+    has_appointment = step in {"convocation", "ft_convocation", "rdv_reminder", "campaign_convocation"}
+    campaign = dict(_LONG_CAMPAIGN if long else _CAMPAIGN[step]) if step in CAMPAIGN_STEPS else None
     return {
         "person": person,
         "org": org,
+        "booking": booking,
         "case": {"reference": case_ref, "path": path, "droit_opened_on": droit},
         "message": {"reference": f"{case_ref}-{code}-L"},
-        "step": step,
+        "step": CAMPAIGN_STEPS.get(step, step),
         "today": today,
         "respond_by": respond_by if has_respond_by else None,
         "appointment": {"at": appt_at, "place": place} if has_appointment else None,
@@ -386,6 +424,7 @@ def sample_context(step: str, *, long: bool = False, kind: str | None = None, la
         "commission": commission if step == "crsa_referral" else None,
         "issuer": issuer,
         "venue": venue,
+        "campaign": campaign,
         "privacy": privacy,
         "measure": measure,
         "decision": decision,

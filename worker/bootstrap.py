@@ -48,6 +48,20 @@ class AppContext:
             self._channels[name] = build_channel(name, self.settings)
         return self._channels[name]
 
+    def rate_limiter(self, name: str):
+        """The channel's provider rate limit (RELANCE_SMS_RATE_LIMIT, RELANCE_EMAIL_RATE_LIMIT), shared by
+        every worker through the broker's Redis; None without one."""
+        key = f"limiter:{name}"
+        if key not in self._channels:
+            from worker.adapters.rate_limit import build_rate_limiter
+
+            s = self.settings
+            rate = {"sms": s.sms_rate_limit, "email": s.email_rate_limit}.get(name, 0.0)
+            sender = {"sms": s.twilio_messaging_service_sid or s.twilio_sender_id or s.sms_backend,
+                      "email": f"{s.smtp_host}:{s.smtp_port}:{s.smtp_from_address}"}.get(name, name)
+            self._channels[key] = build_rate_limiter(rate, s.broker_url, f"relance:rate:{name}:{sender}")
+        return self._channels[key]
+
     def nir_hash(self, nir: str | None) -> str | None:
         if not nir:
             return None
@@ -86,6 +100,7 @@ def build_app(settings: Settings | None = None) -> AppContext:
 
     for url in {settings.db_url, settings.owner_db_url}:  # the audit chain of this database is keyed
         audit.register_key(url, settings.audit_key)
+        audit.register_chains(url, settings.audit_chains)
     return AppContext(settings=settings, config=config, calendar=cal)
 
 

@@ -6,6 +6,7 @@ README lists them all.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 from functools import lru_cache
@@ -21,6 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_NIR_HASH_KEY = "relance-dev-only-key-change-me"
 DEV_AUDIT_KEY = "relance-dev-only-audit-key-change-me"
 MIN_SECRET_BYTES = 32
+MIN_WEBHOOK_SECRET = 16  # characters of an RDV-Solidarités webhook secret (RELANCE_RDV_SOLIDARITES_SECRETS)
 GENERATE_SECRET = 'python -c "import secrets; print(secrets.token_hex(32))"'
 
 
@@ -49,6 +51,16 @@ class Settings(BaseSettings):
     audit_key: str = DEV_AUDIT_KEY  # key of the audit chain's HMAC; same rule
     sweep_batch_size: int = 500
     relay_batch_size: int = 1000
+    # Batches (issue 15): cases per `advance` task (the sweep's claim is cut into these), messages
+    # per send task (the relay's), provider requests at once per worker process (Twilio, SMTP).
+    advance_batch_size: int = 100
+    send_batch_size: int = 32
+    send_concurrency: int = 32
+    # The providers' rate limits, across every worker (messages per second per sender; 0: none).
+    sms_rate_limit: float = 0.0
+    email_rate_limit: float = 0.0
+    # Audit log: chains concurrent writers spread over (PostgreSQL; SQLite has one).
+    audit_chains: int = 8
     sending_timeout_minutes: int = 15  # messages stuck in "sending" longer are surfaced to ops
     retention_months: int = 24
     inbox_done_days: int = 7  # ingested flux files (clear NIRs) kept this many days in inbox/done|failed
@@ -112,6 +124,10 @@ class Settings(BaseSettings):
     api_keys: str = ""  # comma-separated keys accepted in the X-Api-Key header for POST /events
     api_max_body_bytes: int = 65536  # larger request bodies get 413 before being read whole
     api_auth_failures_per_minute: int = 10  # failed authentications per client address, then 429
+    # RDV-Solidarités' webhooks (POST /webhooks/rdv-solidarites/{ORG}, issue 16): the secret shared with it,
+    # per organisation, as comma-separated ORG=secret pairs (an organisation twice while its secret changes).
+    rdv_solidarites_secrets: str = ""
+    rdv_solidarites_max_body_bytes: int = 524288  # a collective appointment lists every participant
     flower_user: str = "ops"
     flower_password: str | None = None
 
@@ -130,9 +146,24 @@ class Settings(BaseSettings):
     oidc_client_secret: str | None = None
     oidc_scopes: str = "openid email given_name usual_name"
 
+    # --- the evaluation's export (`relance export evaluation`, issue 13) ----------------------
+    # Key of the pseudonyms of the export (HMAC-SHA256 of each person's internal id): required by that
+    # command only; >= 32 bytes, not the NIR key nor the audit key (evaluation_key_problem).
+    evaluation_key: str | None = None
+
     # --- business calendar -------------------------------------------------
     sms_window_start: str = "09:00"
     sms_window_end: str = "19:00"
+
+    # --- the stock campaign (issue 14: relance ingest --stock, relance campaign; config/campaign.yaml) ---
+    campaign_start: dt.date = dt.date(2023, 6, 1)  # no campaign invitation before this day
+    # the share of the stock to have seen by each date: PERCENT%:YYYY-MM-DD, comma-separated
+    campaign_targets: str = "20%:2023-07-15,80%:2023-12-31"
+    # share of the people invited expected to book an appointment (the others are convoked by their path)
+    campaign_response_rate: float = 0.5
+    # local time from which each working day's campaign invitations go: after the morning's flux files
+    # (the flux comes first), before the print batch (RELANCE_PRINT_BATCH_TIME) so their letters leave that day
+    campaign_time: str = "14:00"
 
     @field_validator("sms_backend")
     @classmethod
@@ -193,7 +224,7 @@ class Settings(BaseSettings):
             raise ValueError("fuseau horaire inconnu (ex. Europe/Paris, America/Cayenne, Indian/Reunion)") from None
         return v
 
-    @field_validator("sms_window_start", "sms_window_end", "print_batch_time", "digest_time")
+    @field_validator("sms_window_start", "sms_window_end", "print_batch_time", "digest_time", "campaign_time")
     @classmethod
     def _hhmm(cls, v: str) -> str:
         import re
@@ -202,6 +233,21 @@ class Settings(BaseSettings):
         if not m:
             raise ValueError("heure HH:MM attendue (ex. 09:00)")
         return f"{int(m.group(1)):02d}:{m.group(2)}"
+
+    @field_validator("campaign_targets")
+    @classmethod
+    def _campaign_targets(cls, v: str) -> str:
+        from worker.domain.campaign import parse_targets
+
+        parse_targets(v)  # ValueError in French
+        return v.strip()
+
+    @field_validator("campaign_response_rate")
+    @classmethod
+    def _response_rate(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError("une part entre 0 et 1 (ex. 0.5 pour la moitié des personnes invitées)")
+        return v
 
     @field_validator("smtp_security")
     @classmethod
@@ -226,11 +272,47 @@ class Settings(BaseSettings):
 
     @field_validator("sweep_batch_size", "relay_batch_size", "sending_timeout_minutes", "retention_months",
                      "relay_requeue_minutes", "relay_max_per_pass", "task_time_limit", "ingest_time_limit",
-                     "broker_visibility_timeout", "api_max_body_bytes", "api_auth_failures_per_minute")
+                     "broker_visibility_timeout", "api_max_body_bytes", "api_auth_failures_per_minute",
+                     "rdv_solidarites_max_body_bytes")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("doit être un entier strictement positif")
+        return v
+
+    @field_validator("advance_batch_size", "send_batch_size", "send_concurrency")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError("doit être un entier entre 1 et 1000")
+        return v
+
+    @field_validator("sms_rate_limit", "email_rate_limit")
+    @classmethod
+    def _rate(cls, v: float) -> float:
+        if not 0 <= v <= 10000:
+            raise ValueError("messages par seconde entre 0 (sans limite) et 10000 attendu")
+        return v
+
+    @field_validator("audit_chains")
+    @classmethod
+    def _audit_chains(cls, v: int) -> int:
+        if not 1 <= v <= 64:
+            raise ValueError("doit être un entier entre 1 et 64")
+        return v
+
+    @field_validator("rdv_solidarites_secrets")
+    @classmethod
+    def _rdvs_secrets(cls, v: str) -> str:
+        # Never quote a secret in the message: the organisation's code at most.
+        for i, pair in enumerate(p.strip() for p in v.split(",")):
+            if not pair:
+                continue
+            org, sep, secret = pair.partition("=")
+            if not sep or not org.strip():
+                raise ValueError(f"paire n° {i + 1} : ORG=secret attendu (ex. CDAS-REDON=…)")
+            if len(secret.strip()) < MIN_WEBHOOK_SECRET:
+                raise ValueError(f"{org.strip()[:64]} : secret trop court ({MIN_WEBHOOK_SECRET} caractères au moins)")
         return v
 
     @field_validator("inbox_done_days")
@@ -283,12 +365,21 @@ class Settings(BaseSettings):
     def _consistent(self) -> "Settings":
         if self.sms_window_start >= self.sms_window_end:
             raise ValueError("RELANCE_SMS_WINDOW_START doit précéder RELANCE_SMS_WINDOW_END")
+        if self.campaign_target_list[0][1] <= self.campaign_start:
+            raise ValueError("RELANCE_CAMPAIGN_TARGETS : la première cible doit suivre RELANCE_CAMPAIGN_START")
         if self.broker_visibility_timeout <= max(self.task_time_limit, self.ingest_time_limit):
             raise ValueError("RELANCE_BROKER_VISIBILITY_TIMEOUT doit dépasser RELANCE_TASK_TIME_LIMIT et "
                              "RELANCE_INGEST_TIME_LIMIT (sinon une tâche encore en cours serait redistribuée)")
         return self
 
     # --- derived -------------------------------------------------------------
+    @property
+    def campaign_target_list(self):
+        """((share, date), ...) of RELANCE_CAMPAIGN_TARGETS, in date order (shares as fractions)."""
+        from worker.domain.campaign import parse_targets
+
+        return parse_targets(self.campaign_targets)
+
     @property
     def letters(self) -> Path:
         return self.letters_dir or self.outbox / "letters"
@@ -305,6 +396,15 @@ class Settings(BaseSettings):
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
+    def rdv_solidarites_secret_list(self, organisation: str) -> list[str]:
+        """The webhook secrets of one organisation (RELANCE_RDV_SOLIDARITES_SECRETS); [] when none."""
+        out = []
+        for pair in self.rdv_solidarites_secrets.split(","):
+            org, sep, secret = pair.strip().partition("=")
+            if sep and org.strip() == organisation and secret.strip():
+                out.append(secret.strip())
+        return out
+
     def twilio_settings(self):
         """The Twilio channel's settings; ValueError naming the missing/invalid setting."""
         from worker.adapters.channels.twilio_sms import TwilioSettings
@@ -317,7 +417,7 @@ class Settings(BaseSettings):
                               status_callback_base_url=self.public_base_url,
                               messaging_service_sid=self.twilio_messaging_service_sid,
                               sender_id=self.twilio_sender_id, validity_period=self.twilio_validity_period,
-                              api_base_url=self.twilio_api_base_url)
+                              api_base_url=self.twilio_api_base_url, pool_size=self.send_concurrency)
 
     def smtp_settings(self):
         from worker.adapters.channels.smtp_email import SmtpSettings
@@ -326,7 +426,7 @@ class Settings(BaseSettings):
                             username=self.smtp_username, password=self.smtp_password,
                             from_address=self.smtp_from_address, from_name=self.smtp_from_name,
                             timeout=self.smtp_timeout, verify_tls=self.smtp_verify_tls,
-                            bounce_key=self.bounce_token_key, verp=self.smtp_verp)
+                            bounce_key=self.bounce_token_key, verp=self.smtp_verp, pool_size=self.send_concurrency)
 
     @property
     def web_key(self) -> bytes:
@@ -383,6 +483,19 @@ class Settings(BaseSettings):
                                                   f"{GENERATE_SECRET}"))
         return problems
 
+    def evaluation_key_problem(self) -> str | None:
+        """Why RELANCE_EVALUATION_KEY cannot pseudonymise an export (French), or None."""
+        key = self.evaluation_key or ""
+        if not key:
+            why = "est obligatoire pour l'export d'évaluation (clé des pseudonymes)"
+        elif len(key.encode()) < MIN_SECRET_BYTES:
+            why = f"clé trop courte ({len(key.encode())} octets, {MIN_SECRET_BYTES} au moins)"
+        elif key in (self.nir_hash_key, self.audit_key):
+            why = "doit différer de RELANCE_NIR_HASH_KEY et de RELANCE_AUDIT_KEY"
+        else:
+            return None
+        return f"RELANCE_EVALUATION_KEY {why} ; générez-en une avec {GENERATE_SECRET} et gardez-la secrète"
+
     @property
     def eager(self) -> bool:
         return self.broker_url.startswith("memory://")
@@ -411,12 +524,14 @@ class SettingsError(ValueError):
     """A bad RELANCE_* value: one French line naming the variable (never a secret's value)."""
 
 
-_SECRET = ("password", "token", "key", "sid")
+_SECRET = ("password", "token", "key", "sid", "secret")
 _PYDANTIC_FR = {
     "int_parsing": "nombre entier attendu", "int_type": "nombre entier attendu",
     "int_from_float": "nombre entier attendu", "float_parsing": "nombre attendu", "float_type": "nombre attendu",
     "bool_parsing": "true ou false attendu", "bool_type": "true ou false attendu",
     "path_type": "chemin attendu", "string_type": "texte attendu", "missing": "obligatoire",
+    "date_from_datetime_parsing": "date AAAA-MM-JJ attendue", "date_parsing": "date AAAA-MM-JJ attendue",
+    "date_from_datetime_inexact": "date AAAA-MM-JJ attendue", "date_type": "date AAAA-MM-JJ attendue",
 }
 
 

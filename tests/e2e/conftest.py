@@ -199,6 +199,12 @@ class Stack:
             # Weekends and public holidays still defer SMS and e-mails (see the tests).
             "RELANCE_SMS_WINDOW_START": "00:00",
             "RELANCE_SMS_WINDOW_END": "23:59",
+            # Small batches (issue 15): the sample flux's few dozen messages make several batch
+            # tasks per queue, each sent in waves of two, so that the faults fall in the middle of
+            # batches and waves, with more batches still queued.
+            "RELANCE_ADVANCE_BATCH_SIZE": "4",
+            "RELANCE_SEND_BATCH_SIZE": "4",
+            "RELANCE_SEND_CONCURRENCY": "2",
         }
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -103,6 +103,58 @@ def test_worker_killed_mid_send(stack):
     print(f"\nworker killed: {len(interrupted)} interrupted, {summary}")
 
 
+def test_worker_killed_in_the_middle_of_a_batch(stack):
+    """Issue 15: one send task carries a batch of 8 SMS, sent in waves of 2. SIGKILL the worker
+    while the second wave is at Twilio: the first wave is recorded sent, the second is surfaced
+    (never resent: Twilio may have it), the last four, never claimed, go out once; the batch task
+    itself, redelivered by Redis, does nothing."""
+    stack.fake.latency = 1.0
+    planner = stack.start_worker("cases", (queues.CASES,), concurrency=2)
+    stack.ingest_and_plan(SIM_NOW)
+    planner.stop()
+    sms_due = sorted((m for m in stack.messages() if m["channel"] == "sms" and m["status"] == "pending"
+                      and m["not_before"] <= SIM_NOW), key=lambda m: (m["not_before"], m["id"]))
+    assert len(sms_due) >= 10
+    batch = [m["id"] for m in sms_due[:8]]  # the relay's first SMS task (its order)
+    stack.app.settings.send_batch_size = 8
+    sender = stack.start_worker("sms", (queues.SMS,), concurrency=1,
+                                extra_env={"RELANCE_SEND_BATCH_SIZE": "8", "RELANCE_SEND_CONCURRENCY": "2"})
+    jobs.relay(stack.app, SIM_NOW)
+
+    def statuses() -> dict[int, str]:
+        return {m["id"]: m["status"] for m in stack.messages() if m["id"] in batch}
+
+    stack.wait_until(lambda: stack.fake.started >= 4 and list(statuses().values()).count("sent") == 2
+                     and list(statuses().values()).count("sending") == 2, 60,
+                     "the second wave of the first batch at the fake Twilio", procs=[sender])
+    sender.kill()
+    at_kill = statuses()
+    interrupted = {i for i, st in at_kill.items() if st == "sending"}
+    assert sorted(at_kill.values()) == ["pending"] * 4 + ["sending"] * 2 + ["sent"] * 2, at_kill
+    assert set(batch[:2]) == {i for i, st in at_kill.items() if st == "sent"}  # waves in the batch's order
+    assert interrupted == set(batch[2:4])
+    stack.fake.latency = 0
+
+    # The other queues, and the rest: relayed again once the sms queue has drained.
+    worker = stack.start_worker("w", queues.ALL, concurrency=2)
+    stack.wait_until(lambda: not any(stack.queue_lengths().values()), 60, "queues drained", procs=[worker])
+    jobs.relay(stack.app, SIM_NOW + 6 * MIN)
+    stack.wait_until(lambda: {m["id"] for m in stack.unsettled(SIM_NOW)} <= interrupted, 60,
+                     "everything but the interrupted wave sent", procs=[worker])
+    assert {i for i, st in statuses().items() if st == "sent"} == set(batch) - interrupted
+    _reconcile_through_the_worker(stack, SIM_NOW + 16 * MIN)
+
+    # Redis hands the killed batch task out again (its visibility timeout): nothing is sent again.
+    seen = stack.fake.message_id_counts()
+    again = sms_tasks.send_batch.apply_async(args=[batch, _iso(SIM_NOW + 20 * MIN)])
+    [outcome] = stack.wait_tasks([again.id])
+    assert outcome == "{'skipped': 8}", outcome
+    assert stack.fake.message_id_counts() == seen
+    summary = assert_exactly_once(stack, SIM_NOW, interrupted=interrupted)
+    assert summary["by_status"].get("technical-failure", 0) == len(interrupted)
+    print(f"\nkilled mid-batch: 2 sent, {len(interrupted)} interrupted, 4 sent after the restart; {summary}")
+
+
 def test_redis_restarted_during_a_run(stack, redis_server):
     """Redis restarts (without persistence: every queued task is lost) while SMS are being sent."""
     stack.fake.latency = 0.3
@@ -287,7 +339,8 @@ def test_sweep_and_relay_through_the_maintenance_queue(stack):
 
 
 def _queued_ids(stack) -> list[int]:
-    """The message ids of the send tasks waiting in Redis (kombu's JSON envelope, base64 body)."""
+    """The message ids of the send tasks waiting in Redis (kombu's JSON envelope, base64 body; a
+    task carries a batch of ids)."""
     import base64
     import json
 
@@ -300,7 +353,7 @@ def _queued_ids(stack) -> list[int]:
             for raw in client.lrange(queue, 0, -1):
                 envelope = json.loads(raw)
                 args = json.loads(base64.b64decode(envelope["body"]))[0]
-                ids.append(int(args[0]))
+                ids.extend(int(i) for i in (args[0] if isinstance(args[0], list) else [args[0]]))
     finally:
         client.close()
     return ids
@@ -322,7 +375,7 @@ def test_queues_stay_bounded_with_the_workers_down_for_an_hour(stack):
     for minute in range(61):
         counts = jobs.scheduler_cycle(stack.app, SIM_NOW + minute * MIN)
         assert None not in counts.values(), counts
-        lengths.append(sum(stack.queue_lengths().values()))
+        lengths.append(len(_queued_ids(stack)))  # messages queued (in batch tasks)
     queued = _queued_ids(stack)
     assert sorted(queued) == sorted(pending), "each pending message queued exactly once"
     assert max(lengths) == len(pending), lengths

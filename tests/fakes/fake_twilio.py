@@ -41,6 +41,10 @@ number); ``fail_next`` wins over rules. Kinds:
 
 ``error_code=`` overrides the code of any kind (e.g. undelivered with 30003).
 
+``response_delay=`` seconds before each POST is answered (the real API takes 100-300 ms);
+``keep_alive=True`` speaks HTTP/1.1 with kept-alive connections (the real API does), so that
+a client's connection pool is used (benchmarks).
+
 Usage::
 
     with FakeTwilio() as fake:
@@ -182,6 +186,8 @@ class FakeTwilio:
         callback_retries: int = 3,
         callback_retry_delay: float = 0.05,
         callback_timeout: float = 5.0,
+        response_delay: float = 0.0,
+        keep_alive: bool = False,
     ):
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -192,6 +198,10 @@ class FakeTwilio:
         self.callback_retries = callback_retries
         self.callback_retry_delay = callback_retry_delay
         self.callback_timeout = callback_timeout
+        # Seconds before each message request is answered (the real API takes 100-300 ms), and
+        # HTTP/1.1 kept-alive connections (the real API's), so that clients can pool them.
+        self.response_delay = response_delay
+        self.keep_alive = keep_alive
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -212,8 +222,13 @@ class FakeTwilio:
     def start(self) -> "FakeTwilio":
         if self._server is not None:
             return self
-        handler = type("FakeTwilioHandler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer((self.host, self._port), handler)
+        # Kept-alive connections want TCP_NODELAY: headers and body go in two writes, and Nagle's
+        # algorithm would hold the body until the client's delayed ACK (40 ms).
+        handler = type("FakeTwilioHandler", (_Handler,), {
+            "fake": self, "protocol_version": "HTTP/1.1" if self.keep_alive else "HTTP/1.0",
+            "disable_nagle_algorithm": self.keep_alive})
+        server_class = type("FakeTwilioServer", (ThreadingHTTPServer,), {"request_queue_size": 128})
+        self._server = server_class((self.host, self._port), handler)  # many clients connecting at once
         self._server.daemon_threads = True
         self._stopping = False
         self._server_thread = threading.Thread(
@@ -535,6 +550,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         match = _MESSAGES_RE.match(path)
         params = self._read_form()
+        if self.fake.response_delay:
+            time.sleep(self.fake.response_delay)
         if not self._authorized(match.group("account") if match else self.fake.account_sid):
             self._error(401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'})
             return

@@ -110,3 +110,25 @@ def test_timeline_finds_a_person_by_matricule_case_or_letter_reference(demo):
     for wrong in (other, "RL-999999", "RL-99999999999999999999", "CAF35-9999999"):
         with pytest.raises(errors.ServiceError, match="personne inconnue"):
             timeline.timeline(app, wrong)
+
+
+def test_the_demo_books_through_rdv_solidarites_signed_webhooks(demo):
+    """Issue 16: the people of the organisations that book in RDV-Solidarités book there; its signed
+    notifications, posted to the API's route, become the bookings, attendances, absences and excused
+    cancellations of their cases; a person not recognised waits for an agent, who links them."""
+    app, summary = demo
+    with session_scope(app.db_url) as s:
+        by_webhook = s.execute(select(InboundEvent.type, InboundEvent.payload).where(
+            InboundEvent.source == "rdv-solidarites", InboundEvent.status == "applied")).all()
+        deliveries = s.execute(select(AuditEntry.data).where(AuditEntry.kind == "rdvs_webhook")).scalars().all()
+        links = s.execute(select(AuditEntry.data).where(AuditEntry.kind == "rdvs_link")).scalars().all()
+        direct = s.execute(select(InboundEvent.id).where(InboundEvent.source == "demo",
+                                                         InboundEvent.type == "rdv_booked")).all()
+    types = {t for t, _ in by_webhook}
+    assert {"rdv_booked", "rdv_attended", "rdv_missed", "rdv_cancelled"} <= types, types
+    assert all(p["rdv_solidarites"]["rdv_id"] for _t, p in by_webhook)
+    assert any(p.get("excused") for t, p in by_webhook if t == "rdv_cancelled")
+    assert direct, "the organisations without RDV-Solidarités still record their bookings directly"
+    assert deliveries and all(d["outcome"] in ("applied", "unchanged", "pending") for d in deliveries)
+    assert any(d["outcome"] == "pending" for d in deliveries) and links
+    assert "RDV-Solidarités (webhooks signés)" in summary

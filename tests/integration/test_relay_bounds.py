@@ -37,7 +37,8 @@ class FakeBroker:
 
         class Task:
             def apply_async(self, args, queue=None, **_):
-                broker.queues[queue or name].append(args[0])
+                # a send task carries a batch of message ids (RELANCE_SEND_BATCH_SIZE)
+                broker.queues[queue or name].extend(args[0] if isinstance(args[0], list) else [args[0]])
 
         return Task()
 
@@ -117,7 +118,7 @@ def test_one_pass_publishes_at_most_relay_max_per_pass(planned):
 def test_the_sweep_holds_back_while_advance_tasks_wait(planned, monkeypatch):
     app, broker = planned
     published = []
-    monkeypatch.setattr(dispatch.case_tasks.advance, "apply_async", lambda args, **_: published.append(args[0]))
+    monkeypatch.setattr(dispatch.case_tasks.advance_batch, "apply_async", lambda args, **_: published.append(args[0]))
     assert dispatch.sweep(app, NOW, depth=lambda q: 3) == 0
     assert dispatch.sweep(app, NOW, depth=lambda q: None) == 0
     assert published == []

@@ -325,3 +325,60 @@ def test_crsa_pack_writes_the_session_and_each_case_as_pdf(ws, tmp_path):
                      "préavis de sanction (LRAR)", "letters/pre_sanction_notice.html.j2", "à 7 rue de la Gare",
                      "agent (ligne de commande)"):
         assert "".join(expected.split()) in flat, expected
+
+
+def _rdvs_unknown(app, rdv_id: int, last_name: str) -> bytes:
+    """An RDV-Solidarités notification (issue 16) whose participant nobody recognises."""
+    import json
+
+    return json.dumps({"data": {
+        "id": rdv_id, "status": "unknown", "starts_at": "2024-08-20T10:00:00.000+02:00", "collectif": False,
+        "motif": {"id": 1, "name": "Orientation RSA", "motif_category": {"short_name": "rsa_orientation"}},
+        "organisation": {"id": 412, "name": "CDAS du Pays de Redon"}, "lieu": {"id": 1, "name": "CDAS de Redon"},
+        "users": [{"id": rdv_id, "first_name": "Yann", "last_name": last_name, "birth_date": "1977-04-04",
+                   "affiliation_number": "0000042", "phone_number": "06 00 00 00 00"}]},
+        "meta": {"model": "Rdv", "event": "created", "timestamp": "2024-08-12T10:30:00+02:00"}}).encode()
+
+
+def test_an_rdv_solidarites_appointment_to_link_or_discard(ws):
+    """Issue 16: an appointment whose person nobody recognised is in "À traiter" (no name there); its page
+    shows what RDV-Solidarités said; the agent links it to a person (the booking is applied, the agent in
+    the audit log) or discards it; another organisation's agent gets a 404; a form without CSRF, 403."""
+    from worker.services import rdv_solidarites
+
+    app, api, clock = ws
+    for rdv_id, name in ((4401, "Quéméner"), (4402, "Personne-Inconnue")):
+        assert rdv_solidarites.receive(app, "CDAS-REDON", _rdvs_unknown(app, rdv_id, name), clock()).status == "pending"
+    c = signed_in(app, api)
+    todo = c.get("/espace/a-traiter")
+    assert "Rendez-vous à rapprocher" in todo.text and "Quéméner" not in todo.text
+    ids = [int(x) for x in re.findall(r'href="/espace/rendez-vous/(\d+)"', todo.text)]
+    assert len(set(ids)) == 2
+    first, second = sorted(set(ids))
+    page = c.get(f"/espace/rendez-vous/{first}")
+    assert page.status_code == 200 and "Quéméner" in page.text and "04/04/1977" in page.text
+    assert "0000042" in page.text and "06 00 00 00 00" not in page.text
+    other = signed_in(app, api, sc.VALLONS_AGENT)
+    assert other.get(f"/espace/rendez-vous/{first}").status_code == 404
+    refused = c.post(f"/espace/rendez-vous/{first}/rapprocher", data={"matricule": sc.REASON},
+                     follow_redirects=False)
+    assert refused.status_code == 403
+    wrong = c.post(f"/espace/rendez-vous/{first}/rapprocher", data={"csrf": csrf(page.text), "matricule": "CAF35-X"},
+                   follow_redirects=False)
+    assert wrong.status_code == 422 and "personne inconnue" in wrong.text and 'aria-invalid="true"' in wrong.text
+    done = c.post(f"/espace/rendez-vous/{first}/rapprocher", data={"csrf": csrf(page.text), "matricule": sc.REASON},
+                  follow_redirects=False)
+    assert done.status_code == 303
+    booked = [e for e in events(app, sc.REASON) if e.source == "rdv-solidarites"]
+    assert [e.type for e in booked] == ["rdv_booked"] and booked[0].payload["rdv_solidarites"]["rdv_id"] == 4401
+    page2 = c.get(f"/espace/rendez-vous/{second}")
+    gone = c.post(f"/espace/rendez-vous/{second}/ecarter", data={"csrf": csrf(page2.text)}, follow_redirects=False)
+    assert gone.status_code == 303
+    assert "Rendez-vous à rapprocher" not in c.get("/espace/a-traiter").text
+    assert c.get(f"/espace/rendez-vous/{first}").status_code == 404  # done: nothing waits any more
+    with session_scope(app.db_url) as s:
+        decisions = s.execute(select(AuditEntry.data).where(AuditEntry.kind == "rdvs_link")).scalars().all()
+    agent_id = re.search(r"web:(\d+)", decisions[0]["actor"]).group(1)
+    assert {d["action"] for d in decisions} == {"linked", "discarded"}
+    assert all(d["actor"] == f"web:{agent_id}" for d in decisions)
+    assert "Quéméner" not in str(decisions)

@@ -259,7 +259,7 @@ def test_example_env_documents_every_setting_without_secrets():
     unknown = set(documented) - fields - SCHEDULER_ENV
     assert not unknown, f"not settings: {sorted(unknown)}"
     for name, value in documented.items():
-        if re.search(r"PASSWORD|TOKEN|_SID$|HASH_KEY|API_KEYS", name):
+        if re.search(r"PASSWORD|TOKEN|_SID$|HASH_KEY|API_KEYS|SECRETS", name):
             assert value == "", f"{name} must not carry a value in the example"
     # Nothing is set by copying the example: every assignment is commented out.
     assert not [ln for ln in text.splitlines() if ln.startswith("RELANCE_")]
@@ -272,6 +272,7 @@ SECRETS = {  # secret -> the services that use it (and no other may hold it)
     "RELANCE_SMTP_PASSWORD": {"worker-send", "scheduler"},
     "RELANCE_BOUNCE_KEY": {"worker-send", "scheduler"},
     "RELANCE_API_KEYS": {"api"},
+    "RELANCE_RDV_SOLIDARITES_SECRETS": {"api"},
     "RELANCE_FLOWER_PASSWORD": {"flower"},
 }
 

@@ -22,7 +22,8 @@ def test_real_config_loads():
     cfg = load_config(CONFIG)
     policy = cfg.policy
     assert set(policy.paths) == {"cd", "ft", "ft_unregistered", "ml"}
-    assert cfg.files == {"paths": str(CONFIG / "paths.yaml"), "territory": str(CONFIG / "territory.yaml")}
+    assert cfg.files == {"paths": str(CONFIG / "paths.yaml"), "territory": str(CONFIG / "territory.yaml"),
+                         "campaign": str(CONFIG / "campaign.yaml")}
     assert policy.delays.first_invitation_target_days == 15
     assert policy.delays.reminder_days_before == 2 and policy.delays.reminder_time == dt.time(10, 0)
     assert policy.delays.missed_grace_working_days == 1
@@ -61,6 +62,7 @@ def test_real_paths_match_the_design():
 @pytest.mark.parametrize("orientation,registered,path", [
     ("cd", False, "cd"), (None, False, "cd"), ("", True, "cd"), ("ml", False, "ml"),
     ("ft", True, "ft"), ("ft", False, "ft_unregistered"),
+    ("msa", False, None),  # the MSA follows its own people: no case on the department's paths (issue 14)
 ])
 def test_routing(orientation, registered, path):
     assert load_config(CONFIG).policy.route(orientation, registered) == path

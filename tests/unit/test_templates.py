@@ -302,7 +302,9 @@ def test_letter_structure(renderer):
     assert "Objet : " in html
     for line in ctx["person"]["address_lines"]:
         assert f"<div>{line}</div>" in html
-    assert ctx["org"]["booking_url"] in html
+    # the booking link (issue 16): the short link printed, the page linked, and its QR code (SVG, data: URL)
+    assert f'<a href="{ctx["booking"]["url"]}">{ctx["booking"]["display"]}</a>'.replace("&", "&amp;") in html
+    assert html.count('<img src="data:image/svg+xml;') == 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -313,7 +315,7 @@ def test_invitations_and_convocation_explain_the_why_and_how(renderer, step, kin
     assert "13 mai 2024" in text and "lundi 13 mai" not in text  # droit_opened_on: not an appointment, no weekday
     assert "droits et de devoirs" in text
     assert "motif légitime" in text
-    assert ctx["org"]["phone"] in text and ctx["org"]["booking_url"] in text
+    assert ctx["org"]["phone"] in text and ctx["booking"]["display"] in text
     assert "RGPD" in text and ctx["org"]["email"] in text
     if step != "convocation":
         assert "4 juin 2024" in text and "mardi 4 juin" not in text  # respond_by
@@ -870,7 +872,8 @@ def test_large_print_marks_the_body_and_the_section_and_moves_the_notice(rendere
     assert "large-print" not in normal.split("</head>", 1)[1] and 'class="footnote privacy"' in normal
 
 
-SUMMARY_STEPS = ("invitation_1", "invitation_2", "convocation", "ft_convocation")
+SUMMARY_STEPS = ("invitation_1", "invitation_2", "convocation", "ft_convocation", "campaign_invitation",
+                 "campaign_convocation")
 
 
 @pytest.mark.parametrize("language", ["fr", "en", "ar"])
@@ -915,3 +918,10 @@ def test_every_letter_prints_the_references_agents_look_up_and_the_matricule(ren
         text = " ".join(renderer.render(step, "letter", ctx).text.split())
         assert ctx["message"]["reference"] in text and ctx["case"]["reference"] in text
         assert f"Matricule : {ctx['person']['matricule']}" in text
+
+
+def test_notice_facts_date_messages_without_weekday_and_the_appointment_with_it(renderer):
+    """Only appointment dates keep their weekday (issue 10)."""
+    text = " ".join(renderer.render("pre_sanction_notice", "letter", sample_context("pre_sanction_notice")).text.split())
+    assert "Le 13 mai 2024 : invitation" in text and "lundi 13 mai" not in text
+    assert "Le lundi 3 juin 2024 : vous n'êtes pas venue au rendez-vous" in text

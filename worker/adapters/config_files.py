@@ -1,5 +1,6 @@
 """Reading ``config/paths.yaml`` and ``config/territory.yaml`` into the domain's policy,
-and ``config/flux_columns.yaml`` (the flux's extra columns kept at ingestion).
+``config/campaign.yaml`` (the stock campaign's segments, when present) and
+``config/flux_columns.yaml`` (the flux's extra columns kept at ingestion).
 
 A bad file fails with :class:`worker.domain.policy.ConfigError` naming the
 file, the key and what is wrong (in French).
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from worker.domain.campaign import CampaignConfig
 from worker.domain.policy import Config, ConfigError, Policy, Territory
 
 
@@ -35,7 +37,7 @@ def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
         err = exc.errors()[0]
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
         msg = err["msg"].removeprefix("Value error, ")
-        if not loc and msg.startswith(("paths.", "routing.", "department.")):
+        if not loc and msg.startswith(("paths.", "routing.", "department.", "segments.", "flux_reserve.")):
             loc, _, msg = msg.partition(": ")
         raise ConfigError(path, loc or "(racine)", msg) from None
 
@@ -45,7 +47,18 @@ def load_config(config_dir: Path) -> Config:
     territory_file = config_dir / "territory.yaml"
     policy = _validate(Policy, _load_yaml(paths_file), paths_file)
     territory = _validate(Territory, _load_yaml(territory_file), territory_file)
-    return Config(policy=policy, territory=territory, files={"paths": str(paths_file), "territory": str(territory_file)})
+    files = {"paths": str(paths_file), "territory": str(territory_file)}
+    campaign_file = config_dir / "campaign.yaml"
+    campaign = None
+    if campaign_file.exists():  # the stock campaign (issue 14): without the file, no `ingest --stock`
+        campaign = _validate(CampaignConfig, _load_yaml(campaign_file), campaign_file)
+        try:
+            campaign.check(policy, territory)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise ConfigError(campaign_file, key, problem) from None
+        files["campaign"] = str(campaign_file)
+    return Config(policy=policy, territory=territory, files=files, campaign=campaign)
 
 
 def load_flux_columns(config_dir: Path) -> frozenset[str]:

@@ -89,7 +89,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
 KNOWN_COLUMNS: frozenset[str] = frozenset(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
 BOOLEAN_COLUMNS: frozenset[str] = frozenset({"ft_registered", "droits_devoirs"})
 
-ORIENTATIONS = frozenset({"cd", "ft", "ml"})
+ORIENTATIONS = frozenset({"cd", "ft", "ml", "msa"})  # msa: followed by the MSA, never invited (no case)
 MIN_AGE_AT_DROIT = 16  # years
 MAX_AGE = 120  # years
 MIN_BIRTH_YEAR = 1900
@@ -335,7 +335,7 @@ def _column_names(names: Iterable[str], limit: int = 20) -> str:
 def _stock_error(why: str) -> FluxFormatError:
     return FluxFormatError(
         f"fichier de stock refusé comme flux : {why}. Pour ces personnes, utilisez l'import du stock "
-        "(pas encore disponible) ; aucune ligne n'a été intégrée"
+        "(relance ingest --stock FICHIER) ; aucune ligne n'a été intégrée"
     )
 
 
@@ -575,7 +575,7 @@ class _Validator:
             if orientation not in ORIENTATIONS:
                 raise _Reject(
                     "orientation",
-                    f"orientation « {_show(orientation_raw)} » inconnue : cd, ft, ml ou vide attendu",
+                    f"orientation « {_show(orientation_raw)} » inconnue : cd, ft, ml, msa ou vide attendu",
                 )
 
         # 6. optional identity fields
@@ -938,7 +938,7 @@ def parse_flux(
 ) -> ParseResult:
     """Parse a flux file (CSV or JSON Lines) given as bytes.
 
-    ``kind="stock"`` is for the stock import (to come): stock columns are kept in
+    ``kind="stock"`` is for the stock import (``relance ingest --stock``): stock columns are kept in
     ``extra`` and the file is not refused as a stock. ``extra_columns``: the
     unknown columns to keep in ``extra`` (config/flux_columns.yaml); the others are
     dropped with one warning. Raises FluxFormatError when the file as a whole is

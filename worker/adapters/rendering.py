@@ -16,6 +16,7 @@ instead of the content itself.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -439,6 +440,15 @@ def _sha256(*parts: str) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
+def qr_svg(url: str) -> str:
+    """A QR code of ``url`` as an SVG ``data:`` URI (the letters' booking link, issue 16): vector, so
+    sharp at any size, and a ``data:`` URL, the only kind the PDF renderer fetches."""
+    import segno
+
+    return segno.make(str(url), error="m", micro=False).svg_data_uri(border=0, omitsize=True, nl=False)
+
+
 # --------------------------------------------------------------------------- #
 # Renderer
 # --------------------------------------------------------------------------- #
@@ -480,6 +490,7 @@ class TemplateRenderer:
             nobreak=nobreak,
             town=town,
             sms_fit=sms_fit,
+            qr=qr_svg,
         )
 
     # -- names --------------------------------------------------------------

@@ -30,6 +30,7 @@ EVENT_STATUSES = {"received": "reçu", "applied": "appliqué", "ignored": "sans 
 
 REASONS = {
     "flux": "flux",
+    "campaign": "campagne du stock",
     "start": "début",
     "no_response": "sans réponse",
     "rdv_missed": "rendez-vous manqué",
@@ -169,8 +170,9 @@ def case_entry(detail: dict, tz: dt.tzinfo | None = None) -> str:
     action = detail.get("action")
     if action == "opened":
         late = ", hors délai" if detail.get("late") else ""
+        segment = f", segment {detail['segment']}" if detail.get("segment") else ""  # the stock campaign's
         return (f"ouvert : parcours {detail.get('path')}, étape {detail.get('start_step')} "
-                f"(motif : {reason(detail.get('reason'))}{late})")
+                f"(motif : {reason(detail.get('reason'))}{late}{segment})")
     if action == "closed":
         outcome = detail.get("outcome")
         return f"clos : {OUTCOMES.get(outcome, outcome)}"
@@ -225,4 +227,11 @@ def event_detail(type_: str, payload: dict, categories: dict[str, str] | None = 
         parts.append(f"rendez-vous le {_date_fr(p['appointment_at'])}")
     if p.get("to"):
         parts.append(f"vers le parcours {p['to']}")
+    if p.get("excused"):  # RDV-Solidarités' "excused": cancelled by the person, never a failure
+        parts.append("annulé par la personne, qui s'est excusée : pas un manquement")
+    elif p.get("cancelled_by") == "service":
+        parts.append("annulé par le service")
+    rdvs = p.get("rdv_solidarites")
+    if isinstance(rdvs, dict) and rdvs.get("rdv_id"):
+        parts.append(f"RDV-Solidarités, rendez-vous n° {rdvs['rdv_id']}")
     return " ; ".join(parts)

@@ -246,18 +246,21 @@ def _plan_reminder(case: CaseState, appointment_at: dt.datetime, now: dt.datetim
 def new_case(*, path: str, organisation: str, droit_opened_on: dt.date, now: dt.datetime, policy: Policy,
              cal: BusinessCalendar, has_address: bool = True, has_phone: bool = False,
              has_email: bool = False, start_step: str | None = None,
-             due_at: dt.datetime | None = None, pause_category: str | None = None) -> CaseState:
+             due_at: dt.datetime | None = None, pause_category: str | None = None,
+             segment: str | None = None, first_channels: str | None = None) -> CaseState:
     """A new case: it enters its first step at once (or ``start_step`` at ``due_at``); with
-    ``pause_category`` it starts paused by that legitimate reason until ``due_at`` (its review date)."""
+    ``pause_category`` it starts paused by that legitimate reason until ``due_at`` (its review date).
+    ``segment``: a case of the stock campaign (never late: the 15-day target is the flux's), whose
+    first step goes on ``first_channels`` (the segment's) when given."""
     spec = policy.path(path)
     target = policy.delays.first_invitation_target_days
-    late = cal.local_date(now) > droit_opened_on + _days(target)
+    late = cal.local_date(now) > droit_opened_on + _days(target) and segment is None
     if pause_category is not None:
         until = due_at or now
         return dataclasses.replace(
             new_case(path=path, organisation=organisation, droit_opened_on=droit_opened_on, now=now,
                      policy=policy, cal=cal, has_address=has_address, has_phone=has_phone, has_email=has_email,
-                     start_step=start_step, due_at=until),
+                     start_step=start_step, due_at=until, segment=segment, first_channels=first_channels),
             phase=PAUSED, paused_phase=ENTER, paused_until=until, paused_remaining=0.0,
             pause_category=pause_category, due_at=until)
     return CaseState(
@@ -272,7 +275,22 @@ def new_case(*, path: str, organisation: str, droit_opened_on: dt.date, now: dt.
         has_phone=has_phone,
         has_email=has_email,
         late=late and start_step is None,
+        segment=segment,
+        first_channels=first_channels,
     )
+
+
+def step_channels(case: CaseState, spec: StepSpec, policy: Policy) -> tuple[str, ...]:
+    """The channels of a step for this case: a campaign segment's for its path's first step (an entry
+    ``a|b`` is the first of them usable now), else the step's own."""
+    if not case.first_channels or spec.id != policy.path(case.path).first.id:
+        return spec.channels
+    out: list[str] = []
+    for entry in case.first_channels.split():
+        usable = next((c for c in entry.split("|") if channel_usable(case, c)), None)
+        if usable is not None and usable not in out:
+            out.append(usable)
+    return tuple(out)
 
 
 # --- entering a step -------------------------------------------------------------------
@@ -296,7 +314,7 @@ def _enter(case: CaseState, step_id: str, now: dt.datetime, policy: Policy, cal:
                     appointment_at=None, appointment_kind=None, prebook_phase=None, prebook_due_at=None)
 
     if spec.kind == "invite":
-        case, acts = _plan(case, spec, spec.channels, now, cal)
+        case, acts = _plan(case, spec, step_channels(case, spec, policy), now, cal)
         actions += acts
         due, respond_by = _respond_deadline(now, spec.respond_days, cal)
         case = _replace(case, phase=WAITING, due_at=due, respond_by=respond_by)
@@ -351,7 +369,7 @@ def assign_slot(case: CaseState, slot: dt.datetime, now: dt.datetime, policy: Po
     count = case.appointment_count + 1
     case = _replace(case, phase=APPOINTMENT, appointment_at=slot, appointment_kind="convocation",
                     appointment_count=count, due_at=_missed_check_at(slot, policy, cal))
-    case, actions = _plan(case, spec, spec.channels, now, cal)
+    case, actions = _plan(case, spec, step_channels(case, spec, policy), now, cal)
     case, reminder = _plan_reminder(case, slot, now, policy, cal)
     return Decision(case, tuple([RecordAppointment(slot, "convocation", spec.id)] + actions + reminder))
 

@@ -133,6 +133,11 @@ class CaseState:
     # France Travail's organisation that reported the failure (ft_report) before the case was handed
     # to the department's reviewing organisation.
     reported_by: str | None = None
+    # A case opened by the stock campaign (issue 14): its segment (config/campaign.yaml), and the channels
+    # of its path's first step for that segment, space-separated ("sms|email" = the first usable of
+    # them); None: a case of the flux, on its steps' own channels.
+    segment: str | None = None
+    first_channels: str | None = None
     messages: tuple[MessageView, ...] = ()
 
 

@@ -201,7 +201,8 @@ class Policy(_Strict):
     measure: MeasureSpec = MeasureSpec()
     legitimate_reasons: LegitimateReasons = LegitimateReasons()
     paths: dict[str, PathSpec]
-    routing: dict[str, str]
+    # orientation -> path; an empty target (``msa: ~``): followed by its own body, never invited (no case)
+    routing: dict[str, str | None]
     # The sanction envisaged, as the pre-sanction notice states it.
     sanction_text: str = (
         "la suspension de tout ou partie du montant de votre RSA, pour une durée limitée, "
@@ -223,17 +224,20 @@ class Policy(_Strict):
             if self.reminder.step in ids:
                 raise ValueError(f"paths.{pid}: {self.reminder.step!r} est réservé au rappel de rendez-vous")
         for key, target in self.routing.items():
-            if target not in self.paths:
+            if target is not None and target not in self.paths:
                 raise ValueError(f"routing.{key or '(vide)'}: parcours inconnu {target!r}")
         return self
 
     def path(self, path_id: str) -> PathSpec:
         return self.paths[path_id]
 
-    def route(self, orientation: str | None, ft_registered: bool) -> str:
+    def route(self, orientation: str | None, ft_registered: bool) -> str | None:
+        """The path a person starts on; None: not followed on the department's paths (``msa``)."""
         key = orientation or ""
         if key == "ft":
             key = "ft_registered" if ft_registered else "ft_unregistered"
+        if key == "msa" and key not in self.routing:
+            return None  # the MSA follows its own people
         return self.routing[key]
 
 
@@ -305,6 +309,82 @@ class Slots(_Strict):
         return v
 
 
+_RSA_WORD = re.compile(r"(?<![a-z0-9])rsa(?![a-z0-9])")
+# RDV-Solidarités (issue 16): the motif categories of RSA appointments there (`short_name`), and the one
+# each path's invitations book. Defaults of `rdv_solidarites` in config/territory.yaml.
+RDVS_RSA_CATEGORIES = ("rsa_orientation", "rsa_orientation_on_phone_platform", "rsa_orientation_france_travail",
+                       "rsa_accompagnement", "rsa_accompagnement_social", "rsa_accompagnement_sociopro",
+                       "rsa_cer_signature", "rsa_follow_up", "rsa_insertion_offer", "rsa_main_tendue",
+                       "rsa_atelier_collectif_mandatory", "rsa_spie", "rsa_integration_information")
+RDVS_PATH_CATEGORIES = {"cd": "rsa_orientation", "ft": "rsa_orientation", "ft_unregistered": "rsa_orientation",
+                        "ml": "rsa_orientation"}
+SHORT_LINK_MAX = 60  # characters: an SMS carries the link, a letter prints it to be typed
+
+
+def _names_the_rsa(url: str) -> bool:
+    return bool(_RSA_WORD.search(url.lower()))
+
+
+class BookingLink(_Strict):
+    """An organisation's RDV-Solidarités booking link for one motif category (issue 16).
+
+    ``url``: the page (the letter's QR code and the e-mail's link go there); ``{organisation_id}``
+    stands for the organisation's id in RDV-Solidarités. ``short``: a shorter link to the same page,
+    which the SMS carry and the letters print; needed when ``url`` is long or names the RSA (a lock
+    screen shows an SMS to anyone)."""
+    url: str
+    short: str | None = None
+
+    @field_validator("url", "short")
+    @classmethod
+    def _https(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.fullmatch(r"https://[^\s/]+\.[^\s/]+(/\S*)?", v):
+            raise ValueError(f"une adresse https:// sans espace attendue, pas {v!r}")
+        if re.search(r"\{(?!organisation_id\})[^}]*\}", v):
+            raise ValueError(f"{v!r} : seul {{organisation_id}} peut être remplacé dans un lien")
+        return v
+
+    @model_validator(mode="after")
+    def _shown(self) -> "BookingLink":
+        shown = self.short or self.url
+        if _names_the_rsa(shown):
+            raise ValueError(f"{shown!r} nomme le RSA : ce lien figure dans les SMS, lisibles par tous sur un "
+                             "écran verrouillé" + ("" if self.short else " ; donnez un lien court (short) qui ne le "
+                                                                     "nomme pas"))
+        if len(shown.replace("{organisation_id}", "0000000")) > SHORT_LINK_MAX:
+            raise ValueError(f"{shown!r} : trop long pour un SMS et pour être recopié d'un courrier "
+                             f"({SHORT_LINK_MAX} caractères au plus) ; donnez un lien court (short)")
+        return self
+
+
+class RdvSolidaritesOrganisation(_Strict):
+    """An organisation in RDV-Solidarités: its id there (``data.organisation.id`` of its webhooks, and
+    ``{organisation_id}`` in its links) and its booking link per motif category."""
+    organisation_id: int | None = None
+    booking: dict[str, BookingLink] = {}
+
+    @model_validator(mode="after")
+    def _ids(self) -> "RdvSolidaritesOrganisation":
+        for category, link in self.booking.items():
+            if self.organisation_id is None and "{organisation_id}" in link.url + (link.short or ""):
+                raise ValueError(f"booking.{category} : le lien utilise {{organisation_id}} : "
+                                 "donnez organisation_id")
+        return self
+
+
+@dataclass(frozen=True)
+class Booking:
+    """The booking link of one message: ``url`` (QR code, e-mail link), ``short`` (SMS, printed),
+    ``display`` (``short`` without ``https://``: what a letter prints), ``category`` (None: the
+    organisation's general ``booking_url``)."""
+    url: str
+    short: str
+    display: str
+    category: str | None = None
+
+
 class Organisation(_Strict):
     kind: str
     name: str
@@ -319,6 +399,8 @@ class Organisation(_Strict):
     # The data controller of what this organisation sends (a key of `privacy.controllers`);
     # default: DEFAULT_CONTROLLER for its kind (the Département for CD organisations).
     controller: str | None = None
+    # RDV-Solidarités (issue 16): its id there and its booking link per motif category.
+    rdv_solidarites: RdvSolidaritesOrganisation | None = None
 
     @field_validator("kind")
     @classmethod
@@ -331,10 +413,21 @@ class Organisation(_Strict):
     @classmethod
     def _private_link(cls, v: str) -> str:
         # the SMS carry the link, and a lock screen shows it to anyone (issue 10, "Private SMS")
-        if re.search(r"(?<![a-z0-9])rsa(?![a-z0-9])", v.lower()):
+        if _names_the_rsa(v):
             raise ValueError(f"{v!r} nomme le RSA : ce lien figure dans les SMS, lisibles par tous "
                              "sur un écran verrouillé")
         return v
+
+    def booking(self, category: str | None) -> Booking:
+        """The booking link for a motif category: its own if configured, else ``booking_url``."""
+        rdvs = self.rdv_solidarites
+        link = rdvs.booking.get(category) if rdvs and category else None
+        if link is None:
+            return Booking(self.booking_url, self.booking_url, _display(self.booking_url))
+        ident = str(rdvs.organisation_id) if rdvs.organisation_id is not None else ""
+        url = link.url.replace("{organisation_id}", ident)
+        short = (link.short or link.url).replace("{organisation_id}", ident)
+        return Booking(url, short, _display(short), category)
 
     @property
     def meet(self) -> str:
@@ -345,6 +438,27 @@ class Organisation(_Strict):
         if self.controller:
             return self.controller
         return department_key if self.kind == "cd" else DEFAULT_CONTROLLER[self.kind]
+
+
+def _display(url: str) -> str:
+    """A link as a letter prints it: without ``https://``, ``www.`` and a final ``/``."""
+    return re.sub(r"^https?://(www\.)?", "", url).rstrip("/")
+
+
+class RdvSolidarites(_Strict):
+    """The Département's RDV-Solidarités (issue 16, docs/rdv-solidarites.md): which motif categories
+    are RSA appointments (any other is acknowledged and ignored), and which one each path books."""
+    motif_categories: tuple[str, ...] = RDVS_RSA_CATEGORIES
+    path_categories: dict[str, str] = dict(RDVS_PATH_CATEGORIES)
+
+    @model_validator(mode="after")
+    def _known(self) -> "RdvSolidarites":
+        for path, category in self.path_categories.items():
+            if path not in PATH_IDS:
+                raise ValueError(f"path_categories : parcours inconnu {path!r} (attendu : {', '.join(PATH_IDS)})")
+            if category not in self.motif_categories:
+                raise ValueError(f"path_categories.{path} : catégorie {category!r} absente de motif_categories")
+        return self
 
 
 class Commission(_Strict):
@@ -488,6 +602,7 @@ class Territory(_Strict):
     organisations: dict[str, Organisation]
     commission: Commission
     department: Department
+    rdv_solidarites: RdvSolidarites = RdvSolidarites()
 
     @field_validator("organisations")
     @classmethod
@@ -503,6 +618,20 @@ class Territory(_Strict):
                 raise ValueError(f"{code}.{where} : responsable du traitement {key!r} "
                                  "absent de 'privacy.controllers'")
         return organisations
+
+    @model_validator(mode="after")
+    def _booking_categories(self) -> "Territory":
+        known = self.rdv_solidarites.motif_categories
+        for code, org in self.organisations.items():
+            for category in (org.rdv_solidarites.booking if org.rdv_solidarites else {}):
+                if category not in known:
+                    raise ValueError(f"organisations.{code}.rdv_solidarites.booking : catégorie de motif "
+                                     f"{category!r} absente de rdv_solidarites.motif_categories")
+        return self
+
+    def booking(self, organisation: str, path: str | None) -> Booking:
+        """The booking link of a case's messages: its organisation's link for its path's motif category."""
+        return self.organisations[organisation].booking(self.rdv_solidarites.path_categories.get(path or ""))
 
     def controller(self, organisation: str | None) -> tuple[str, PrivacyController]:
         """(name, controller) of an organisation's messages; None: the Département's."""
@@ -534,3 +663,4 @@ class Config:
     policy: Policy
     territory: Territory
     files: dict[str, str] = field(default_factory=dict)
+    campaign: object | None = None  # worker.domain.campaign.CampaignConfig (config/campaign.yaml), if present

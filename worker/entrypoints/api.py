@@ -4,6 +4,8 @@
   (form-encoded, signed with ``X-Twilio-Signature``);
 * ``POST /events``: agents' tools record events (``X-Api-Key``), like
   ``relance event`` does on the command line;
+* ``POST /webhooks/rdv-solidarites/{ORG}``: RDV-Solidarités' notifications of appointments
+  (signed with ``X-Lapin-Signature``, a secret per organisation: docs/rdv-solidarites.md);
 * ``GET /health`` (the process answers) and ``GET /ready`` (the database and,
   when not eager, the broker answer);
 * ``GET /openapi.json``: the schema, behind the API key.
@@ -35,9 +37,10 @@ from starlette.datastructures import QueryParams
 
 from worker.adapters.broker import ping_broker
 from worker.adapters.store.session import ping_database
-from worker.services import cases, errors, sending
+from worker.services import cases, errors, rdv_solidarites, sending
 from worker.domain.model import EVENT_TYPES, REVIEW_DECISIONS
 from worker.adapters.channels.twilio_callbacks import SIGNATURE_HEADER, parse_status_callback, status_callback_url, verify_signature
+from worker.adapters import rdv_solidarites as rdvs
 from worker.entrypoints.api_guard import THROTTLED, AccessLog, AuthThrottle, BodyLimit, client_address, openapi_extras
 from worker.entrypoints.validation import InputError, check_event_dates, check_field, parse_id
 
@@ -45,6 +48,7 @@ log = logging.getLogger("relance.api")
 UTC = dt.timezone.utc
 
 MAX_FUTURE = dt.timedelta(minutes=5)  # an event's `at` may not be later than now + this
+WEBHOOK_PREFIX = "/webhooks/rdv-solidarites/"
 READY_TIMEOUT = 3.0  # seconds for each readiness check
 
 
@@ -198,7 +202,8 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
     # The schema is served behind the API key (GET /openapi.json below); no HTML docs (docs/api.md).
     api = FastAPI(title="Relance", version="1", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     api.state.app_ctx = app_ctx
-    api.add_middleware(BodyLimit, max_bytes=app_ctx.settings.api_max_body_bytes)
+    api.add_middleware(BodyLimit, max_bytes=app_ctx.settings.api_max_body_bytes,
+                       limits={WEBHOOK_PREFIX: app_ctx.settings.rdv_solidarites_max_body_bytes})
     api.add_middleware(AccessLog)
     throttle = AuthThrottle(app_ctx.settings.api_auth_failures_per_minute)
     api.state.auth_throttle = throttle
@@ -268,6 +273,39 @@ def create_app(app_ctx=None, *, clock: Callable[[], dt.datetime] | None = None) 
             return JSONResponse(status_code=409,
                                 content={"detail": "MessageSid ne correspond pas au message de ce lien de rappel"})
         return Response(status_code=204)
+
+    # --- RDV-Solidarités' webhooks (issue 16) ------------------------------------------------------
+
+    @api.post(WEBHOOK_PREFIX + "{organisation}", openapi_extra=extras["rdvs"],
+              responses={401: {"description": "signature absente ou invalide"},
+                         404: {"description": "organisation sans secret configuré"},
+                         413: {"description": "corps trop volumineux"}, 422: {"description": "notification illisible"},
+                         429: {"description": "trop d'échecs d'authentification"}})
+    async def rdv_solidarites_webhook(organisation: str, request: Request):
+        """One notification of RDV-Solidarités (docs/rdv-solidarites.md): checked against the organisation's
+        secret on the raw body, then taken in once (worker.services.rdv_solidarites)."""
+        address = client_address(request)
+        if throttle.blocked(address):
+            return JSONResponse(status_code=429, content=THROTTLED, headers={"Retry-After": "60"})
+        code = organisation[:64]
+        secrets = (app_ctx.settings.rdv_solidarites_secret_list(code)
+                   if code in app_ctx.territory.organisations else [])
+        if not secrets:
+            return JSONResponse(status_code=404, content={
+                "detail": "aucun webhook RDV-Solidarités pour cette organisation (RELANCE_RDV_SOLIDARITES_SECRETS)"})
+        body = await request.body()  # at most RELANCE_RDV_SOLIDARITES_MAX_BODY_BYTES (BodyLimit)
+        signature = request.headers.get(rdvs.SIGNATURE_HEADER)
+        if not rdvs.verify(secrets, body, signature):
+            log.warning("rdv-solidarites webhook for %s rejected: %s", code,
+                        "missing signature" if not signature else "invalid signature")
+            throttle.failed(address, "rdv-solidarites signature", WEBHOOK_PREFIX + code)
+            return JSONResponse(status_code=401, content={"detail": "signature X-Lapin-Signature absente ou invalide"})
+        try:
+            result = await run_in_threadpool(rdv_solidarites.receive, app_ctx, code, body, now_fn())
+        except errors.ServiceError as exc:
+            log.info("rdv-solidarites webhook for %s refused (422)", code)
+            return JSONResponse(status_code=422, content={"detail": f"notification refusée — {exc}"})
+        return JSONResponse(status_code=200, content=result.as_json())
 
     # --- events -----------------------------------------------------------------------------------
 

@@ -44,15 +44,19 @@ async def _send_json(send, status: int, payload: dict, headers: list[tuple[bytes
 
 
 class BodyLimit:
-    """ASGI middleware: ``413`` for a request body over ``max_bytes``."""
+    """ASGI middleware: ``413`` for a request body over ``max_bytes`` (or over the limit of the first
+    path prefix of ``limits`` the path starts with: RDV-Solidarités' webhooks list every participant)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, limits: dict[str, int] | None = None):
         self.app = app
-        self.max_bytes = max_bytes
+        self.default = max_bytes
+        self.limits = dict(limits or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        max_bytes = next((n for prefix, n in self.limits.items() if path.startswith(prefix)), self.default)
         declared = None
         for name, value in scope.get("headers") or ():
             if name == b"content-length":
@@ -61,9 +65,9 @@ class BodyLimit:
         if declared is not None:
             if not declared.strip().isdigit():
                 return await _send_json(send, 400, {"detail": "en-tête Content-Length invalide"})
-            if int(declared) > self.max_bytes:
+            if int(declared) > max_bytes:
                 log.warning("request body refused: %s bytes declared on %s %s (limit %s)", int(declared),
-                            scope.get("method"), scope.get("path", "")[:80], self.max_bytes)
+                            scope.get("method"), scope.get("path", "")[:80], max_bytes)
                 return await _send_json(send, 413, TOO_LARGE)
         received = 0
         started = False
@@ -73,7 +77,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     raise _BodyTooLarge()
             return message
 
@@ -86,7 +90,7 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
-            log.warning("request body refused: more than %s bytes on %s %s", self.max_bytes,
+            log.warning("request body refused: more than %s bytes on %s %s", max_bytes,
                         scope.get("method"), scope.get("path", "")[:80])
             if not started:
                 await _send_json(send, 413, TOO_LARGE)
@@ -169,11 +173,31 @@ TWILIO_FORM = {
 }
 
 
+# RDV-Solidarités' notification (docs/rdv-solidarites.md): what the webhook route reads of it.
+RDVS_NOTIFICATION = {
+    "type": "object",
+    "properties": {
+        "meta": {"type": "object", "properties": {
+            "model": {"type": "string"}, "event": {"type": "string", "enum": ["created", "updated", "destroyed"]},
+            "timestamp": {"type": "string"}}},
+        "data": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "starts_at": {"type": "string"},
+            "status": {"type": "string", "enum": ["unknown", "seen", "noshow", "excused", "revoked"]},
+            "motif": {"type": "object"}, "organisation": {"type": "object"},
+            "users": {"type": "array", "items": {"type": "object"}},
+            "participations": {"type": "array", "items": {"type": "object"}}}},
+    },
+}
+
+
 def openapi_extras(event_schema: dict) -> dict[str, dict]:
     """``openapi_extra`` of the routes that read their body themselves (to check a signature,
     or to answer in French): their request bodies, as the OpenAPI schema documents them."""
     return {
         "events": {"requestBody": {"required": True, "content": {"application/json": {"schema": event_schema}}}},
+        "rdvs": {"requestBody": {"required": True, "content": {"application/json": {"schema": RDVS_NOTIFICATION}}},
+                 "parameters": [{"name": "X-Lapin-Signature", "in": "header", "required": False,
+                                 "schema": {"type": "string"}}]},
         "twilio": {"requestBody": {"required": True,
                                    "content": {"application/x-www-form-urlencoded": {"schema": TWILIO_FORM}}},
                    "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": False,

@@ -34,11 +34,17 @@ app.add_typer(messages_app, name="messages")
 commission_app = typer.Typer(no_args_is_help=True, help="Commission RSA : dossier de séance.")
 replies_app = typer.Typer(no_args_is_help=True, help="Réponses des bénéficiaires arrivées par e-mail.")
 app.add_typer(replies_app, name="replies")
+rdvs_app = typer.Typer(no_args_is_help=True, help="RDV-Solidarités : rendez-vous à rapprocher d'une personne.")
+app.add_typer(rdvs_app, name="rdvs")
 app.add_typer(commission_app, name="commission")
 crsa_app = typer.Typer(no_args_is_help=True, help="Commission RSA (CRSA) : dossiers de séance en PDF.")
 app.add_typer(crsa_app, name="crsa")
 agents_app = typer.Typer(no_args_is_help=True, help="Agents de l'espace agents : inscription, rôle, désactivation.")
 app.add_typer(agents_app, name="agents")
+export_app = typer.Typer(no_args_is_help=True, help="Exports : données de l'évaluation (annexe E).")
+app.add_typer(export_app, name="export")
+campaign_app = typer.Typer(no_args_is_help=True, help="Campagne du stock : plan, avancement, pause, reprise.")
+app.add_typer(campaign_app, name="campaign")
 
 
 class CliError(Exception):
@@ -143,10 +149,16 @@ def db_upgrade(wait: float = typer.Option(0, "--wait", min=0, max=600,
 @app.command()
 def ingest(file: Path = typer.Argument(..., help="Fichier de flux (CSV ou JSON Lines)"),
            as_json: bool = typer.Option(False, "--json", help="Résultat en JSON"),
-           now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601), comme pour tick")) -> None:
+           now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601), comme pour tick"),
+           stock: bool = typer.Option(False, "--stock", help="Fichier du stock (colonnes du flux, plus segment et "
+                                                              "priority) : importé pour la campagne, personne n'est "
+                                                              "invité à l'import")) -> None:
     """Intègre un fichier de flux : les lignes invalides sont rejetées avec leur motif."""
     from worker.adapters.flux import FluxFormatError
     from worker.services import ingest as ingest_service
+
+    if stock:
+        return _ingest_stock(file, as_json, now)
 
     ctx = _context()
     if now is not None and not ctx.settings.local_channels:
@@ -195,6 +207,113 @@ def tick(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé 
     if result.get("orientation"):
         typer.echo(f"{result['orientation']} dossiers non orientés signalés : échéance des 6 semaines proche "
                    "ou dépassée (relance orientation).")
+    if result.get("campaign"):
+        typer.echo(f"Campagne du stock : {result['campaign']} personnes invitées aujourd'hui (relance campaign status).")
+
+
+def _ingest_stock(file: Path, as_json: bool, now: str | None) -> None:
+    """``relance ingest --stock FILE``: the same checks and report as a flux, and the segments."""
+    from worker.adapters.flux import FluxFormatError
+    from worker.services import errors, stock
+
+    ctx = _context()
+    if now is not None and not ctx.settings.local_channels:
+        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
+                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
+    moment = _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC)
+    if not file.exists():
+        raise CliError(f"fichier introuvable : {file}")
+    _ensure_db(ctx)
+    try:
+        report = stock.import_stock(ctx, file, moment, progress=_progress_printer("Lignes"))
+    except (FluxFormatError, errors.ServiceError) as exc:  # neither quotes a row
+        raise CliError(f"{file.name} : {exc}") from None
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
+        _rejected(len(report.rejected))
+        return
+    typer.echo(f"{file.name} (stock) : {report.accepted} nouvelles personnes, {report.updated} mises à jour, "
+               f"{report.unchanged} inchangées, {len(report.rejected)} lignes rejetées ; aucune invitation à "
+               "l'import (relance campaign plan).")
+    labels = {k: seg.label for k, seg in ctx.config.campaign.segments.items()}
+    for key, n in sorted(report.segments.items(), key=lambda kv: -kv[1]):
+        typer.echo(f"  {labels.get(key, key)} ({key}) : {n}")
+    for r in report.rejected:
+        typer.echo(f"  ligne {r['line']} ({r['external_id'] or 'sans identifiant'}) : {r['field']} — {r['reason']}")
+    for w in report.warnings:
+        typer.echo(f"  avertissement ligne {w['line']} ({w['external_id'] or 'tout le fichier'}) : {w['field']} — {w['reason']}")
+    _rejected(len(report.rejected))
+
+
+@campaign_app.command("plan")
+def campaign_plan(as_json: bool = typer.Option(False, "--json", help="Résultat en JSON"),
+                  now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Le calendrier des invitations semaine par semaine, les dates des cibles, et ce qui manque."""
+    from worker.services import campaign, errors
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        result = campaign.plan(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC))
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), ensure_ascii=False, indent=2))
+        return
+    for line in result.lines():
+        typer.echo(line)
+
+
+@campaign_app.command("status")
+def campaign_status(as_json: bool = typer.Option(False, "--json", help="Résultat en JSON"),
+                    html: bool = typer.Option(False, "--html", help="Écrire aussi le rapport HTML (avec son graphique)"),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Fichier HTML (avec --html) ; défaut : "
+                                                                          "<outbox>/reports/campagne-stock-<date>.html"),
+                    now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """L'avancement par rapport aux cibles, par segment et par organisation."""
+    from worker.services import campaign_status as service, errors
+
+    ctx = _context()
+    _ensure_db(ctx)
+    moment = _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC)
+    try:
+        if html or out is not None:
+            path, result = service.write_html(ctx, moment, out)
+        else:
+            path, result = None, service.status(ctx, moment)
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), ensure_ascii=False, indent=2))
+    else:
+        for line in result.lines():
+            typer.echo(line)
+    if path is not None:
+        typer.echo(f"Rapport HTML : {path}", err=as_json)
+
+
+@campaign_app.command("pause")
+def campaign_pause(reason: Optional[str] = typer.Option(None, "--reason", help="Pourquoi (200 caractères au plus)"),
+                   now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Met la campagne en pause : plus de nouvelles invitations ; les dossiers ouverts continuent."""
+    _campaign_set("paused", reason, now)
+
+
+@campaign_app.command("resume")
+def campaign_resume(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Reprend la campagne : les invitations repartent au rythme des places."""
+    _campaign_set("active", None, now)
+
+
+def _campaign_set(status: str, reason: str | None, now: str | None) -> None:
+    from worker.services import campaign, errors
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        typer.echo(campaign.set_status(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC), status, reason))
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _parse_date(value: str | None, option: str) -> dt.date | None:
@@ -363,11 +482,13 @@ def audit_purge(before: str = typer.Option(..., "--before", help="Date (AAAA-MM-
 @app.command()
 def demo(days: int = typer.Option(90, "--days", help="Nombre de jours simulés"),
          out: Path = typer.Option(Path("demo-out"), "--out", help="Dossier de la démonstration"),
-         seed: int = typer.Option(2024, "--seed")) -> None:
+         seed: int = typer.Option(2024, "--seed"),
+         campaign: bool = typer.Option(False, "--campaign", help="Avec la campagne du stock, à côté du flux")) -> None:
     """Démonstration : base neuve, flux d'exemple, N jours simulés."""
     from worker.entrypoints.demo import run_demo
 
-    summary = run_demo(days=days, out=out, seed=seed, progress=_progress_printer("Jours simulés"))
+    summary = run_demo(days=days, out=out, seed=seed, progress=_progress_printer("Jours simulés"),
+                       campaign=campaign)
     typer.echo(summary)
 
 
@@ -605,6 +726,83 @@ def replies_read(reply_id: int = typer.Argument(..., help="Numéro de la répons
     typer.echo(f"Réponse n° {reply_id} marquée lue.")
 
 
+@rdvs_app.command("list")
+def rdvs_list(org: Optional[str] = typer.Option(None, "--org", help="Organisation (code)"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Les rendez-vous RDV-Solidarités dont la personne n'a pas été reconnue (sans nom)."""
+    from worker.services import rdv_matches
+
+    ctx = _context()
+    _ensure_db(ctx)
+    items = rdv_matches.pending(ctx, org)
+    if as_json:
+        typer.echo(json.dumps([i.__dict__ for i in items], ensure_ascii=False, indent=2, default=str))
+        return
+    if not items:
+        typer.echo("Aucun rendez-vous à rapprocher.")
+    for i in items:
+        when = f"{ctx.calendar.local(i.starts_at):%d/%m/%Y %H:%M}" if i.starts_at else "sans date"
+        typer.echo(f"n° {i.id}  {i.organisation}  rendez-vous {i.rdv_id} du {when}  reçu le "
+                   f"{ctx.calendar.local(i.received_at):%d/%m/%Y}  {i.note}")
+
+
+@rdvs_app.command("show")
+def rdvs_show(match_id: int = typer.Argument(..., help="Numéro (relance rdvs list)")) -> None:
+    """Ce que RDV-Solidarités dit de la personne d'un rendez-vous à rapprocher (nom, date de naissance)."""
+    from worker.services import errors, rdv_matches
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        d = rdv_matches.detail(ctx, match_id)
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    user, pending = d["user"], d["pending"]
+    when = f"{ctx.calendar.local(pending.starts_at):%d/%m/%Y %H:%M}" if pending.starts_at else "sans date"
+    typer.echo(f"Rendez-vous {pending.rdv_id} du {when} ({d['motif'] or 'motif ?'}, {d['status_label']}) ; "
+               f"{pending.note}")
+    name = " ".join(x for x in (user.get("first_name"), user.get("last_name")) if x) or "nom inconnu"
+    if user.get("birth_name"):
+        name += f" (nom de naissance : {user['birth_name']})"
+    born = f"née ou né le {d['birth_date']:%d/%m/%Y}" if d["birth_date"] else "date de naissance inconnue"
+    typer.echo(f"Personne : {name}, {born}")
+    typer.echo(f"Numéro d'allocataire : {user.get('affiliation_number') or 'aucun'}")
+
+
+@rdvs_app.command("link")
+def rdvs_link(match_id: int = typer.Argument(..., help="Numéro (relance rdvs list)"),
+              external_id: str = typer.Argument(..., help="Matricule de la personne"),
+              now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Rapproche un rendez-vous d'une personne : il est appliqué à son dossier."""
+    from worker.services import errors, rdv_matches
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        linked = rdv_matches.link(ctx, match_id, external_id, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC),
+                                  "cli")
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    events = ", ".join(linked.events) or "aucun événement (rien ne change)"
+    typer.echo(f"Rendez-vous n° {match_id} rapproché de {linked.external_id} "
+               f"({linked.case_reference or 'sans dossier'}) : {events}.")
+
+
+@rdvs_app.command("discard")
+def rdvs_discard(match_id: int = typer.Argument(..., help="Numéro (relance rdvs list)"),
+                 now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Écarte un rendez-vous qui ne concerne personne que Relance suit ; ce qu'il disait de la personne est effacé."""
+    from worker.services import errors, rdv_matches
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        rdv_matches.discard(ctx, match_id, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC), "cli")
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"Rendez-vous n° {match_id} écarté.")
+
+
 @commission_app.command("pack")
 def commission_pack(session: Optional[str] = typer.Option(None, "--session",
                                                         help="Date de la séance (AAAA-MM-JJ) ; défaut : la prochaine"),
@@ -718,6 +916,64 @@ def orientation(as_json: bool = typer.Option(False, "--json"),
         typer.echo(f"  {w.case_reference}  {w.external_id}  reçu le {w.received_on:%d/%m/%Y}, "
                    f"échéance le {w.deadline:%d/%m/%Y} ({left}){'  [signalé]' if w.flagged else ''}"
                    f"  étape {w.step or '-'}")
+
+
+@app.command()
+def report(start: Optional[str] = typer.Option(None, "--from", help="Premier jour (AAAA-MM-JJ) ; défaut : le mois "
+                                                                  "du premier droit"),
+           end: Optional[str] = typer.Option(None, "--to", help="Dernier jour (AAAA-MM-JJ) ; défaut : aujourd'hui"),
+           org: Optional[str] = typer.Option(None, "--org", help="Une organisation (ex. CDAS-REDON) ; défaut : toutes"),
+           as_json: bool = typer.Option(False, "--json", help="Le rapport en JSON"),
+           html: Optional[Path] = typer.Option(None, "--html", help="Écrire le rapport HTML autonome (graphiques "
+                                                                    "compris) dans ce fichier"),
+           xlsx: Optional[Path] = typer.Option(None, "--xlsx", help="Écrire le classeur XLSX (une feuille par tableau)"),
+           now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Tableau de bord : entrants, délais, rendez-vous, procédure, messages, orientation (docs/indicators.md)."""
+    from worker.services import errors, report as report_service, report_output
+
+    if sum(1 for chosen in (as_json, html, xlsx) if chosen) > 1:
+        _fail("choisir une seule sortie : --json, --html FICHIER ou --xlsx FICHIER", 2)
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        built = report_service.build(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC),
+                                     _parse_date(start, "--from"), _parse_date(end, "--to"), org)
+        if html or xlsx:
+            path = report_output.write(ctx, built, html or xlsx, "html" if html else "xlsx")
+            typer.echo(f"Rapport écrit : {path} ({built.organisation_label}, du {built.start:%d/%m/%Y} "
+                       f"au {built.end:%d/%m/%Y}).")
+            return
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(report_output.to_json(built) if as_json else report_output.to_text(built))
+
+
+@export_app.command("evaluation")
+def export_evaluation(file: Path = typer.Argument(..., help="Fichier à écrire (.xlsx ou .csv), mode 0600"),
+                      purpose: Optional[str] = typer.Option(None, "--purpose", help="Finalité et destinataire de "
+                                                                                    "l'export (journal d'audit)"),
+                      start: Optional[str] = typer.Option(None, "--from", help="Droits ouverts à partir de ce jour"),
+                      end: Optional[str] = typer.Option(None, "--to", help="Droits ouverts jusqu'à ce jour"),
+                      now: Optional[str] = typer.Option(None, "--now", help="Instant simulé (ISO 8601)")) -> None:
+    """Données de l'évaluation (annexe E), pseudonymisées : une ligne par personne et droit."""
+    import getpass
+
+    from worker.services import errors, evaluation
+
+    ctx = _context()
+    _ensure_db(ctx)
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in this environment: still recorded, as unknown
+        user = "inconnu"
+    try:
+        result = evaluation.export(ctx, file, purpose=purpose or "", actor=f"cli:{user}",
+                                   now=_parse_dt(now, "--now", ctx) or dt.datetime.now(UTC),
+                                   start=_parse_date(start, "--from"), end=_parse_date(end, "--to"))
+    except errors.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"Export d'évaluation écrit : {result.path} — {result.people} personnes, {result.rows} lignes "
+               "(inscrit au journal d'audit).")
 
 
 @app.command()

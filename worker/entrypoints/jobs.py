@@ -65,6 +65,13 @@ def watch_orientation(app, now: dt.datetime | None = None) -> int:
     return len(watch(app, now_or_clock(now)))
 
 
+def campaign(app, now: dt.datetime | None = None) -> int:
+    """The stock campaign's invitations of the day, after the flux (:mod:`worker.services.campaign`)."""
+    from worker.services.campaign import invite_due
+
+    return invite_due(app, now_or_clock(now))
+
+
 def cycle(app, now: dt.datetime | None = None) -> dict:
     """One full scheduler cycle (``relance tick``)."""
     try:
@@ -78,7 +85,12 @@ def cycle(app, now: dt.datetime | None = None) -> dict:
         log.error("bounce scan failed (%s); sweeping and relaying all the same", type(exc).__name__)
     swept = sweep(app, now)
     relayed = relay(app, now)
-    # Sends may have changed cases (a refused number): give them a second pass.
+    try:
+        invited = campaign(app, now)  # after the flux: the stock campaign's people of the day
+    except Exception as exc:  # noqa: BLE001 - the campaign waits for the next cycle; the flux went on
+        log.error("campaign failed (%s)", type(exc).__name__)
+        invited = 0
+    # Sends may have changed cases (a refused number), the campaign opened some: a second pass.
     swept += sweep(app, now)
     relayed += relay(app, now)
     stuck = reconcile(app, now)
@@ -88,7 +100,8 @@ def cycle(app, now: dt.datetime | None = None) -> dict:
     except Exception as exc:  # noqa: BLE001 - the digests wait for the next cycle; the cases went on
         log.error("digests failed (%s)", type(exc).__name__)
         digested = 0
-    return {"swept": swept, "relayed": relayed, "stuck": stuck, "orientation": orientation, "digests": digested}
+    return {"swept": swept, "relayed": relayed, "stuck": stuck, "orientation": orientation, "digests": digested,
+            "campaign": invited}
 
 
 def scheduler_cycle(app, now: dt.datetime | None = None) -> dict:

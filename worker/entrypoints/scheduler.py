@@ -115,6 +115,7 @@ class LeaderScheduler:
         add(self._guarded("reconcile", jobs.reconcile), "interval", seconds=5 * every, id="reconcile")
         add(self._guarded("orientation", jobs.watch_orientation), "interval", seconds=60 * every, id="orientation")
         add(self._guarded("digests", jobs.digests), "interval", seconds=5 * every, id="digests")
+        add(self._guarded("campaign", jobs.campaign), "interval", seconds=5 * every, id="campaign")
         add(self._guarded("retention", _retention), "cron", hour=3, minute=30, id="retention")
         for name, trigger, fn in extra_jobs(self.app):
             add(self._guarded(name, fn), trigger=trigger, id=name)

@@ -16,7 +16,10 @@ when:
   receipt, no convocation slot, a cancelled convocation, no letter could
   reach the person;
 * ``orientation``: the person still has no orientation and the 6-week
-  deadline is near or past (:mod:`worker.services.orientation`).
+  deadline is near or past (:mod:`worker.services.orientation`);
+* ``rdvs``: an RDV-Solidarités appointment whose participant nobody recognised
+  ("rendez-vous à rapprocher": link it to a person or discard it,
+  :mod:`worker.services.rdv_matches`).
 
 Also listed, for the agenda, ``commission``: the cases referred to a coming RSA
 commission session, and those whose session has passed with no decision
@@ -39,11 +42,12 @@ from sqlalchemy import and_, or_, select
 from worker.adapters.store.models import Appointment, Case, Person
 from worker.adapters.store.session import session_scope
 from worker.domain.describe import STEPS, days_left
-from worker.services import replies
+from worker.services import rdv_matches, replies
 from worker.services.orientation import report as orientation_report
 
 SECTIONS = {
     "replies": "Réponses reçues — à lire",
+    "rdvs": "Rendez-vous à rapprocher",
     "review": "Décisions à prendre",
     "task": "Tâches",
     "held": "Dossiers bloqués",
@@ -76,6 +80,7 @@ class Item:
     action: str = ""
     deadline: dt.date | None = None
     reply_id: int | None = None
+    match_id: int | None = None  # "rdvs": the RDV-Solidarités appointment to link (worker.services.rdv_matches)
 
     def as_json(self) -> dict:
         return {**dataclasses.asdict(self), "since": self.since.isoformat() if self.since else None,
@@ -92,13 +97,14 @@ ACTIONS = {
     "receipt": "noter la date de l'accusé de réception",
     "rdv_booked": "fixer la suite (rendez-vous ou motif)",
     "reply": "lire la réponse",
+    "rdv_match": "rapprocher ou écarter le rendez-vous",
     "reoriented": "orienter la personne",
     "commission": "préparer la séance",
     "sanction_decided": "noter la décision du Président",
     "slots": "ajouter des créneaux de convocation",
 }
 # Days from `since` to act by, when no legal deadline applies (a target for the team, not a rule).
-TARGET_DAYS = {"review": 10, "task": 5, "held": 5, "replies": 2}
+TARGET_DAYS = {"review": 10, "task": 5, "held": 5, "replies": 2, "rdvs": 2}
 _HOLD_ACTIONS = {"npai": "contact", "no_address": "contact", "letter_missing": "contact", "no_receipt": "receipt",
                  "no_slot": "slots", "rdv_cancelled": "rdv_booked"}
 
@@ -205,6 +211,13 @@ def agenda(app, now: dt.datetime, organisation: str | None = None) -> list[Item]
                           f"réponse reçue — à lire : transmise à {r.forwarded_to} ; puis relance replies read {r.id}",
                           "reply", app.calendar.local_date(r.received_at) + dt.timedelta(days=TARGET_DAYS["replies"]),
                           r.id))
+    for m in rdv_matches.pending(app, organisation):  # RDV-Solidarités: a participant nobody recognised
+        when = f" du {app.calendar.local(m.starts_at):%d/%m/%Y %H:%M}" if m.starts_at else ""
+        received = app.calendar.local_date(m.received_at)
+        items.append(Item("rdvs", m.organisation, "?", "?", None, received,
+                          f"rendez-vous RDV-Solidarités n° {m.rdv_id}{when} : {m.note or 'personne non reconnue'} ; "
+                          f"puis relance rdvs link {m.id} MATRICULE (ou relance rdvs discard {m.id})",
+                          "rdv_match", received + dt.timedelta(days=TARGET_DAYS["rdvs"]), match_id=m.id))
     warning = app.policy.delays.orientation_warning_days
     for w in orientation_report(app, now):
         if w.days_left > warning or (organisation and w.organisation != organisation):

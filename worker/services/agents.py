@@ -136,7 +136,8 @@ def author_of(source: str | None, names: dict[int, str]) -> str:
         return names.get(int(source[4:]), f"agent n° {source[4:]}")
     return {"cli": "agent (ligne de commande)", "api": "outil de l'organisation", "returns": "service courrier",
             "mailroom": "service courrier", "demo": "démonstration", "mail": "boîte aux lettres",
-            "twilio": "opérateur SMS", "bounce": "avis de non-remise", "ingest": "flux"}.get(source, source or "Relance")
+            "twilio": "opérateur SMS", "bounce": "avis de non-remise", "ingest": "flux",
+            "rdv-solidarites": "RDV-Solidarités"}.get(source, source or "Relance")
 
 
 def authors(app, sources) -> dict[int, str]:

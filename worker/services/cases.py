@@ -14,14 +14,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, literal_column, or_, select, update
+from sqlalchemy import func, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
 from worker.adapters.store import audit, repository
-from worker.adapters.store.models import Case, InboundEvent, Message, Person
-from worker.adapters.store.session import session_scope
+from worker.adapters.store.models import Case, CaseDue, InboundEvent, Message, Person
+from worker.adapters.store.session import get_engine, session_scope
 from worker.domain import engine
 from worker.domain.model import EVENT_TYPES, LANGUAGES, Event
 from worker.services.errors import IdempotencyConflict, ServiceError
@@ -45,41 +45,90 @@ def advance_case(app, case_id: int, now: dt.datetime) -> list[int]:
             case = load_case(s, case_id, lock=True)
             if case is None:
                 return []
-            case.claimed_until = None
-            state = repository.to_state(case)
-            decision = engine.decide(state, now, app.policy, app.calendar)
-            if not decision.actions and decision.state == state:
-                return []
-            return repository.persist(s, app, case, decision, now, cause="due")
+            planned = _advance(s, app, case, now)
+            _release_claims(s, [case_id])
+            return planned
     except StaleDataError:
         log.info("case %s changed concurrently; it will be swept again", case_id)
         return []
 
 
-def due_case_ids(app, now: dt.datetime, limit: int) -> list[int]:
-    """Claim up to ``limit`` due cases, the longest due first (SKIP LOCKED on PostgreSQL, so sweepers
-    don't collide); their ids, in no particular order.
+def _advance(s: Session, app, case: Case, now: dt.datetime, flush: bool = True) -> list:
+    state = repository.to_state(case)
+    decision = engine.decide(state, now, app.policy, app.calendar)
+    if not decision.actions and decision.state == state:
+        return []
+    if flush:
+        return repository.persist(s, app, case, decision, now, cause="due")
+    return repository.persist(s, app, case, decision, now, cause="due", flush=False)  # the batch flushes
 
-    One statement, no list of ids sent back and forth: the due cases are selected
-    (and locked) and their claim set by the same UPDATE ... RETURNING id. On
-    PostgreSQL they are found through the partial index ix_cases_due_active (status
-    compared with a literal, so that every plan, prepared ones too, can use it) and
-    updated by their ctid, without a second index lookup (bench/bench_sweep.py).
+
+def _release_claims(s: Session, case_ids: list[int]) -> None:
+    """The sweep's claims of these cases end (a case whose due moment changed was released by the
+    trigger that moved it in the queue; one still due is swept again)."""
+    s.flush()
+    s.execute(update(CaseDue).where(CaseDue.case_id.in_(case_ids), CaseDue.claimed_until.is_not(None))
+              .values(claimed_until=None).execution_options(synchronize_session=False))
+
+
+def advance_cases(app, case_ids: list[int], now: dt.datetime) -> dict[int, list[int]]:
+    """Advance a batch of due cases: one load (the cases locked in id order, with their messages),
+    the engine on each, one transaction, the audit entries in one write at its end. Returns the
+    messages planned per case. If the batch fails (a case changed concurrently, a bug on one case),
+    its cases are advanced one by one, each in its own transaction (:func:`advance_case`)."""
+    ids = sorted({int(i) for i in case_ids})
+    if not ids:
+        return {}
+    try:
+        with session_scope(app.db_url) as s, audit.buffered(s):
+            q = select(Case).where(Case.id.in_(ids)).order_by(Case.id).options(selectinload(Case.messages))
+            if s.bind.dialect.name == "postgresql":
+                q = q.with_for_update()
+            planned = {case.id: _advance(s, app, case, now, flush=False) for case in s.execute(q).scalars().all()}
+            _release_claims(s, ids)  # flushes every case of the batch at once
+            planned = {case_id: repository.planned_ids(p) for case_id, p in planned.items()}
+        return planned
+    except Exception as exc:  # noqa: BLE001 - each case alone, so that one bad case stops none of the others
+        log.warning("batch of %d cases failed (%s): advanced one by one", len(ids), type(exc).__name__)
+    planned, failed = {}, None
+    for case_id in ids:
+        try:
+            planned[case_id] = advance_case(app, case_id, now)
+        except Exception as exc:  # noqa: BLE001 - logged; the case is swept again when its claim expires
+            log.exception("case %s: advance failed", case_id)
+            failed = exc
+    if failed is not None and not planned:
+        raise failed
+    return planned
+
+
+def due_case_ids(app, now: dt.datetime, limit: int) -> list[int]:
+    """Claim up to ``limit`` due cases, the longest due first; their ids, in no particular order.
+    Concurrent sweepers never claim a case twice (one may get fewer: what the other took).
+
+    One statement on the narrow queue ``case_due`` (migration 0010: one row per active case with a
+    due moment, kept by triggers on ``cases``): the due rows are found through ix_case_due_due_at
+    and their claim set by the same UPDATE ... RETURNING case_id; on PostgreSQL updated by their
+    ctid, without a second index lookup (bench/bench_sweep.py).
     """
-    cases = Case.__table__
-    with session_scope(app.db_url) as s:
-        due = (select(cases.c.id)
-               .where(cases.c.status == bindparam("active", "active", literal_execute=True), cases.c.due_at <= now,
-                      or_(cases.c.claimed_until.is_(None), cases.c.claimed_until < now))
-               .order_by(cases.c.due_at).limit(limit))
-        if s.bind.dialect.name == "postgresql":
-            ctid = literal_column("ctid")
-            claim = update(cases).where(ctid.in_(due.with_only_columns(ctid).with_for_update(skip_locked=True)
-                                                 .scalar_subquery()))
-        else:
-            claim = update(cases).where(cases.c.id.in_(due.scalar_subquery()))
-        return list(s.execute(claim.values(claimed_until=now + dt.timedelta(minutes=5))
-                              .returning(cases.c.id)).scalars())
+    queue = CaseDue.__table__
+    unclaimed = or_(queue.c.claimed_until.is_(None), queue.c.claimed_until < now)
+    due = select(queue.c.case_id).where(queue.c.due_at <= now, unclaimed).order_by(queue.c.due_at).limit(limit)
+    until = now + dt.timedelta(minutes=5)
+    engine = get_engine(app.db_url)
+    if engine.dialect.name != "postgresql":
+        with session_scope(app.db_url) as s:
+            claim = update(queue).where(queue.c.case_id.in_(due.scalar_subquery()))
+            return list(s.execute(claim.values(claimed_until=until).returning(queue.c.case_id)).scalars())
+    ctid = literal_column("ctid")
+    # Without FOR UPDATE (each row would be locked, then updated: twice the writes): a sweeper that
+    # meets rows another one claimed meanwhile waits for its commit, then re-checks them (claimed, or
+    # no longer due: skipped). One statement, atomic by itself: run in autocommit (no BEGIN, no COMMIT).
+    claim = (update(queue).where(ctid == func.any(func.array(due.with_only_columns(ctid).scalar_subquery())),
+                                 queue.c.due_at <= now, unclaimed)
+             .values(claimed_until=until).returning(queue.c.case_id))
+    with engine.connect() as conn:
+        return list(conn.execution_options(isolation_level="AUTOCOMMIT").execute(claim).scalars())
 
 
 @dataclass

@@ -89,6 +89,7 @@ def lines(app, items: list[Item]) -> list[tuple[str, list[Line]]]:
                         None if key == "commission" else i.since, i.deadline, plain_todo(i.todo),
                         ACTIONS.get(i.action, "voir le dossier"),
                         f"{base}/espace/dossiers/{i.case_reference}{anchor}" if base and i.case_reference != "?"
+                        else f"{base}/espace/rendez-vous/{i.match_id}" if base and i.match_id
                         else (f"{base}/espace/a-traiter" if base else None))
             seen[i.case_reference] = line
             rows.append(line)

@@ -320,7 +320,8 @@ def _insert_new(s: Session, now: dt.datetime, pending: list[tuple[_Known, tuple]
     if not pending:
         return
     s.flush()  # the earlier rows' ORM changes first (a freed external_id, a moved NIR)
-    with_case = [(known, item[0]) for known, item in pending if item[0].droits_devoirs]
+    route = new_cases.app.policy.route  # None: followed by its own body (the MSA), no case
+    with_case = [(k, r) for k, (r, *_) in pending if r.droits_devoirs and route(r.orientation, r.ft_registered)]
     if s.bind.dialect.name == "postgresql":
         ids = take_ids(s, "persons", len(pending))
         for (known, _item), pid in zip(pending, ids):
@@ -377,7 +378,7 @@ def _update_person(s: Session, app, person: Person, row: FluxRow, fingerprint: s
 
 
 def open_case_if_needed(s: Session, app, person: Person, now: dt.datetime, report: IngestReport) -> None:
-    if not person.droits_devoirs:
+    if not person.droits_devoirs or app.policy.route(person.orientation, person.ft_registered) is None:
         return
     cases = s.execute(select(Case).where(Case.person_id == person.id)).scalars().all()
     if any(c.status == "active" for c in cases):
@@ -395,5 +396,4 @@ def _nir_conflict(row: FluxRow) -> dict:
                       "à vérifier avec la CAF"}
 
 
-__all__ = ["IngestReport", "ingest_file", "fingerprint", "open_case_if_needed", "CHUNK_ROWS",
-           "PERSON_FIELDS", "ADDRESS_FIELDS"]
+__all__ = ["IngestReport", "ingest_file", "fingerprint", "open_case_if_needed", "CHUNK_ROWS", "PERSON_FIELDS", "ADDRESS_FIELDS"]

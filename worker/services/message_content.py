@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.adapters.rendering import date_fr
+from worker.adapters.rendering import date_fr, date_plain
 from worker.adapters.store.models import Appointment, Case, Message, Person
 from worker.domain.model import REACHED
 from worker.domain.postal import address_block
@@ -79,7 +79,7 @@ def notice_facts(s: Session, app, case: Case, person: Person) -> list[SimpleName
         labels = [CHANNEL_LABELS.get(c, c) for c in channels]
         where = town if "letter" in channels else None
         sent = "envoyé" if FACT_STEPS[step] in _MASCULINE else "envoyée"
-        text = f"Le {date_fr(day)} : {FACT_STEPS[step]} {sent} par {_join_fr(labels)}"
+        text = f"Le {date_plain(day)} : {FACT_STEPS[step]} {sent} par {_join_fr(labels)}"  # no weekday
         text += f", à {where}." if where else "."
         facts.append(SimpleNamespace(kind="message", date=day, step=step, label=FACT_STEPS[step],
                                      channels=labels, town=where, place=None, text=text))
@@ -124,11 +124,39 @@ def _issuer(app, step: str, org) -> SimpleNamespace:
                            signature=org.signatory)
 
 
-def _venue(org) -> SimpleNamespace:
+def _venue(org, meet: str | None = None) -> SimpleNamespace:
     """Where and how the appointment takes place: the invitations and convocations say it."""
     c = org.convocation
     return SimpleNamespace(place=c.place, access=c.access, duration=c.duration_minutes, bring=list(c.bring),
-                           meet=org.meet)
+                           meet=meet or org.meet)
+
+
+# The templates of a stock campaign case's first message (issue 14), by the kind of its path's first
+# step: they say what the appointment is for (co-diagnostic, milestone interview, contract renewal...).
+CAMPAIGN_TEMPLATES = {"invite": "campaign_invitation", "appointment": "campaign_convocation"}
+
+
+def _campaign(app, case: Case) -> SimpleNamespace | None:
+    """A campaign case's appointment type (config/campaign.yaml): label, name, purpose, meet; else None."""
+    cfg = app.config.campaign
+    seg = cfg.segment(case.segment) if cfg is not None and case.segment else None
+    kind = cfg.appointment_types.get(seg.appointment) if seg is not None and seg.appointment else None
+    if kind is None:
+        return None
+    return SimpleNamespace(segment=case.segment, appointment=seg.appointment, label=kind.label, name=kind.name,
+                           purpose=kind.purpose, meet=kind.meet)
+
+
+def template_step(app, msg: Message, case: Case) -> str:
+    """The template of a message: its step's, or for the first letter or e-mail of a stock campaign case,
+    the campaign's (its SMS stays the path's: short, it names no appointment type)."""
+    if not case.segment or msg.channel not in ("letter", "email") or case.path not in app.policy.paths:
+        return msg.step
+    first = app.policy.path(case.path).first
+    name = CAMPAIGN_TEMPLATES.get(first.kind) if msg.step == first.id else None
+    if name is None or _campaign(app, case) is None or not app.renderer.has(name, msg.channel):
+        return msg.step
+    return name
 
 
 def _privacy(app, step: str, code: str) -> SimpleNamespace:
@@ -158,15 +186,33 @@ def letter_day(app, now: dt.datetime) -> dt.date:
     return cal.next_working_day(today)
 
 
-def build_context(s: Session, app, msg: Message, case: Case, person: Person, now: dt.datetime) -> dict:
+_LOOK_UP = object()
+
+
+def missed_appointments(s: Session, case_ids) -> dict[int, Appointment]:
+    """The last missed appointment of each case that has one (build_context's ``last_missed``, for a batch)."""
+    out: dict[int, Appointment] = {}
+    for appt in s.execute(select(Appointment).where(Appointment.case_id.in_(list(case_ids)),
+                                                    Appointment.status == "missed")
+                          .order_by(Appointment.at.desc())).scalars():
+        out.setdefault(appt.case_id, appt)
+    return out
+
+
+def build_context(s: Session, app, msg: Message, case: Case, person: Person, now: dt.datetime,
+                  last_missed=_LOOK_UP) -> dict:
+    """``last_missed``: the case's last missed appointment (or None) when the caller looked it up already
+    (:func:`missed_appointments`, a batch); otherwise looked up here."""
     org = app.territory.organisations[case.organisation]
     cal = app.calendar
     appointment = None
     if case.appointment_at is not None:
         appointment = SimpleNamespace(at=cal.local(case.appointment_at), place=org.convocation.place)
     # the appointment the person missed (confirmed: rdv_missed), for the last reminder
-    last_missed = s.execute(select(Appointment).where(Appointment.case_id == case.id, Appointment.status == "missed")
-                            .order_by(Appointment.at.desc()).limit(1)).scalar()
+    if last_missed is _LOOK_UP:
+        last_missed = s.execute(select(Appointment).where(Appointment.case_id == case.id,
+                                                          Appointment.status == "missed")
+                                .order_by(Appointment.at.desc()).limit(1)).scalar()
     missed = SimpleNamespace(at=cal.local(last_missed.at), place=last_missed.place) if last_missed else None
     commission = None
     if case.commission_date is not None or msg.step == "crsa_referral":
@@ -175,8 +221,11 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
     # the notice's facts and ground: in the notice, and as the grounds of the decision
     notice = (_notice_context(s, app, case, person) if msg.step in ("pre_sanction_notice", "sanction_decision")
               else None)
+    # the booking link for the case's motif category (RDV-Solidarités, issue 16), else the organisation's
+    booking = app.territory.booking(case.organisation, case.path)
     address_lines = _address_lines(person) if msg.channel == "letter" else [
         f"{_civility(person.sex)} {person.first_name} {person.last_name}"]
+    campaign = _campaign(app, case)  # a stock campaign case: what its appointment is for
     return {
         "person": SimpleNamespace(civility=_civility(person.sex), first_name=person.first_name,
                                   last_name=person.last_name, address_lines=address_lines, sex=person.sex,
@@ -187,7 +236,9 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
                                   language=_preference(person, "language") or "fr"),
         "org": SimpleNamespace(code=case.organisation, kind=org.kind, name=org.name, short_name=org.short_name,
                                signatory=org.signatory, address=list(org.address), phone=org.phone,
-                               email=org.email, booking_url=org.booking_url),
+                               email=org.email, booking_url=booking.short),
+        "booking": SimpleNamespace(url=booking.url, short=booking.short, display=booking.display,
+                                   category=booking.category),
         "case": SimpleNamespace(reference=case.reference, path=case.path, droit_opened_on=case.droit_opened_on),
         "message": SimpleNamespace(reference=msg.reference),
         "step": msg.step,
@@ -199,7 +250,8 @@ def build_context(s: Session, app, msg: Message, case: Case, person: Person, now
         "notice": notice,
         "commission": commission,
         "issuer": _issuer(app, msg.step, org),
-        "venue": _venue(org),
+        "venue": _venue(org, campaign.meet if campaign else None),
+        "campaign": campaign,
         "privacy": _privacy(app, msg.step, case.organisation),
         # the measure envisaged (notice) and decided (decision letter)
         "measure": SimpleNamespace(rate=case.measure_rate, months=case.measure_months, repeat=case.measure_repeat),

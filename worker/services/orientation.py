@@ -64,7 +64,8 @@ def _waiting(session, app, today: dt.date) -> list[tuple[Waiting, Person, Case]]
         .join(Person, Person.id == Case.person_id)
         .join(first_seen, and_(first_seen.c.person_id == Case.person_id,
                                first_seen.c.droit_opened_on == Case.droit_opened_on))
-        .where(Case.status == "active", Person.orientation.is_(None))
+        # the stock campaign's cases are not new entrants: their deadline ran long ago (issue 14)
+        .where(Case.status == "active", Person.orientation.is_(None), Case.segment.is_(None))
     ).all()
     out = []
     for case, person, received_at in rows:

@@ -3,10 +3,10 @@ after the last contact, then purged — in the database and on disk.
 
 A person is purged when none of their cases is active and nothing happened to
 them (last contact, last update, last case closure, last event) for the
-retention period: their messages, events, appointments, cases and the person
-row are deleted, and with them the files that hold their personal data: their
-letters (``<letters dir>/<day>/…html``) and their lines of the local SMS and
-e-mail outbox (``sms.jsonl``, ``email.jsonl``).
+retention period: their messages, events, appointments, cases, their place in
+the stock campaign and the person row are deleted, and with them the files that
+hold their personal data: their letters (``<letters dir>/<day>/…html``) and
+their lines of the local SMS and e-mail outbox (``sms.jsonl``, ``email.jsonl``).
 
 The same job (:func:`purge_expired`, daily at 03:30) deletes:
 
@@ -14,7 +14,9 @@ The same job (:func:`purge_expired`, daily at 03:30) deletes:
   clear NIRs) and their reports, ``RELANCE_INBOX_DONE_DAYS`` (7) days after
   they were ingested;
 * the day folders of print batches and agents' digests older than the
-  retention period.
+  retention period;
+* RDV-Solidarités' appointments (``rdvs_participations``) of the people purged, and those
+  nobody touched for the retention period (an unrecognised person's data with them).
 
 The audit log keeps its entries (ids, steps, statuses and hashes — no personal
 data), so the chain stays verifiable. If the audit log itself must be cut, the
@@ -36,7 +38,8 @@ from sqlalchemy import delete, func, select
 
 from worker.adapters import files
 from worker.adapters.store import audit
-from worker.adapters.store.models import Appointment, AuditEntry, Case, InboundEvent, Message, Person
+from worker.adapters.store.models import (Appointment, AuditEntry, CampaignMember, Case, InboundEvent, Message,
+                                          Person, RdvsParticipation)
 from worker.adapters.store.session import session_scope
 from worker.services.errors import ServiceError
 
@@ -79,6 +82,8 @@ def purge_expired(app, now: dt.datetime, batch: int = 500) -> int:
             s.execute(delete(Appointment).where(Appointment.case_id.in_(case_ids)))
             s.execute(delete(InboundEvent).where(InboundEvent.person_id.in_(ids)))
             s.execute(delete(InboundEvent).where(InboundEvent.case_id.in_(case_ids)))
+            s.execute(delete(RdvsParticipation).where(RdvsParticipation.person_id.in_(ids)))
+            s.execute(delete(CampaignMember).where(CampaignMember.person_id.in_(ids)))  # the stock campaign's
             s.execute(delete(Case).where(Case.person_id.in_(ids)))
             s.execute(delete(Person).where(Person.id.in_(ids)))
             audit.append(s, at=now, kind="retention", data={"persons_purged": len(ids), "before": limit})
@@ -86,6 +91,10 @@ def purge_expired(app, now: dt.datetime, batch: int = 500) -> int:
         removed = _purge_message_files(app, sent)
         purged += len(ids)
         log.info("retention: %d persons purged, %d of their files or outbox lines deleted", len(ids), removed)
+    with session_scope(app.db_url) as s:
+        # RDV-Solidarités' appointments nobody touched for the retention period (waiting ones included:
+        # what they keep of a person goes with them)
+        s.execute(delete(RdvsParticipation).where(RdvsParticipation.updated_at < limit))
     _purge_old_files(app, now, limit)
     return purged
 

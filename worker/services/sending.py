@@ -8,227 +8,46 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
-from dataclasses import dataclass
 
 from sqlalchemy import or_, select, update
 
-from worker.adapters.channels.base import (
-    OptOutError,
-    OutgoingMessage,
-    RecipientError,
-    RetryableError,
-    TechnicalError,
-)
 from worker.adapters.channels.twilio_callbacks import (
-    ACCOUNT_ERROR_CODES,
-    ACCOUNT_ERROR_TEXT,
     PARTIALLY_DELIVERED,
     STATUS_MAP,
     error_code_kind,
     is_permanent_recipient_failure,
     next_status,
 )
-from worker.adapters.store import audit, repository
-from worker.adapters.store.models import Case, Message, Person
+from worker.adapters.store import repository
+from worker.adapters.store.models import Message
 from worker.adapters.store.session import session_scope
-from worker.domain import engine
-from worker.domain.model import PENDING, SENDING, MessageView
-from worker.domain.postal import AddressError
-from worker.services.bounces import mark_email_unusable
-from worker.services.cases import EventResult, apply_event, load_case
-from worker.services.message_content import build_context
+from worker.domain.model import PENDING, SENDING
+from worker.services.send_batch import send_messages
+from worker.services.send_outcome import (  # noqa: F401 - re-exported: what callers used from here
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    MAX_SEND_ATTEMPTS,
+    NOT_MOBILE,
+    UNREACHABLE_RETRY,
+    UNREACHABLE_RETRY_SECONDS,
+    SendResult,
+    _backoff,
+    account_alert,
+    mark_phone_not_mobile,
+    record_message_event,
+)
 
 log = logging.getLogger("relance.services")
 
-MAX_SEND_ATTEMPTS = 6
-BACKOFF_BASE_SECONDS = 30
-BACKOFF_CAP_SECONDS = 3600
-# A handset reported unreachable (Twilio 30003): sent again after 30 min, 1 h, 2 h...
-# while the message is still valid (RELANCE_TWILIO_VALIDITY_PERIOD after its first hand-over).
-UNREACHABLE_RETRY_SECONDS = 1800
-UNREACHABLE_RETRY = "retry: unreachable"  # the message's error while it waits to be sent again
 # Statuses in which a message may have reached the provider: the only ones a delivery receipt may move.
 SENDING_OR_HANDED_OVER = frozenset({SENDING, "sent", "delivered", "failed", "technical-failure"})
-NOT_MOBILE = "not_mobile"  # persons.phone_status of a number that cannot take an SMS (a landline)
-
-
-@dataclass
-class SendResult:
-    message_id: int
-    outcome: str  # sent | deferred | cancelled | skipped | retry | failed | technical-failure
-    detail: str = ""
-
-
-def _backoff(attempts: int) -> dt.timedelta:
-    return dt.timedelta(seconds=min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)))
+_account_alert = account_alert
 
 
 def send_message(app, message_id: int, now: dt.datetime) -> SendResult:
-    """Claim, re-check, render and send one message. At most once, whatever happens."""
-    # 1. Claim (compare-and-set pending -> sending), committed before the provider is called.
-    with session_scope(app.db_url) as s:
-        msg = s.get(Message, message_id)
-        if msg is None:
-            return SendResult(message_id, "skipped", "unknown message")
-        if msg.status != PENDING:
-            return SendResult(message_id, "skipped", f"already {msg.status}")
-        if msg.not_before > now:
-            return SendResult(message_id, "skipped", "not yet due")
-        case = load_case(s, msg.case_id)
-        state = repository.to_state(case)
-        verdict = engine.send_verdict(state, MessageView(msg.step, msg.channel, msg.seq, msg.status,
-                                                         msg.address_version, msg.id),
-                                      now, app.policy, app.calendar)
-        if verdict == "defer":
-            msg.not_before = app.calendar.next_send_slot(now)
-            msg.enqueued_at = None
-            return SendResult(message_id, "deferred", msg.not_before.isoformat())
-        if verdict.startswith("cancel:"):
-            repository.set_message_status(s, msg, "cancelled", now, reason=verdict[7:])
-            return SendResult(message_id, "cancelled", verdict[7:])
-        if not repository.claim_message(s, message_id, now):
-            return SendResult(message_id, "skipped", "claimed by another worker")
-        audit.append(s, at=now, kind="message", case_id=msg.case_id, entity_id=msg.id,
-                     data={"step": msg.step, "channel": msg.channel, "seq": msg.seq, "status": SENDING})
-
-    # 2. Render and send (outside any transaction).
-    with session_scope(app.db_url) as s:
-        msg = s.get(Message, message_id)
-        case = load_case(s, msg.case_id)
-        person = s.get(Person, case.person_id)
-        try:
-            ctx = build_context(s, app, msg, case, person, now)
-            rendered = app.renderer.render(msg.step, msg.channel, ctx)
-        except Exception as exc:  # noqa: BLE001 - recorded and surfaced, never swallowed
-            kind = "failed" if isinstance(exc, AddressError) else "technical-failure"
-            # The reason, never the refused value (« name », « street »…).
-            masked = re.sub(r"«[^»]*»", "«…»", str(exc))
-            repository.set_message_status(s, msg, kind, now, error=f"{type(exc).__name__}: {masked}"[:500])
-            if isinstance(exc, AddressError):
-                # The reason, never the refused value (« name », « street »…): no personal data in the audit log.
-                audit.append(s, at=now, kind="case", case_id=case.id, entity_id=case.id,
-                             data={"flag": "address_invalid", "detail": re.sub(r"«[^»]*»", "«…»", str(exc))[:200]})
-            log.warning("message %s not rendered: %s", message_id, type(exc).__name__)
-            return SendResult(message_id, kind, str(exc))
-        to = {"sms": person.phone, "email": person.email, "letter": "\n".join(ctx["person"].address_lines)}[msg.channel]
-        org = app.territory.organisations[case.organisation]
-        outgoing = OutgoingMessage(
-            message_id=msg.id, reference=msg.reference, channel=msg.channel, step=msg.step,
-            organisation=case.organisation, case_reference=case.reference, to=to or "",
-            subject=rendered.subject, text=rendered.text, html=rendered.html, postage=msg.postage,
-            sender_name=org.name, reply_to=org.email if msg.channel == "email" else None,
-            extra={"day": app.calendar.local_date(now).isoformat()})
-        template = (rendered.template_name, rendered.template_version, rendered.content_hash)
-
-    channel = app.channel(msg.channel)
-    error = None
-    delivery = None
-    try:
-        delivery = channel.send(outgoing)
-    except (RetryableError, RecipientError, OptOutError, TechnicalError) as exc:
-        error = exc
-    except Exception as exc:  # noqa: BLE001 - an unknown error is a technical failure, visible to ops
-        error = TechnicalError(f"{type(exc).__name__}")
-
-    # 3. Record the outcome.
-    with session_scope(app.db_url) as s:
-        # Lock the row before reading it: the provider's status callback may be
-        # recording a delivery receipt for this very message at the same time.
-        s.execute(update(Message).where(Message.id == message_id).values(status=Message.status)
-                  .execution_options(synchronize_session=False))
-        msg = s.get(Message, message_id)
-        msg.template_name, msg.template_version, msg.content_hash = template
-        if delivery is not None:
-            if msg.sent_at is None or not (msg.error or "").startswith(UNREACHABLE_RETRY):
-                msg.sent_at = now  # sent again after an unreachable handset: it keeps its first hand-over
-            msg.provider_ref = delivery.provider_ref
-            msg.segments = delivery.segments
-            if msg.status == SENDING:
-                repository.set_message_status(s, msg, delivery.status, now)
-            else:
-                # A callback got here first (delivered, failed...): never move it backwards.
-                target = next_status(msg.status, delivery.status)
-                if target is not None:
-                    repository.set_message_status(s, msg, target, now)
-            audit_data = {"template_version": template[1], "content_hash": template[2]}
-            audit.append(s, at=now, kind="message", case_id=msg.case_id, entity_id=msg.id,
-                         data={"step": msg.step, "channel": msg.channel, "sent": True, **audit_data})
-            person = s.get(Person, s.get(Case, msg.case_id).person_id)
-            person.last_contact_at = now
-            return SendResult(message_id, "sent", delivery.provider_ref or "")
-        code = f" ({error.code})" if error.code is not None else ""
-        if isinstance(error, RetryableError) and error.code == "read_timeout":
-            # The request left: the provider may have accepted it. Never resend blindly.
-            repository.set_message_status(s, msg, "technical-failure", now,
-                                          error="délai de réponse dépassé après envoi : vérifier chez le fournisseur")
-            return SendResult(message_id, "technical-failure", "read_timeout")
-        if isinstance(error, RetryableError) and msg.attempts < MAX_SEND_ATTEMPTS:
-            wait = _backoff(msg.attempts)
-            if error.retry_after:
-                wait = max(wait, dt.timedelta(seconds=float(error.retry_after)))
-            msg.not_before = now + wait
-            msg.enqueued_at = None
-            repository.set_message_status(s, msg, PENDING, now, error=f"retry: {error.kind}{code}")
-            return SendResult(message_id, "retry", f"{error.kind}{code}")
-        if isinstance(error, RetryableError):
-            repository.set_message_status(s, msg, "technical-failure", now, error=f"gave up: {error.kind}{code}")
-            return SendResult(message_id, "technical-failure", "too many attempts")
-        if isinstance(error, (RecipientError, OptOutError)):
-            repository.set_message_status(s, msg, "failed", now, error=f"{error.kind}{code}")
-            case_id = msg.case_id
-        elif msg.channel == "sms" and error.code in ACCOUNT_ERROR_CODES:
-            # The account or the sender, not the person's number: an alert for ops, the phone is kept.
-            repository.set_message_status(s, msg, "technical-failure", now, error=_account_alert(error.code))
-            log.error("OPS ALERT: message %s: Twilio %s, account or sender problem; the phone is kept",
-                      message_id, error.code)
-            return SendResult(message_id, "technical-failure", f"account ({error.code})")
-        else:
-            repository.set_message_status(s, msg, "technical-failure", now, error=f"{error.kind}{code}: {error}"[:500])
-            log.error("message %s: technical failure %s", message_id, code)
-            return SendResult(message_id, "technical-failure", str(error))
-    # A refused number/address: tell the engine (letters carry on).
-    event_type = {("sms", "recipient"): "sms_failed", ("sms", "opt_out"): "sms_opt_out"}.get(
-        (msg.channel, error.kind))
-    if event_type:
-        record_message_event(app, message_id, event_type, now)
-        if event_type == "sms_failed" and (error.code == NOT_MOBILE or error_code_kind(error.code) == NOT_MOBILE):
-            mark_phone_not_mobile(app, message_id, now)
-    elif msg.channel == "email":
-        mark_email_unusable(app, case_id, now)
-    return SendResult(message_id, "failed", f"{error.kind}{code}")
-
-
-def record_message_event(app, message_id: int, event_type: str, now: dt.datetime) -> EventResult | None:
-    with session_scope(app.db_url) as s:
-        msg = s.get(Message, message_id)
-        if msg is None:
-            return None
-        external_id = s.get(Person, s.get(Case, msg.case_id).person_id).external_id
-    return apply_event(app, external_id=external_id, type=event_type, now=now, source="provider",
-                       idempotency_key=f"msg:{message_id}:{event_type}", message_id=message_id)
-
-
-def _account_alert(code) -> str:
-    return (f"alerte exploitation : Twilio {code} — {ACCOUNT_ERROR_TEXT.get(code, 'problème du compte')} ; "
-            "le numéro de la personne n'est pas en cause (remettre en envoi une fois corrigé : "
-            "relance messages retry)")
-
-
-def mark_phone_not_mobile(app, message_id: int, now: dt.datetime) -> None:
-    """The provider said the number is a landline: the phone is flagged ``not_mobile``
-    (no SMS for this person until the phone changes; letters carry on)."""
-    with session_scope(app.db_url) as s:
-        msg = s.get(Message, message_id)
-        if msg is None:
-            return
-        case = s.get(Case, msg.case_id)
-        person = s.get(Person, case.person_id)
-        if person.phone_status != NOT_MOBILE:
-            person.phone_status = NOT_MOBILE
-            person.updated_at = now
-            audit.append(s, at=now, kind="case", case_id=case.id, entity_id=case.id,
-                         data={"flag": "phone_not_mobile", "message": msg.id})
+    """Claim, re-check, render and send one message. At most once, whatever happens
+    (a batch of one: :func:`worker.services.send_batch.send_messages`)."""
+    return send_messages(app, [message_id], now)[0]
 
 
 def due_messages(app, now: dt.datetime, limit: int,

@@ -1,7 +1,9 @@
 """E-mail channel: plain SMTP (optionally STARTTLS or implicit TLS, optionally AUTH).
 
-One connection per message: the volumes are small (a few hundred e-mails a day
-per territory) and a fresh connection keeps the error mapping simple.
+The beneficiaries' channel keeps its connections open (:class:`SmtpPool`, as many as the
+messages a worker sends at once: ``RELANCE_SEND_CONCURRENCY``): a connection is reset
+(``RSET``) before it is used again, and replaced when the server closed it meanwhile, before
+anything is sent. The agents' digests open one connection per message.
 
 Error mapping (see :mod:`worker.adapters.channels.base`):
 
@@ -36,6 +38,7 @@ import base64
 import logging
 import smtplib
 import ssl
+import threading
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -74,6 +77,7 @@ class SmtpSettings:
     verify_tls: bool = True  # False only for local test servers (self-signed certs)
     bounce_key: bytes | None = field(default=None, repr=False)  # HMAC key of the bounce token
     verp: bool = False  # the token in the envelope sender too (needs recipient_delimiter "+")
+    pool_size: int = 32  # connections kept open by the beneficiaries' channel
 
     def __post_init__(self) -> None:
         if self.security not in SECURITY_MODES:
@@ -187,22 +191,75 @@ def _envelope_sender(settings: SmtpSettings, msg: EmailMessage) -> str:
     return settings.from_address
 
 
-def _transmit(settings: SmtpSettings, msg: EmailMessage, to: str) -> None:
+class SmtpPool:
+    """Open, authenticated connections to the SMTP server, kept for the next messages (thread-safe)."""
+
+    def __init__(self, settings: SmtpSettings):
+        self.settings = settings
+        self._idle: list[smtplib.SMTP] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> smtplib.SMTP:
+        """An idle connection still open (RSET answered), else a new one."""
+        while True:
+            with self._lock:
+                smtp = self._idle.pop() if self._idle else None
+            if smtp is None:
+                return _connect(self.settings)
+            try:
+                if smtp.rset()[0] == 250:
+                    return smtp
+            except (smtplib.SMTPException, OSError):
+                pass
+            _close(smtp)
+
+    def give_back(self, smtp: smtplib.SMTP) -> None:
+        with self._lock:
+            if len(self._idle) < max(1, self.settings.pool_size):
+                self._idle.append(smtp)
+                return
+        _quit(smtp)
+
+
+def _connect(settings: SmtpSettings) -> smtplib.SMTP:
     smtp = _open(settings)
     try:
         if settings.username:
             _login(smtp, settings.username, settings.password or "")
-        # Explicit envelope: the sender is from_address (with VERP, its +reference.token
-        # variant), the only recipient is `to` (headers are never used to derive recipients).
-        smtp.send_message(msg, from_addr=_envelope_sender(settings, msg), to_addrs=[to])
     except BaseException:
         smtp.close()
         raise
+    return smtp
+
+
+def _close(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.close()
+    except OSError:
+        pass
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
     # The message is accepted: a failing QUIT must not turn into a retry.
     try:
         smtp.quit()
     except (smtplib.SMTPException, OSError):
-        smtp.close()
+        _close(smtp)
+
+
+def _transmit(settings: SmtpSettings, msg: EmailMessage, to: str, pool: SmtpPool | None = None) -> None:
+    smtp = pool.take() if pool is not None else _connect(settings)
+    try:
+        # Explicit envelope: the sender is from_address (with VERP, its +reference.token
+        # variant), the only recipient is `to` (headers are never used to derive recipients).
+        smtp.send_message(msg, from_addr=_envelope_sender(settings, msg), to_addrs=[to])
+    except BaseException:
+        _close(smtp)
+        raise
+    if pool is not None:
+        pool.give_back(smtp)
+    else:
+        _quit(smtp)
 
 
 def send_email(
@@ -216,6 +273,7 @@ def send_email(
     sender_name: str | None = None,
     reply_to: str | None = None,
     attachment: bytes | None = None,
+    pool: SmtpPool | None = None,
 ) -> str:
     """Send one e-mail and return its Message-ID (with angle brackets).
 
@@ -236,7 +294,7 @@ def send_email(
         msg.add_attachment(original, filename="reponse.eml")
     message_id = msg["Message-ID"]
     try:
-        _transmit(settings, msg, to)
+        _transmit(settings, msg, to, pool)
     except smtplib.SMTPRecipientsRefused as exc:
         # Single recipient: one (code, reply) pair. Server text is not kept (it echoes the address).
         codes = [code for code, _reply in exc.recipients.values()]
@@ -296,6 +354,7 @@ class SmtpEmailChannel:
 
     def __init__(self, settings: SmtpSettings | None = None):
         self.settings = settings or SmtpSettings()
+        self.pool = SmtpPool(self.settings)
 
     def send(self, message: OutgoingMessage) -> Delivery:
         message_id = send_email(
@@ -307,5 +366,6 @@ class SmtpEmailChannel:
             reference=message.reference,
             sender_name=message.sender_name,
             reply_to=message.reply_to,
+            pool=self.pool,
         )
         return Delivery(status="sent", provider_ref=message_id)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -145,7 +146,11 @@ class Case(Base):
     lifted_on: Mapped[dt.date | None] = mapped_column(Date)
     pause_category: Mapped[str | None] = mapped_column(String(32))
     reported_by: Mapped[str | None] = mapped_column(String(64))
-    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The stock campaign (migration 0008): the segment of a case it opened, and the channels of its
+    # path's first step for that segment (space-separated); both None for the flux.
+    segment: Mapped[str | None] = mapped_column(String(40))
+    first_channels: Mapped[str | None] = mapped_column(String(40))
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # unused since 0010: case_due's
     version: Mapped[int] = mapped_column(Integer, default=0)
 
     person: Mapped[Person] = relationship(back_populates="cases")
@@ -160,6 +165,22 @@ class Case(Base):
     @property
     def reference(self) -> str:
         return f"RL-{self.id:06d}"
+
+
+class CaseDue(Base):
+    """The sweep's queue (migration 0010): one narrow row per active case with a due moment, kept by
+    database triggers on ``cases`` (insert, update of ``due_at``/``status``, whatever writes them:
+    the ORM, COPY, SQL). The sweep claims due rows here (``claimed_until``) instead of in the wide
+    ``cases`` table: a claim of 1 000 touches 1 000 small rows packed on few pages (bench/RESULTS.md)."""
+
+    __tablename__ = "case_due"
+
+    case_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True,
+                                         autoincrement=False)
+    due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_case_due_due_at", "due_at"),)
 
 
 class Appointment(Base):
@@ -252,6 +273,11 @@ class AuditEntry(Base):
     data: Mapped[dict] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The chain the entry extends (migration 0010): concurrent writers extend different chains
+    # (worker/adapters/store/audit.py); 0 for every entry written before.
+    chain: Mapped[int] = mapped_column(SmallInteger, default=0, server_default=text("0"))
+
+    __table_args__ = (Index("ix_audit_log_chain_id", "chain", "id"),)
 
 
 class Lock(Base):
@@ -314,3 +340,89 @@ class LoginLink(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- RDV-Solidarités (migration 0009, issue 16): its appointments, per participant -----------------------
+
+
+class RdvsParticipation(Base):
+    """One person of an RDV-Solidarités appointment as Relance last applied it (its webhooks).
+
+    One row per organisation, appointment (``rdv_id``) and participant (``participant``: ``u<user id>``,
+    else ``p<participation id>``). ``event_at`` is the ``meta.timestamp`` of the last delivery taken
+    in, ``digest`` its body's SHA-256: an older or repeated delivery changes nothing. ``booked_at`` is
+    the appointment date Relance holds as booked for it (``rdv_booked``), ``status`` RDV-Solidarités'.
+    ``match``: ``matched`` (by affiliation number or name and birth date), ``linked`` (by an agent),
+    ``pending`` (nobody recognised: an agent's task "rendez-vous à rapprocher", ``payload`` keeps what
+    RDV-Solidarités said until it is linked or discarded), ``discarded``. ``payload`` is emptied once
+    the row is linked or discarded; ``note`` says why a row waits (no personal data)."""
+
+    __tablename__ = "rdvs_participations"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    organisation: Mapped[str] = mapped_column(String(64))
+    rdv_id: Mapped[int] = mapped_column(BigInteger)
+    participant: Mapped[str] = mapped_column(String(24))
+    rdvs_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), index=True)
+    case_id: Mapped[int | None] = mapped_column(BigInteger)
+    match: Mapped[str] = mapped_column(String(16))  # matched | linked | pending | discarded
+    matched_by: Mapped[str | None] = mapped_column(String(24))  # affiliation_number | name_birth_date | agent
+    event_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    starts_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str | None] = mapped_column(String(16))  # RDV-Solidarités' status, destroyed or removed
+    booked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    payload: Mapped[dict | None] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("organisation", "rdv_id", "participant", name="uq_rdvs_participation"),
+                      Index("ix_rdvs_participations_match", "match", "organisation"),
+                      Index("ix_rdvs_participations_user", "organisation", "rdvs_user_id"))
+
+
+# --- the stock campaign (migration 0008): the campaign, and the people of the stock in it --------------
+
+
+class Campaign(Base):
+    """A campaign bringing the stock back into follow-up (``relance ingest --stock``): paused or not."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | paused
+    status_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    status_note: Mapped[str | None] = mapped_column(String(200))  # why it was paused (ops' words)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class CampaignMember(Base):
+    """A person of the stock in a campaign: segment and priority (the stock file's), and whether the
+    campaign invited them (``invited``: the case it opened), found them already followed (``followed``:
+    an active case when their turn came) or waits (``waiting``; a segment the department does not invite
+    stays ``waiting``, counted apart)."""
+
+    __tablename__ = "campaign_members"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("persons.id"), index=True)
+    segment: Mapped[str] = mapped_column(String(40))
+    priority: Mapped[int] = mapped_column(Integer)
+    contract_end: Mapped[dt.date | None] = mapped_column(Date)  # the stock file's, when given
+    status: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting | invited | followed
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    invited_on: Mapped[dt.date | None] = mapped_column(Date)  # local day of the invitation
+    invited_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    organisation: Mapped[str | None] = mapped_column(String(64))  # the book the invitation filled
+    path: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(String(200))  # the stock file's name
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("campaign_id", "person_id", name="uq_campaign_member_person"),
+                      Index("ix_campaign_members_status", "campaign_id", "status"))

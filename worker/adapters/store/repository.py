@@ -61,10 +61,13 @@ def contact_flags(person: Person) -> dict:
 
 def create_case(session: Session, app, person: Person, path: str, now: dt.datetime,
                 start_step: str | None = None, due_at: dt.datetime | None = None, reason: str = "flux",
-                pause_category: str | None = None) -> Case:
-    state = engine.new_case(path=path, organisation=person.organisation, droit_opened_on=person.droit_opened_on,
-                            now=now, policy=app.policy, cal=app.calendar, start_step=start_step, due_at=due_at,
-                            pause_category=pause_category, **contact_flags(person))
+                pause_category: str | None = None, segment: str | None = None, first_channels: str | None = None,
+                organisation: str | None = None) -> Case:
+    """A new case (``segment``, ``first_channels``, ``organisation``: one the stock campaign opens)."""
+    state = engine.new_case(path=path, organisation=organisation or person.organisation,
+                            droit_opened_on=person.droit_opened_on, now=now, policy=app.policy, cal=app.calendar,
+                            start_step=start_step, due_at=due_at, pause_category=pause_category, segment=segment,
+                            first_channels=first_channels, **contact_flags(person))
     state = dataclasses.replace(
         state,
         npai=person.address_status == "npai",
@@ -78,12 +81,18 @@ def create_case(session: Session, app, person: Person, path: str, now: dt.dateti
     session.flush()
     audit.append(session, at=now, kind="case", case_id=case.id, entity_id=case.id,
                  data={"action": "opened", "path": path, "start_step": state.step, "reason": reason,
-                       "late": state.late, "due_at": state.due_at})
+                       "late": state.late, "due_at": state.due_at, **({"segment": segment} if segment else {})})
     return case
 
 
-def find_slot(session: Session, app, organisation: str, earliest: dt.datetime, horizon_days: int = 120):
-    """The first free convocation slot of the organisation at or after ``earliest``."""
+def find_slot(session: Session, app, organisation: str, earliest: dt.datetime, horizon_days: int = 120,
+              campaign_now: dt.datetime | None = None):
+    """The first free convocation slot of the organisation at or after ``earliest``.
+
+    ``campaign_now``: for a case of the stock campaign, which comes after the flux: whole days from the
+    day after ``earliest``'s, earliest times first, and on each day no more than the campaign's share
+    (:func:`worker.adapters.store.campaign_books.campaign_limits`): the last places of each day stay
+    free for the flux."""
     org = app.territory.organisations.get(organisation)
     if org is None:
         return None
@@ -91,7 +100,19 @@ def find_slot(session: Session, app, organisation: str, earliest: dt.datetime, h
     cal = app.calendar
     weekdays = {("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(d) for d in slots.weekdays}
     day = cal.local_date(earliest)
+    limits = None
+    if campaign_now is not None:
+        from worker.adapters.store.campaign_books import campaign_limits
+
+        if cal.local(earliest).time() != dt.time(0, 0):
+            day += dt.timedelta(days=1)
+        earliest = cal.start_of_day(day)
+        limits = campaign_limits(session, app, organisation, campaign_now, day,
+                                 day + dt.timedelta(days=horizon_days))
     for _ in range(horizon_days):
+        if limits is not None and limits.get(day, 0) <= 0:
+            day += dt.timedelta(days=1)
+            continue
         if day.weekday() in weekdays and cal.is_working_day(day):
             for t in sorted(slots.times):
                 at = cal.at(day, t)
@@ -108,9 +129,13 @@ def find_slot(session: Session, app, organisation: str, earliest: dt.datetime, h
     return None
 
 
-def persist(session: Session, app, case: Case, decision: Decision, now: dt.datetime, cause: str) -> list[int]:
-    """Write the decision; returns the ids of the messages it planned (to relay after commit)."""
-    planned: list[int] = []
+def persist(session: Session, app, case: Case, decision: Decision, now: dt.datetime, cause: str,
+            flush: bool = True) -> list:
+    """Write the decision; returns the ids of the messages it planned (to relay after commit).
+
+    ``flush=False`` (a batch of cases, flushed once by the caller): new messages are returned as
+    rows, whose ids come with that flush (:func:`planned_ids`)."""
+    planned: list = []  # ids, and new messages whose ids come with the flush below
     state = decision.state
     follow_ups: list[Decision] = []
     for action in decision.actions:
@@ -119,9 +144,9 @@ def persist(session: Session, app, case: Case, decision: Decision, now: dt.datet
                           status=PENDING, postage=action.postage, not_before=action.not_before, created_at=now,
                           status_at=now, address_version=case.address_version)
             session.add(msg)
-            session.flush()
-            planned.append(msg.id)
-            audit.append(session, at=now, kind="message", case_id=case.id, entity_id=msg.id,
+            planned.append(msg)
+            # the id once flushed (one INSERT for the case's messages; audit.buffered: at its end)
+            audit.append(session, at=now, kind="message", case_id=case.id, entity_id=lambda m=msg: m.id,
                          data={"step": msg.step, "channel": msg.channel, "seq": msg.seq, "status": PENDING,
                                "not_before": msg.not_before, "cause": cause})
         elif isinstance(action, ReplanMessage):
@@ -152,7 +177,8 @@ def persist(session: Session, app, case: Case, decision: Decision, now: dt.datet
             audit.append(session, at=now, kind="step", case_id=case.id, entity_id=case.id,
                          data={"from_step": action.from_step, "to_step": action.to_step, "reason": action.reason})
         elif isinstance(action, NeedSlot):
-            slot = find_slot(session, app, case.organisation, action.earliest)
+            slot = find_slot(session, app, case.organisation, action.earliest,
+                             campaign_now=now if state.segment else None)
             if slot is None:
                 state = dataclasses.replace(state, phase="held", hold_reason="no_slot", due_at=None)
                 audit.append(session, at=now, kind="case", case_id=case.id, entity_id=case.id,
@@ -180,8 +206,12 @@ def persist(session: Session, app, case: Case, decision: Decision, now: dt.datet
                              data={"appointment_outcome": action.status})
         elif isinstance(action, OpenCase):
             person = session.get(Person, case.person_id)
+            # a stock campaign case goes on as one (its segment; on the same path, its appointment book)
+            same = case.segment is not None and action.path == case.path
             new = create_case(session, app, person, action.path, now, start_step=action.start_step,
-                              due_at=action.due_at, reason=action.reason, pause_category=action.pause_category)
+                              due_at=action.due_at, reason=action.reason, pause_category=action.pause_category,
+                              segment=case.segment, first_channels=case.first_channels if same else None,
+                              organisation=case.organisation if same else None)
             audit.append(session, at=now, kind="case", case_id=case.id, entity_id=case.id,
                          data={"action": "continued_in", "case": new.id, "reason": action.reason})
         elif isinstance(action, HandOver):
@@ -206,12 +236,20 @@ def persist(session: Session, app, case: Case, decision: Decision, now: dt.datet
     if was_active and state.status != "active":
         audit.append(session, at=now, kind="case", case_id=case.id, entity_id=case.id,
                      data={"action": "closed", "outcome": state.outcome})
+    if not flush and not follow_ups:
+        return planned
     session.flush()
+    planned = planned_ids(planned)
     for follow in follow_ups:
         # assign_slot works from the state above; message rows exist already for nothing it plans.
         session.refresh(case, attribute_names=["messages"])
         planned += persist(session, app, case, follow, now, cause)
     return planned
+
+
+def planned_ids(planned: list) -> list[int]:
+    """The ids of what :func:`persist` planned (new messages: once flushed)."""
+    return [p if isinstance(p, int) else p.id for p in planned]
 
 
 def _set_status(session: Session, msg: Message, status: str, now: dt.datetime, reason: str | None = None,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from worker.entrypoints.validation import InputError, check_now
+from worker.entrypoints.validation import InputError, check_now, parse_id
 
 UTC = dt.timezone.utc
+MAX_BATCH = 1000  # ids in one batch task
 
 
 def parse_now(now_iso: str | None, settings=None) -> dt.datetime:
@@ -38,6 +39,26 @@ def parse_now(now_iso: str | None, settings=None) -> dt.datetime:
             raise InputError("now_iso", "instant simulé refusé : des canaux réels sont configurés "
                                         "(comme --now, permis seulement avec les canaux locaux)")
     return value
+
+
+def parse_ids(values, field: str) -> list[int]:
+    """The ids of a batch task: 1 to MAX_BATCH database ids."""
+    if not isinstance(values, (list, tuple)) or not 1 <= len(values) <= MAX_BATCH:
+        raise InputError(field, f"liste de 1 à {MAX_BATCH} identifiants attendue")
+    return [parse_id(v, field) for v in values]
+
+
+def clock_for(now_iso: str | None):
+    """The real clock for a task without a simulated ``now`` (a long batch dates each wave), else None."""
+    return None if now_iso else (lambda: dt.datetime.now(UTC))
+
+
+def outcome_counts(results) -> dict[str, int]:
+    """What a batch task returns (Flower shows it): outcome -> how many."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    return counts
 
 
 def now_or_clock(now: dt.datetime | None) -> dt.datetime:

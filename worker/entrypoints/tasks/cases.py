@@ -1,4 +1,4 @@
-"""Case tasks (queue ``cases``): advance one due case, apply one event.
+"""Case tasks (queue ``cases``): advance due cases (one, or a batch), apply one event.
 
 Both are safe to rerun: advancing a case that is no longer due does nothing,
 and events carry an idempotency key. ``apply_event`` checks its arguments exactly
@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from worker.bootstrap import get_app
 from worker.entrypoints.celery_app import celery
-from worker.entrypoints.tasks._common import parse_now, short_limits
+from worker.entrypoints.tasks._common import parse_ids, parse_now, short_limits
 from worker.entrypoints.validation import EVENT_SOURCES, InputError, aware, check_event_dates, parse_id
 from worker.services import cases
 
@@ -20,6 +20,14 @@ UTC = dt.timezone.utc
 def advance(case_id: int, now_iso: str | None = None) -> list[int]:
     app = get_app()
     return cases.advance_case(app, parse_id(case_id, "case_id"), parse_now(now_iso, app.settings))
+
+
+@celery.task(name="relance.cases.advance_batch", acks_late=True, reject_on_worker_lost=True, **short_limits())
+def advance_batch(case_ids: list[int], now_iso: str | None = None) -> int:
+    """A batch of due cases (the sweep's): one transaction; how many planned messages."""
+    app = get_app()
+    planned = cases.advance_cases(app, parse_ids(case_ids, "case_ids"), parse_now(now_iso, app.settings))
+    return sum(len(ids) for ids in planned.values())
 
 
 @celery.task(name="relance.cases.apply_event", acks_late=True, reject_on_worker_lost=True, **short_limits())

@@ -1,4 +1,5 @@
-"""Enqueueing what the database says is due: one ``advance`` task per due case, one send per due message.
+"""Enqueueing what the database says is due: ``advance`` tasks for the due cases, send tasks for the due
+messages, in batches (RELANCE_ADVANCE_BATCH_SIZE cases, RELANCE_SEND_BATCH_SIZE messages per task).
 
 Called by the scheduler's jobs (:mod:`worker.entrypoints.jobs`) and by the
 maintenance tasks. The database holds time: no Celery ETA/countdown is used.
@@ -34,7 +35,7 @@ def queue_depth(queue: str) -> int | None:
 
 
 def sweep(app, now: dt.datetime | None = None, depth=queue_depth) -> int:
-    """Enqueue an ``advance`` task for every due case (in batches, claimed).
+    """Enqueue ``advance_batch`` tasks for the due cases (claimed, RELANCE_ADVANCE_BATCH_SIZE per task).
 
     Back-pressure: nothing is published while ``advance`` tasks still wait in the ``cases``
     queue (workers down or busy): they would only pile up, each due case again every time
@@ -45,10 +46,11 @@ def sweep(app, now: dt.datetime | None = None, depth=queue_depth) -> int:
         log.info("sweep held back: %s advance tasks still queued", "?" if waiting is None else waiting)
         return 0
     total = 0
+    size = app.settings.advance_batch_size
     for _ in range(MAX_ROUNDS):
         ids = cases.due_case_ids(app, now_or_clock(now), app.settings.sweep_batch_size)
-        for case_id in ids:
-            case_tasks.advance.apply_async(args=[case_id, as_task_arg(now)])
+        for start in range(0, len(ids), size):
+            case_tasks.advance_batch.apply_async(args=[ids[start:start + size], as_task_arg(now)])
         total += len(ids)
         if len(ids) < app.settings.sweep_batch_size and not app.settings.eager:
             break
@@ -57,11 +59,12 @@ def sweep(app, now: dt.datetime | None = None, depth=queue_depth) -> int:
     return total
 
 
-SEND_TASKS = {"sms": sms.send, "letter": letters.send, "email": email.send}
+SEND_TASKS = {"sms": sms.send_batch, "letter": letters.send_batch, "email": email.send_batch}
 
 
 def relay(app, now: dt.datetime | None = None, depth=queue_depth) -> int:
-    """The outbox relay: enqueue a send for due pending messages; how many were published.
+    """The outbox relay: enqueue send tasks (RELANCE_SEND_BATCH_SIZE messages each) for due pending
+    messages; how many messages were published.
 
     Bounded, whatever the outage (docs/ops.md, *Queues stay bounded*):
 
@@ -87,8 +90,10 @@ def relay(app, now: dt.datetime | None = None, depth=queue_depth) -> int:
             while total < cap:
                 batch = min(settings.relay_batch_size, cap - total)
                 rows = sending.due_messages(app, moment, batch, requeue_after=again, channel=channel)
-                for message_id, _channel in rows:
-                    task.apply_async(args=[message_id, as_task_arg(now)], queue=queue)
+                ids = [message_id for message_id, _channel in rows]
+                for start in range(0, len(ids), settings.send_batch_size):
+                    task.apply_async(args=[ids[start:start + settings.send_batch_size], as_task_arg(now)],
+                                     queue=queue)
                 total += len(rows)
                 published += len(rows)
                 if len(rows) < batch:

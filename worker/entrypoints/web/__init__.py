@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from worker.entrypoints.api_guard import AuthThrottle
-from worker.entrypoints.web import auth, pages
+from worker.entrypoints.web import auth, dashboard, pages
 from worker.entrypoints.web.render import Pages
 from worker.entrypoints.web.security import PREFIX, SecurityHeaders, csrf_token
 
@@ -86,4 +86,5 @@ def create_web_app(app_ctx, now: Callable[[], dt.datetime]) -> FastAPI:
 
     auth.add_routes(web, ctx)
     pages.add_routes(web, ctx)
+    dashboard.add_routes(web, ctx)
     return web

@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from worker.entrypoints.web import forms
 from worker.entrypoints.web.auth import SESSION_KEY
 from worker.entrypoints.web.security import PREFIX, csrf_ok, csrf_token
-from worker.services import agents, commission, replies, workspace, workspace_actions
+from worker.services import agents, commission, rdv_matches, replies, workspace, workspace_actions
 from worker.services.errors import ServiceError
 
 log = logging.getLogger("relance.web")
@@ -49,6 +49,7 @@ def add_routes(web, ctx) -> None:
                     message="Ce dossier n'existe pas, ou il n'est pas suivi par votre organisation.")
 
     ctx.not_found = not_found
+    ctx.current, ctx.page, ctx.to_sign_in = current, page, to_sign_in  # for the dashboard's routes (dashboard.py)
 
     @web.get("/")
     async def home():
@@ -153,6 +154,58 @@ def add_routes(web, ctx) -> None:
         await run_in_threadpool(replies.mark_read, app_ctx, reply_id, now())
         target = f"{PREFIX}/dossiers/{reply.case_reference}" if reply.case_reference else f"{PREFIX}/a-traiter"
         return RedirectResponse(target, status_code=303)
+
+    # --- RDV-Solidarités: an appointment whose person nobody recognised (issue 16) ---------------------
+
+    async def match_page(request: Request, agent, match_id: int, status: int = 200, error: str = "",
+                         matricule: str = ""):
+        try:
+            d = await run_in_threadpool(rdv_matches.detail, app_ctx, match_id, agent.scope)
+        except ServiceError:
+            return page(request, "erreur", agent, 404, title="Rendez-vous introuvable",
+                        message="Ce rendez-vous n'attend plus d'être rapproché, ou il n'est pas de votre organisation.")
+        cal = app_ctx.calendar
+        d["starts_at"] = cal.local(d["pending"].starts_at) if d["pending"].starts_at else None
+        d["received_at"] = cal.local(d["pending"].received_at)
+        return page(request, "rendez_vous", agent, status, d=d, error=error, matricule=matricule,
+                    title="Rendez-vous à rapprocher")
+
+    @web.get("/rendez-vous/{match_id}")
+    async def match(request: Request, match_id: int):
+        agent = await current(request)
+        if agent is None:
+            return to_sign_in(request)
+        return await match_page(request, agent, match_id)
+
+    @web.post("/rendez-vous/{match_id}/{decision}")
+    async def match_decision(request: Request, match_id: int, decision: str):
+        form = await request.form()
+        if not csrf_ok(request, form):
+            return ctx.csrf_refused(request)
+        agent = await current(request)
+        if agent is None:
+            return to_sign_in(request, True)
+        if decision not in ("rapprocher", "ecarter") or not agent.can_act:
+            return not_found(request, agent)
+        matricule = str(form.get("matricule") or "").strip()[:64]
+        try:
+            if decision == "ecarter":
+                await run_in_threadpool(rdv_matches.discard, app_ctx, match_id, now(), f"web:{agent.id}", agent.scope)
+                request.session["flash"] = "Rendez-vous écarté."
+                log.info("agent %s discarded rdv-solidarites match %s", agent.id, match_id)
+                return RedirectResponse(f"{PREFIX}/a-traiter", status_code=303)
+            if not matricule:
+                return await match_page(request, agent, match_id, 422, "indiquez le matricule de la personne.")
+            linked = await run_in_threadpool(rdv_matches.link, app_ctx, match_id, matricule, now(),
+                                             f"web:{agent.id}", agent.scope)
+        except ServiceError as exc:
+            return await match_page(request, agent, match_id, 422, str(exc), matricule)
+        log.info("agent %s linked rdv-solidarites match %s", agent.id, match_id)
+        request.session["flash"] = ("Rendez-vous rapproché : ce que dit RDV-Solidarités est appliqué au dossier."
+                                    if linked.events else "Rendez-vous rapproché : rien ne change au dossier.")
+        visible = linked.case_reference and agent.scope in (None, linked.organisation)
+        return RedirectResponse(f"{PREFIX}/dossiers/{linked.case_reference}" if visible else f"{PREFIX}/a-traiter",
+                                status_code=303)
 
     @web.get("/courriers/{message_id}.pdf")
     async def letter(request: Request, message_id: int):
