@@ -460,3 +460,16 @@ def test_the_campaigns_letters_fit_one_sheet_for_every_appointment_type():
                 assert len(weasyprint.HTML(string=html).render().pages) == 1, (step, key, kind)
         html = renderer.render(step, "letter", sample_context(step, long=True)).html
         assert len(weasyprint.HTML(string=html).render().pages) <= 2, step
+
+
+def test_the_report_shows_the_campaigns_progress_against_its_targets(relance_app):
+    """Issue 13's report, once the stock is imported: the campaign's state and each target."""
+    from worker.services import report
+
+    app = relance_app
+    before = report.build(app, at(app, dt.date(2023, 5, 15)))
+    assert any(n == "Campagne du stock : aucune (stock non importé)." for n in before.notes)
+    _import(app)
+    notes = [n for n in report.build(app, at(app, dt.date(2023, 6, 1))).notes if n.startswith("Campagne du stock")]
+    assert len(notes) == 1 and "Campagne du stock au 01/06/2023" in notes[0]
+    assert "Cible 20 % au 15/07/2023" in notes[0] and "Cible 80 % au 31/12/2023" in notes[0]

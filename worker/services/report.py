@@ -68,13 +68,24 @@ def build(app, now: dt.datetime, start: dt.date | None = None, end: dt.date | No
         "Entrants, délais, premiers rendez-vous et orientation : les droits ouverts dans la période, suivis "
         "jusqu'à aujourd'hui. Le reste (messages, étapes, rendez-vous, décisions) : ce qui s'est passé dans "
         "la période.",
-        "Avancement de la campagne du stock : pas encore disponible (la reprise du stock est en cours de "
-        "réalisation).",
+        *_campaign_notes(app, now),
     ]
     return Report(generated_at=app.calendar.local(now), start=scope.start, end=scope.end, organisation=organisation,
                   organisation_label=f"{org.name} ({organisation})" if org else "toutes les organisations",
                   months=[m for m, _lo, _hi in scope.months], tables=tables, notes=notes,
                   target_days=app.policy.delays.first_invitation_target_days)
+
+
+def _campaign_notes(app, now: dt.datetime) -> list[str]:
+    """The stock campaign's progress against its targets (``relance campaign status``), in short."""
+    from worker.services import campaign_status
+
+    st = campaign_status.status(app, now)
+    if st.status == "absent":
+        return ["Campagne du stock : aucune (stock non importé)."]
+    lines = st.lines()
+    targets = [line for line in lines if line.startswith("Cible ")]
+    return ["Campagne du stock : " + " ".join(lines[:2] + targets)]
 
 
 __all__ = ["Report", "build", "scope_for"]
