@@ -442,6 +442,11 @@ class RssSampler:
                                              for pid, kib in sorted(snap.items())}}
                for name, (t, snap) in picks.items()}
         out["samples"] = n
+        # every tenth of the run: the largest pool process and the main process (a leak grows steadily)
+        out["deciles_mib"] = [{"t_s": t, "pool_max": round(max((kib for pid, kib in snap.items() if pid != self.root),
+                                                                default=0) / 1024, 1),
+                               "main": round(snap.get(self.root, 0) / 1024, 1)}
+                              for t, snap in (self.samples[min(n - 1, n * i // 10)] for i in range(11))]
         out["children_max_mib"] = round(max((kib for _, snap in self.samples for pid, kib in snap.items()
                                              if pid != self.root), default=0) / 1024, 1)
         return out
