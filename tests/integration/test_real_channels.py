@@ -630,6 +630,34 @@ def test_an_unreachable_handset_gets_the_sms_again_later(sqlite_world):
     assert len([r for r in w.requests_to(phone) if r.status == 201]) == 2
 
 
+@pytest.mark.parametrize("first_receipt", [True, False], ids=["sent-then-undelivered", "undelivered-only"])
+def test_unreachable_receipts_that_beat_the_sender_s_record_are_kept(sqlite_world, first_receipt):
+    """Twilio may call back before the batch's outcome transaction: the handset is unreachable, the
+    message is rescheduled, and the sender's own record of the 201 must not move it back to ``sent``
+    (CI caught that race once)."""
+    from worker.adapters.channels.base import Delivery
+    from worker.adapters.store.session import session_scope
+    from worker.services.send_outcome import record_outcome
+
+    w = sqlite_world
+    _phone, msg = _first_sms_answered(w, "no_callback")
+    assert msg.status == "sent"
+    with session_scope(w.app.db_url) as s:  # back to the moment Twilio took it, before the record
+        m = s.get(Message, msg.id)
+        m.status, ref, m.provider_ref, m.error = "sending", m.provider_ref, None, None
+    if first_receipt:
+        assert sending.record_provider_status(w.app, msg.id, "sent", NOW) == "sent"
+    assert sending.record_provider_status(w.app, msg.id, "undelivered", NOW, error_code="30003") == "pending"
+    with session_scope(w.app.db_url) as s:
+        m = s.get(Message, msg.id)
+        result, follow, _ = record_outcome(s, m, Delivery("sent", ref, 1), None,
+                                           (m.template_name, m.template_version, m.content_hash), NOW)
+    assert result.outcome == "sent" and follow is None
+    msg = w.message(msg.id)
+    assert msg.status == "pending" and "injoignable" in msg.error and msg.provider_ref is None
+    assert msg.not_before == NOW + dt.timedelta(minutes=30) and msg.sent_at == NOW
+
+
 def test_a_partial_delivery_is_recorded_on_the_message(sqlite_world):
     w = sqlite_world
     _phone, msg = _first_sms_answered(w, "partial")

@@ -122,8 +122,8 @@ def record_provider_status(app, message_id: int, status: str, now: dt.datetime, 
             log.error("OPS ALERT: message %s: Twilio %s in a receipt, account or sender problem; the phone is kept",
                       message_id, error_code)
             return "technical-failure"
-        if target == "failed" and kind == "temporary" and msg.channel == "sms" and msg.status == "sent":
-            # (a receipt that beats the sender's own record, still ``sending``, just fails the message)
+        if target == "failed" and kind == "temporary" and msg.channel == "sms" and msg.status in ("sent", SENDING):
+            # (a receipt may beat the sender's own record, still ``sending``: the sender then keeps this)
             wait = dt.timedelta(seconds=UNREACHABLE_RETRY_SECONDS * 2 ** max(0, msg.attempts - 1))
             valid_until = (msg.sent_at or now) + dt.timedelta(seconds=app.settings.twilio_validity_period)
             if msg.attempts < MAX_SEND_ATTEMPTS and now + wait <= valid_until:
