@@ -16,7 +16,7 @@ import yaml
 
 from worker.adapters import rdv_solidarites as rdvs
 from worker.adapters.config_files import load_config
-from worker.adapters.rendering import qr_svg
+from worker.adapters.rendering import qr_png
 from worker.domain.policy import ConfigError
 from worker.services.rdv_solidarites import name_key
 from worker.settings import Settings, SettingsError, load_settings
@@ -227,8 +227,8 @@ def test_the_invitations_carry_the_short_link_and_the_letter_its_qr_code():
     ctx["org"] = dict(ctx["org"], booking_url=ctx["booking"]["short"])
     letter = renderer.render("invitation_1", "letter", ctx)
     assert "en ligne sur rdv-solidarites.example.org/org/412 ou au" in letter.text
-    assert f'src="{qr_svg(ctx["booking"]["url"])}"' in letter.html  # the QR code opens the category's page
-    assert qr_svg(ctx["booking"]["url"]).startswith("data:image/svg+xml;")
+    assert f'src="{qr_png(ctx["booking"]["url"])}"' in letter.html  # the QR code opens the category's page
+    assert qr_png(ctx["booking"]["url"]).startswith("data:image/png;base64,")
     sms = renderer.render("invitation_1", "sms", ctx).text
     assert "https://rdv-solidarites.example.org/org/412" in sms and "rsa" not in sms.lower()
     email = renderer.render("invitation_1", "email", ctx)

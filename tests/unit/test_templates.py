@@ -302,9 +302,9 @@ def test_letter_structure(renderer):
     assert "Objet : " in html
     for line in ctx["person"]["address_lines"]:
         assert f"<div>{line}</div>" in html
-    # the booking link (issue 16): the short link printed, the page linked, and its QR code (SVG, data: URL)
+    # the booking link (issue 16): the short link printed, the page linked, and its QR code (PNG, data: URL)
     assert f'<a href="{ctx["booking"]["url"]}">{ctx["booking"]["display"]}</a>'.replace("&", "&amp;") in html
-    assert html.count('<img src="data:image/svg+xml;') == 1
+    assert html.count('<img src="data:image/png;base64,') == 1
 
 
 @pytest.mark.parametrize("kind", KINDS)

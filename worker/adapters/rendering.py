@@ -440,13 +440,24 @@ def _sha256(*parts: str) -> str:
     return h.hexdigest()
 
 
+QR_DPI = 300  # print resolution of the letters' QR code, at least
+QR_SIZE_MM = 24  # its printed size (templates/letters/letter.css: .qr img)
+
+
 @functools.lru_cache(maxsize=256)
-def qr_svg(url: str) -> str:
-    """A QR code of ``url`` as an SVG ``data:`` URI (the letters' booking link, issue 16): vector, so
-    sharp at any size, and a ``data:`` URL, the only kind the PDF renderer fetches."""
+def qr_png(url: str) -> str:
+    """A QR code of ``url`` as a PNG ``data:`` URI (the letters' booking link, issue 16): whole pixels
+    per module, at least QR_DPI when printed QR_SIZE_MM wide, drawn without interpolation
+    (``image-rendering: pixelated``), so its edges stay sharp. A raster image is embedded once per
+    print batch and only referenced by each letter; the SVG it replaced was parsed and drawn again on
+    every letter (13 % of a batch's time: bench/RESULTS-letters.md). A ``data:`` URL is the only kind
+    the PDF renderer fetches."""
     import segno
 
-    return segno.make(str(url), error="m", micro=False).svg_data_uri(border=0, omitsize=True, nl=False)
+    code = segno.make(str(url), error="m", micro=False)
+    modules = code.symbol_size(border=0)[0]
+    scale = max(1, -(-QR_DPI * QR_SIZE_MM // (25.4 * modules)))
+    return code.png_data_uri(scale=int(scale), border=0)
 
 
 # --------------------------------------------------------------------------- #
@@ -490,7 +501,7 @@ class TemplateRenderer:
             nobreak=nobreak,
             town=town,
             sms_fit=sms_fit,
-            qr=qr_svg,
+            qr=qr_png,
         )
 
     # -- names --------------------------------------------------------------
