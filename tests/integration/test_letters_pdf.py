@@ -267,11 +267,16 @@ def test_combine_letters_keeps_styles_once_and_marks_each_section(letters):
     letters_part, layers_part = body.split('<section class="letter relance-layer"', 1)
     assert "data-layer" not in letters_part
     assert 'class="letterhead' not in letters_part and 'class="place-date' not in letters_part
-    # the information notice is each letter's footnote, in its own flow (not a layer)
-    assert letters_part.count("Protection de vos données") == len(letters)
+    # the information notice is a layer too (the same for every letter of a controller); each letter
+    # keeps the empty footnote that holds its place at the bottom of the first page
+    assert "Protection de vos données" not in letters_part
+    assert len(re.findall(r'<span class="footnote privacy" style="height: [0-9.]+mm"></span>', letters_part)) \
+        == len(letters)
     layers = combined.count('<section class="letter relance-layer" id="relance-layer-')
     assert 1 <= layers < len(letters)
     assert layers_part.count('class="letterhead" data-layer') == layers
+    assert len(re.findall(r'<span class="privacy-notice" data-layer style="top: [0-9.]+mm">', layers_part)) == layers
+    assert layers_part.count("Protection de vos données") == layers
     # without layers, each letter keeps its own
     plain = combine_letters([l["html"] for l in letters], layers=False)
     assert "relance-layer" not in plain

@@ -250,3 +250,28 @@ def test_the_webhook_secrets_setting():
             load_settings(rdv_solidarites_secrets=bad)
         assert "RELANCE_RDV_SOLIDARITES_SECRETS" in str(info.value) and words in str(info.value)
         assert "court'" not in str(info.value) and "reçu" not in str(info.value)  # never the value
+
+
+def test_the_letters_qr_code_is_the_link_s_symbol_at_print_resolution():
+    """The PNG of the letters' QR code (issue 15: a raster, embedded once per print batch) is exactly
+    segno's symbol for the link, whole pixels per module, at least 300 dpi at its printed size."""
+    import base64
+    import io
+
+    import segno
+    from PIL import Image
+
+    from worker.adapters.rendering import QR_DPI, QR_SIZE_MM
+
+    url = "https://rdv-solidarites.example.org/prendre_rdv?motif_category_short_name=rsa_orientation"
+    uri = qr_png(url)
+    image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("L")
+    matrix = segno.make(url, error="m", micro=False).matrix
+    modules = len(matrix)
+    assert image.width == image.height and image.width % modules == 0
+    scale = image.width // modules
+    assert image.width / (QR_SIZE_MM / 25.4) >= QR_DPI
+    for y, row in enumerate(matrix):
+        for x, dark in enumerate(row):
+            pixels = {image.getpixel((x * scale + dx, y * scale + dy)) for dx in range(scale) for dy in range(scale)}
+            assert pixels == ({0} if dark else {255}), (x, y)

@@ -392,6 +392,23 @@ def _render_document(document: str, base_url: str | None, assets=None):
     return _html(document, base_url, assets).render(font_config=_font_config())
 
 
+def box_height_mm(document: str, class_name: str) -> float:
+    """The height (margin box, mm) of the first element of ``document`` carrying ``class_name``, as
+    WeasyPrint lays it out: what a letter reserves for a block drawn elsewhere (the information
+    notice, a layer of the print batch: templates/letters/letter.css)."""
+    with _fewer_gc_passes():
+        page = _render_document(document, None).pages[0]
+    stack = [page._page_box]
+    while stack:
+        box = stack.pop()
+        element = getattr(box, "element", None)
+        if element is not None and class_name in (element.get("class") or "").split() \
+                and getattr(box, "element_tag", None) is not None and box.height is not None:
+            return box.margin_height() * 25.4 / 96
+        stack.extend(reversed(getattr(box, "children", ()) or ()))
+    raise ValueError(f"aucun élément de classe {class_name!r}")
+
+
 def render_pdf(html_documents: list[str], base_url: str | None = None, *, assets=None) -> bytes:
     """Render one or several full HTML letters into one PDF (one render).
 

@@ -468,6 +468,17 @@ def _autoescape(name: str | None) -> bool:
     return bool(name) and name.endswith(".html.j2")
 
 
+@functools.lru_cache(maxsize=64)
+def _notice_height_mm(css: str, notice_html: str) -> float:
+    """Laid out once per stylesheet and text (a controller's notice), then remembered."""
+    from worker.adapters.pdf import box_height_mm
+
+    document = ('<!DOCTYPE html><html lang="fr"><head><meta charset="utf-8"><style>' + css + "</style></head>"
+                '<body><section class="letter"><span class="privacy-notice" style="position: static">'
+                '<span class="privacy-text">' + notice_html + "</span></span></section></body></html>")
+    return box_height_mm(document, "privacy-text")
+
+
 class TemplateRenderer:
     """Renders ``(step, channel)`` with a context following templates/README.md."""
 
@@ -502,7 +513,14 @@ class TemplateRenderer:
             town=town,
             sms_fit=sms_fit,
             qr=qr_png,
+            notice_height=self._notice_height,
         )
+
+    def _notice_height(self, notice_html) -> float:
+        """The height (mm) of the letters' information notice (``.privacy-text``, 9 pt, 172 mm wide)
+        with this text: the first page keeps that much room for it (letters/_base.html.j2)."""
+        css = (self.templates_dir / "letters" / "letter.css").read_text(encoding="utf-8")
+        return _notice_height_mm(css, str(notice_html))
 
     # -- names --------------------------------------------------------------
 
