@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import subprocess
+import threading
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -282,6 +283,101 @@ def test_sign_in_with_openid_connect(ws, oidc_provider):
         r = c.get(back.split("relance.example.org", 1)[1], follow_redirects=False)
         assert r.status_code == expected, r.text
     assert c.get("/espace/a-traiter", follow_redirects=False).status_code == 303  # the unknown one: not in
+
+
+@pytest.fixture
+def proconnect_like_provider(monkeypatch):
+    """The OpenID Connect mock answering as ProConnect does: an id token carrying the ``sub`` alone, and
+    the e-mail only from the userinfo endpoint, as a JWT signed with the provider's key
+    (``Content-Type: application/jwt``). The real server runs in a thread, on loopback."""
+    import json
+
+    import flask
+    import werkzeug.serving
+    from authlib.oidc.core import UserInfo
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+    from oidc_provider_mock import User
+    from oidc_provider_mock import _app as mock_app
+
+    monkeypatch.setattr(mock_app.OpenIDCode, "generate_user_info",
+                        lambda self, user, scope: UserInfo(sub=user.sub))
+    provider = mock_app.app(user_claims=[User(sub="proconnect-0001", claims={"email": sc.AGENT[0]}),
+                                         User(sub="proconnect-0002", claims={"email": "inconnu@example.org"})])
+    signed = []
+
+    @provider.after_request
+    def userinfo_as_jwt(response):
+        if flask.request.path.rstrip("/").endswith("/userinfo") and response.status_code == 200:
+            claims = json.loads(response.get_data())
+            key = RSAKey.import_key(mock_app.storage.jwk.as_dict(is_private=True))
+            token = jwt.encode({"alg": "RS256", "kid": key.kid}, claims, key)
+            signed.append(claims["sub"])
+            response.set_data(token)
+            response.headers["Content-Type"] = "application/jwt; charset=utf-8"
+        return response
+
+    server = werkzeug.serving.make_server("localhost", 0, provider, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_port}", signed
+    finally:
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+
+
+@SQLITE
+def test_sign_in_with_proconnect_s_signed_userinfo(ws, proconnect_like_provider):
+    """ProConnect puts the e-mail in the userinfo answer only, as a signed JWT: it is checked against the
+    provider's keys and the agent found by it; a forged or unsigned answer signs nobody in."""
+    issuer, signed = proconnect_like_provider
+    app, api, _clock = ws
+    app.settings.oidc_issuer, app.settings.oidc_client_id = issuer, "relance-test"
+    app.settings.oidc_client_secret, app.settings.oidc_scopes = "secret", "openid email"
+    api = create_app(app, clock=ws[2])
+    for sub, expected in (("proconnect-0001", 303), ("proconnect-0002", 403)):
+        c = client(api)
+        go = c.get("/espace/connexion/proconnect", follow_redirects=False)
+        answer = httpx.post(go.headers["location"], data={"sub": sub}, follow_redirects=False)
+        r = c.get(answer.headers["location"].split("relance.example.org", 1)[1], follow_redirects=False)
+        assert r.status_code == expected, r.text
+        if expected == 303:
+            assert c.get("/espace/a-traiter").status_code == 200
+    assert signed == ["proconnect-0001", "proconnect-0002"]  # both identities came from the signed userinfo
+
+
+def test_a_userinfo_jwt_signed_by_another_key_is_refused():
+    """The userinfo JWT is decoded with the provider's published keys only."""
+    import asyncio
+
+    from joserfc import jwt
+    from joserfc.errors import BadSignatureError
+    from joserfc.jwk import RSAKey
+
+    from worker.entrypoints.web import auth
+
+    provider_key, forger_key = RSAKey.generate_key(2048, auto_kid=True), RSAKey.generate_key(2048)
+    claims = {"sub": "s-1", "email": "x@example.org"}
+
+    class Provider:  # what authlib's client answers, from a provider whose key is provider_key
+        def __init__(self, signer):
+            self.answer = jwt.encode({"alg": "RS256", "kid": provider_key.kid}, claims, signer)
+
+        async def load_server_metadata(self):
+            return {"userinfo_endpoint": "https://provider.example/userinfo"}
+
+        async def get(self, url, token):
+            return httpx.Response(200, text=self.answer, headers={"content-type": "application/jwt"},
+                                  request=httpx.Request("GET", url))
+
+        async def fetch_jwk_set(self):
+            return {"keys": [provider_key.as_dict(private=False)]}
+
+    assert asyncio.run(auth._claims(Provider(provider_key), {"userinfo": {"sub": "s-1"}}))["email"] == "x@example.org"
+    with pytest.raises(BadSignatureError):
+        asyncio.run(auth._claims(Provider(forger_key), {"userinfo": {"sub": "s-1"}}))
 
 
 @SQLITE
