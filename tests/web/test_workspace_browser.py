@@ -343,6 +343,10 @@ def test_an_agent_signs_in_by_email_link_takes_a_review_decision_and_sets_a_legi
     w.go("/espace/commission")
     assert "Commission RSA — séance du 19/09/2024" in w.h1()
     w.page("commission", "commission")
+    w.go("/espace/tableau-de-bord")  # the convention's indicators, for the agent's organisation
+    assert w.h1() == "Tableau de bord", w.text()
+    assert "Télécharger le classeur" in w.text() and "droits ouverts et activité" in w.text()
+    w.page("tableau-de-bord", "tableau de bord")
     w.go(f"/espace/dossiers/{other}")
     assert w.h1() == "Page introuvable" and "Simon" not in w.text()
     w.page("introuvable", "dossier d'une autre organisation (404)")
@@ -368,4 +372,4 @@ def test_an_agent_signs_in_by_email_link_takes_a_review_decision_and_sets_a_legi
     w.driver.get(late)
     w.click_text("Me connecter")
     assert "expiré" in w.text() and w.h1() == "Connexion à l'espace agents"
-    assert len(w.checked) >= 9
+    assert len(w.checked) >= 10
