@@ -54,3 +54,46 @@ def test_unoriented_cases_are_flagged_once_a_week_before_the_deadline(relance_ap
     # once oriented, the person leaves the report
     cases.apply_event(app, external_id=NOT_ORIENTED, type="reoriented", to="cd", now=_day(51))
     assert report(app, _day(52)) == []
+
+
+def test_a_re_oriented_case_goes_to_the_organisation_that_runs_its_new_path(relance_app, flux_writer):
+    """config/territory.yaml `path_organisations`: re-oriented to France Travail, the person's case opens
+    at the FT agency (their letters come from it); re-oriented to the CD path from France Travail, at the
+    CDAS of their postcode. A re-orientation within the same kind keeps the organisation."""
+    from sqlalchemy import select
+
+    from worker.adapters.store.models import Case, Person
+    from worker.adapters.store.session import session_scope
+
+    app = relance_app
+    to_ft, to_cd, to_cd_redon = "CAF35-0009701", "CAF35-0009702", "CAF35-0009703"
+    ingest.ingest_file(app, flux_writer([
+        {"external_id": to_ft, "nir": make_nir(9701)},
+        {"external_id": to_cd, "nir": make_nir(9702), "orientation": "ft", "ft_registered": "true",
+         "organisation": "FT-REDON", "postcode": "35580", "city": "GUICHEN"},
+        {"external_id": to_cd_redon, "nir": make_nir(9703), "orientation": "cd", "organisation": "CCAS-REDON"},
+    ]), RECEIVED)
+    jobs.cycle(app, _day(0))
+    cases.apply_event(app, external_id=to_ft, type="reoriented", to="ft", now=_day(3))
+    cases.apply_event(app, external_id=to_cd, type="reoriented", to="cd", now=_day(3))
+    cases.apply_event(app, external_id=to_cd_redon, type="reoriented", to="cd", now=_day(3))
+
+    def last_case(external_id):
+        with session_scope(app.db_url) as s:
+            person = s.execute(select(Person).where(Person.external_id == external_id)).scalar_one()
+            case = s.execute(select(Case).where(Case.person_id == person.id).order_by(Case.id.desc())).scalars().first()
+            return person.organisation, case.path, case.organisation, case.status
+
+    assert last_case(to_ft) == ("FT-REDON", "ft", "FT-REDON", "active")
+    assert last_case(to_cd) == ("CDAS-VALLONS", "cd", "CDAS-VALLONS", "active")  # postcode 35580
+    assert last_case(to_cd_redon) == ("CCAS-REDON", "cd", "CCAS-REDON", "active")  # a CCAS runs the CD path
+    moved = [i["detail"] for i in timeline.timeline(app, to_ft)
+             if i["kind"] == "case" and "organisation_to" in i["detail"]]
+    assert moved == [{"organisation_from": "CDAS-REDON", "organisation_to": "FT-REDON", "path": "ft"}]
+    jobs.cycle(app, _day(4))  # the new case's first message comes from the FT agency
+    with session_scope(app.db_url) as s:
+        from worker.adapters.store.models import Message
+
+        person = s.execute(select(Person).where(Person.external_id == to_ft)).scalar_one()
+        case = s.execute(select(Case).where(Case.person_id == person.id).order_by(Case.id.desc())).scalars().first()
+        assert s.execute(select(Message).where(Message.case_id == case.id)).scalars().first() is not None

@@ -132,15 +132,16 @@ def check_one_organisation(app) -> None:
     assert [r[1:4] for r in rows(redon, "delais")] == [[4, 4, 0], [1, 1, 0], [4, 1, 3], [1, 1, 0]]
     assert row(redon, "synthese", "Délai médian de l'ouverture du droit à la 1re invitation (droits reçus à temps)")[
         1] == pytest.approx(4.5)  # A 7, B 5, D 3, H 4
-    # France Travail: its entrant G and G's case (D's case after the re-orientation stays with the person's
-    # organisation, CDAS-REDON: the activity follows the case's organisation).
+    # France Travail: its entrant G and G's case, and D's case after the re-orientation to France Travail
+    # (config/territory.yaml path_organisations: the FT agency takes it; the activity follows the case's
+    # organisation, the entrant stays counted where the droit came in).
     ft = report.build(app, h.REPORT_NOW, *h.PERIOD, organisation="FT-REDON")
     assert rows(ft, "entrants_mois")[-1] == ["Total", 1, 0, 0, 1, 0, 0, 0]
-    assert row(ft, "rendez_vous", "Fixés par convocation") == approx([1, 1, 0, 0, 0, 0, 0, 1.0])
+    assert row(ft, "rendez_vous", "Fixés par convocation") == approx([2, 1, 0, 0, 0, 0, 1, 1.0])  # G, D
     assert row(ft, "rendez_vous", "Pris par la personne")[0] == 0
-    assert dict(rows(ft, "procedure"))["Étape : convocation France Travail"] == 1
-    assert row(ft, "echecs", "SMS")[:3] == approx([1, 1, 1.0])  # the reminder was cancelled: not handled
-    assert row(redon, "rendez_vous", "Fixés par convocation") == approx([2, 0, 0, 1, 0, 0, 1, 0.0])  # B, D
+    assert dict(rows(ft, "procedure"))["Étape : convocation France Travail"] == 2  # G, D
+    assert row(ft, "echecs", "SMS")[:3] == approx([3, 1, 1 / 3])  # G's failed one, D's two (G's reminder: cancelled)
+    assert row(redon, "rendez_vous", "Fixés par convocation") == approx([1, 0, 0, 1, 0, 0, 0, 0.0])  # B
 
 
 def check_outputs(app, rep, tmp_path) -> None:

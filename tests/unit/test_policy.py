@@ -213,7 +213,33 @@ BROKEN_TERRITORY = [
     ("bad postcode prefix",
      lambda d: d["department"]["review_organisations"]["by_postcode"].update({"35A": "CDAS-REDON"}),
      "department.review_organisations.by_postcode", ["35A", "chiffres"]),
+    ("re-orientation rule for an unknown path",
+     lambda d: d["path_organisations"].update({"caf": {"default": "CDAS-REDON"}}),
+     "path_organisations.caf", ["parcours inconnu", "caf"]),
+    ("re-orientation to France Travail given to a CDAS",
+     lambda d: d["path_organisations"]["ft"].update(default="CDAS-REDON"),
+     "path_organisations.ft.default", ["CDAS-REDON", "type cd", "type ft"]),
+    ("re-orientation rule naming an unknown organisation",
+     lambda d: d["path_organisations"]["cd"]["by_postcode"].update({"35390": "CDAS-GRAND-FOUGERAY"}),
+     "path_organisations.cd.by_postcode", ["35390", "organisation inconnue"]),
 ]
+
+
+def test_a_re_oriented_person_goes_to_the_organisation_running_the_path():
+    territory = load_config(CONFIG).territory
+    assert territory.organisation_for_path("ft", "35600", "CDAS-REDON") == "FT-REDON"
+    assert territory.organisation_for_path("ft_unregistered", "35600", "CCAS-REDON") == "FT-REDON"
+    assert territory.organisation_for_path("cd", "35580", "FT-REDON") == "CDAS-VALLONS"  # by postcode
+    assert territory.organisation_for_path("cd", "56350", "ML-REDON") == "CDAS-REDON"    # the default
+    assert territory.organisation_for_path("cd", "35580", "CCAS-REDON") == "CCAS-REDON"  # already a cd
+    assert territory.organisation_for_path("ml", None, "CDAS-VALLONS") == "ML-REDON"
+
+
+def test_without_a_rule_the_only_organisation_of_the_kind_takes_it(cfg_dir):
+    edit(cfg_dir, "territory.yaml", lambda d: d.pop("path_organisations"))
+    territory = load_config(cfg_dir).territory
+    assert territory.organisation_for_path("ml", "35600", "CDAS-REDON") == "ML-REDON"  # the only ml
+    assert territory.organisation_for_path("cd", "35600", "FT-REDON") == "FT-REDON"  # three cd: unchanged
 
 
 @pytest.mark.parametrize("what,change,key,words", BROKEN_TERRITORY, ids=[b[0] for b in BROKEN_TERRITORY])

@@ -37,7 +37,8 @@ def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
         err = exc.errors()[0]
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
         msg = err["msg"].removeprefix("Value error, ")
-        if not loc and msg.startswith(("paths.", "routing.", "department.", "segments.", "flux_reserve.")):
+        if not loc and msg.startswith(("paths.", "routing.", "department.", "segments.", "flux_reserve.",
+                                       "path_organisations.")):
             loc, _, msg = msg.partition(": ")
         raise ConfigError(path, loc or "(racine)", msg) from None
 

@@ -188,6 +188,9 @@ def case_entry(detail: dict, tz: dt.tzinfo | None = None) -> str:
     if "handed_over_to" in detail:
         return (f"transmis pour examen à {detail['handed_over_to']} "
                 f"(manquement signalé par {detail.get('reported_by')})")
+    if "organisation_to" in detail:
+        return (f"réorienté : suivi désormais par {detail['organisation_to']} "
+                f"(auparavant {detail.get('organisation_from') or 'aucune organisation'})")
     if "commission_session" in detail:
         session = detail["commission_session"]
         if session == "none configured":

@@ -474,7 +474,9 @@ class Commission(_Strict):
 
 
 class ReviewOrganisations(_Strict):
-    """Which CD organisation reviews a France Travail case handed to the Département."""
+    """An organisation by the person's postcode (the longest matching prefix, else the default): which
+    CD organisation reviews a France Travail case handed to the Département; who takes a re-oriented
+    case (``Territory.path_organisations``)."""
     default: str
     by_postcode: dict[str, str] = {}
 
@@ -596,6 +598,12 @@ class Privacy(_Strict):
         return self
 
 
+# The kind of organisation that runs each path: the CD path a CDAS or a CCAS (kind cd), both France
+# Travail paths an agency (its registered and not-yet-registered people), the Mission locale's path a
+# Mission locale.
+PATH_KINDS = {"cd": "cd", "ft": "ft", "ft_unregistered": "ft", "ml": "ml"}
+
+
 class Territory(_Strict):
     timezone: str = "Europe/Paris"
     privacy: Privacy  # before the organisations: their data controllers are checked against it
@@ -603,6 +611,8 @@ class Territory(_Strict):
     commission: Commission
     department: Department
     rdv_solidarites: RdvSolidarites = RdvSolidarites()
+    # Who takes a case re-oriented to another path, by the person's postcode (path -> rule).
+    path_organisations: dict[str, ReviewOrganisations] = {}
 
     @field_validator("organisations")
     @classmethod
@@ -639,6 +649,41 @@ class Territory(_Strict):
                else self.organisations[organisation].controller_key(self.privacy.department))
         controller = self.privacy.controllers[key]
         return controller.name or self.department.name, controller
+
+    def organisation_for_path(self, path: str, postcode: str | None, current: str | None) -> str | None:
+        """The organisation of a case opened on ``path`` for a person followed by ``current``: the same
+        when it runs that kind of path, else ``path_organisations`` by postcode (longest prefix, else
+        its default), else the territory's only organisation of that kind; failing all, ``current``."""
+        kind = PATH_KINDS.get(path)
+        org = self.organisations.get(current or "")
+        if kind is None or (org is not None and org.kind == kind):
+            return current
+        rule = self.path_organisations.get(path)
+        if rule is not None:
+            code = (postcode or "").strip()
+            best = max((p for p in rule.by_postcode if code.startswith(p)), key=len, default=None)
+            return rule.by_postcode[best] if best is not None else rule.default
+        of_kind = [c for c, o in self.organisations.items() if o.kind == kind]
+        return of_kind[0] if len(of_kind) == 1 else current
+
+    @model_validator(mode="after")
+    def _path_organisations(self) -> "Territory":
+        """Each rule is for a known path and names organisations of the kind that runs it."""
+        for path, rule in self.path_organisations.items():
+            key = f"path_organisations.{path}"
+            if path not in PATH_KINDS:
+                raise ValueError(f"{key}: parcours inconnu {path!r} (attendu : {', '.join(PATH_KINDS)})")
+            for where, prefix, code in [("default", None, rule.default),
+                                        *(("by_postcode", p, c) for p, c in rule.by_postcode.items())]:
+                label = f"{prefix} : " if prefix else ""
+                org = self.organisations.get(code)
+                if org is None:
+                    raise ValueError(f"{key}.{where}: {label}organisation inconnue {code!r} "
+                                     "(absente de 'organisations')")
+                if org.kind != PATH_KINDS[path]:
+                    raise ValueError(f"{key}.{where}: {label}l'organisation {code!r} est de type {org.kind} : "
+                                     f"il faut une organisation de type {PATH_KINDS[path]}")
+        return self
 
     @model_validator(mode="after")
     def _review_organisations(self) -> "Territory":

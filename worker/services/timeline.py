@@ -60,7 +60,7 @@ def timeline(app, external_id: str) -> list[dict]:
                               "reason": entry.data.get("reason")})
             elif entry.data.get("action") in ("opened", "closed") or "appointment" in entry.data \
                     or "appointment_outcome" in entry.data or "flag" in entry.data \
-                    or "handed_over_to" in entry.data:
+                    or "handed_over_to" in entry.data or "organisation_to" in entry.data:
                 items.append({"at": entry.at, "kind": "case", "id": entry.id, "case": entry.case_id,
                               "detail": {k: v for k, v in entry.data.items()}})
         # Case and step entries are both audit entries: at one instant, their ids give the true order.

@@ -208,10 +208,20 @@ def persist(session: Session, app, case: Case, decision: Decision, now: dt.datet
             person = session.get(Person, case.person_id)
             # a stock campaign case goes on as one (its segment; on the same path, its appointment book)
             same = case.segment is not None and action.path == case.path
+            organisation = case.organisation if same else None
+            if action.path != case.path and person is not None:
+                # re-oriented: the organisation that runs the new path takes the person (territory rule)
+                organisation = app.territory.organisation_for_path(action.path, person.postcode,
+                                                                   person.organisation)
+                if organisation and organisation != person.organisation:
+                    audit.append(session, at=now, kind="case", case_id=case.id, entity_id=case.id,
+                                 data={"organisation_from": person.organisation, "organisation_to": organisation,
+                                       "path": action.path})
+                    person.organisation = organisation
             new = create_case(session, app, person, action.path, now, start_step=action.start_step,
                               due_at=action.due_at, reason=action.reason, pause_category=action.pause_category,
                               segment=case.segment, first_channels=case.first_channels if same else None,
-                              organisation=case.organisation if same else None)
+                              organisation=organisation)
             audit.append(session, at=now, kind="case", case_id=case.id, entity_id=case.id,
                          data={"action": "continued_in", "case": new.id, "reason": action.reason})
         elif isinstance(action, HandOver):
