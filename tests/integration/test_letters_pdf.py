@@ -707,3 +707,49 @@ def test_a_po_box_is_printed_below_the_street_line(tmp_path):
     assert y_of["DOUVES"] < y_of["BP"] < y_of["CEDEX"]
     assert y_of["Chez"] < y_of["DOUVES"]
     assert "B.P." not in y_of  # no punctuation from the street line on
+
+
+HEADER_BLOCKS = ("letterhead", "place-date", "recipient", "reference", "postage")
+
+
+def _header_boxes(html: str) -> dict[str, tuple[float, float, float, float]]:
+    """The first page's header blocks as WeasyPrint lays them out: class -> (x0, y0, x1, y1) in mm."""
+    import weasyprint
+
+    page = weasyprint.HTML(string=html).render().pages[0]
+    found, stack = {}, [page._page_box]
+    px = 25.4 / 96
+    while stack:
+        box = stack.pop()
+        element = getattr(box, "element", None)
+        classes = (element.get("class") or "").split() if element is not None else []
+        for name in HEADER_BLOCKS + ("subject",):
+            if name in classes and name not in found and getattr(box, "element_tag", None) in ("p", "header", "address"):
+                x, y = box.border_box_x() * px, box.border_box_y() * px
+                found[name] = (x, y, x + box.border_width() * px, y + box.border_height() * px)
+        stack.extend(getattr(box, "children", ()) or ())
+    return found
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_the_header_blocks_never_overlap(step):
+    """Letterhead, place and date, the window's address, the references (with the matricule) and the
+    postage mention each keep their own place above the subject, with ordinary and long values."""
+    from tests.template_samples import sample_context
+
+    renderer = _renderer()
+    for kind in ("ft",) if step.startswith("ft_") else KINDS:
+        for long in (False, True):
+            context = sample_context(step, kind=kind, long=long)
+            assert context["person"].get("matricule"), "the samples carry a matricule"
+            boxes = _header_boxes(renderer.render(step, "letter", context).html)
+            subject_top = boxes.pop("subject")[1]
+            assert {"letterhead", "reference", "recipient"} <= set(boxes), boxes
+            names = sorted(boxes)
+            for i, a in enumerate(names):
+                ax0, ay0, ax1, ay1 = boxes[a]
+                assert ay1 <= subject_top + 0.1, (step, kind, long, a, ay1, subject_top)
+                for b in names[i + 1:]:
+                    bx0, by0, bx1, by1 = boxes[b]
+                    apart = ax1 <= bx0 + 0.1 or bx1 <= ax0 + 0.1 or ay1 <= by0 + 0.1 or by1 <= ay0 + 0.1
+                    assert apart, (step, kind, long, a, boxes[a], b, boxes[b])
