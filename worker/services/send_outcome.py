@@ -73,17 +73,16 @@ def record_outcome(s: Session, msg: Message, delivery: Delivery | None, error, t
         if msg.sent_at is None or not (msg.error or "").startswith(UNREACHABLE_RETRY):
             msg.sent_at = now  # sent again after an unreachable handset: it keeps its first hand-over
         msg.segments = delivery.segments
-        if msg.status == PENDING and (msg.error or "").startswith(UNREACHABLE_RETRY):
-            # A receipt got here first and said the handset is unreachable: the message already waits
-            # to be sent again (with no provider ref, so later receipts of this attempt are not applied).
-            pass
-        else:
+        # A receipt got here first and said the handset is unreachable: the message already waits to be
+        # sent again, without a provider ref (later receipts of this attempt are not applied); keep that.
+        rescheduled = msg.status == PENDING and (msg.error or "").startswith(UNREACHABLE_RETRY)
+        if not rescheduled:
             msg.provider_ref = delivery.provider_ref
         if msg.status == SENDING:
             repository.set_message_status(s, msg, delivery.status, now)
         else:
             # A callback got here first (delivered, failed...): never move it backwards.
-            target = None if msg.status == PENDING else next_status(msg.status, delivery.status)
+            target = None if rescheduled else next_status(msg.status, delivery.status)
             if target is not None:
                 repository.set_message_status(s, msg, target, now)
         audit.append(s, at=now, kind="message", case_id=msg.case_id, entity_id=msg.id,
