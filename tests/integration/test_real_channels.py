@@ -658,6 +658,30 @@ def test_unreachable_receipts_that_beat_the_sender_s_record_are_kept(sqlite_worl
     assert msg.not_before == NOW + dt.timedelta(minutes=30) and msg.sent_at == NOW
 
 
+def test_a_late_sender_s_201_for_a_message_put_back_in_the_outbox_marks_it_sent(sqlite_world):
+    """The other way round: a message put back in the outbox by ops (its sender had stalled), whose
+    sender then records Twilio's 201 after all, is ``sent``: never sent a second time."""
+    from worker.adapters.channels.base import Delivery
+    from worker.adapters.store.session import session_scope
+    from worker.services.send_outcome import record_outcome
+
+    w = sqlite_world
+    _phone, msg = _first_sms_answered(w, "no_callback")
+    with session_scope(w.app.db_url) as s:  # as message_ops.requeue_message leaves it
+        m = s.get(Message, msg.id)
+        m.status, ref, m.provider_ref, m.error, m.enqueued_at, m.claimed_at = "pending", m.provider_ref, None, None, None, None
+    with session_scope(w.app.db_url) as s:
+        m = s.get(Message, msg.id)
+        result, _follow, _ = record_outcome(s, m, Delivery("sent", ref, 1), None,
+                                            (m.template_name, m.template_version, m.content_hash), NOW)
+    assert result.outcome == "sent"
+    msg = w.message(msg.id)
+    assert msg.status == "sent" and msg.provider_ref == ref
+    requests = len(w.requests_to(_phone))
+    w.cycle(NOW + dt.timedelta(hours=1))
+    assert len(w.requests_to(_phone)) == requests
+
+
 def test_a_partial_delivery_is_recorded_on_the_message(sqlite_world):
     w = sqlite_world
     _phone, msg = _first_sms_answered(w, "partial")
