@@ -1,6 +1,7 @@
 #!/bin/sh
-# Every benchmark of bench/, one after the other (about 15 minutes on 2 vCPUs; each
-# script stops by itself). Results: bench/results/*.json, summarised in bench/RESULTS.md.
+# Every benchmark of bench/, one after the other (about 35 minutes on 2 vCPUs; each
+# script stops by itself). Results: bench/results/*.json, summarised in bench/RESULTS.md;
+# the letters append to bench/RESULTS-letters.md.
 # The correctness check of the ingestion (old vs new, row by row) is separate:
 #   .venv/bin/python bench/check_ingest.py
 set -e
@@ -9,8 +10,11 @@ PY=.venv/bin/python
 start=$(date +%s)
 $PY bench/bench_ingest.py
 $PY bench/bench_sweep.py
+$PY bench/bench_sweep.py --vacuum-between
 $PY bench/bench_sweep.py --clustered
+$PY bench/bench_sweep.py --batch 500
 $PY bench/bench_sweep.py --revision 0001 --legacy
 $PY bench/bench_sms_pipeline.py
-# Letters (another benchmark, its own results file bench/RESULTS-letters.md): $PY bench/bench_letters.py
+$PY bench/bench_letters.py
+$PY bench/bench_sizes.py
 echo "all benchmarks: $(( $(date +%s) - start )) s"
