@@ -478,3 +478,19 @@ def test_an_rdv_solidarites_appointment_to_link_or_discard(ws):
     assert {d["action"] for d in decisions} == {"linked", "discarded"}
     assert all(d["actor"] == f"web:{agent_id}" for d in decisions)
     assert "Quéméner" not in str(decisions)
+
+
+@SQLITE
+def test_a_letter_sent_before_an_address_change_does_not_show_the_new_address(ws):
+    """The timeline tells where each letter went: after the address changed, an earlier letter is not
+    shown as sent to the current address (its PDF preview shows the one it carried)."""
+    app, api, clock = ws
+    from worker.services import cases
+
+    c = signed_in(app, api)
+    review = sc.case_reference(app, sc.REVIEW)
+    before = c.get(f"/espace/dossiers/{review}").text
+    assert "adresse d&#39;alors" not in before and "l'adresse d'alors" not in before
+    cases.apply_event(app, external_id=sc.REVIEW, type="address_updated", now=clock.now)
+    after = c.get(f"/espace/dossiers/{review}").text
+    assert "modifiée depuis (voir l" in after

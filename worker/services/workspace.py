@@ -168,6 +168,7 @@ def case_page(app, reference: str, agent, now: dt.datetime) -> dict:
             raise NotVisible()
         person = case.person
         visible = {c.id for c in person.cases if _visible(agent, c.organisation)}
+        versions = {c.id: c.address_version for c in person.cases}
         messages = {m.id: m for m in s.execute(select(Message).where(Message.case_id.in_(visible))).scalars()}
         events = {e.id: e for e in s.execute(select(InboundEvent).where(InboundEvent.person_id == person.id))
                   .scalars()}
@@ -184,7 +185,11 @@ def case_page(app, reference: str, agent, now: dt.datetime) -> dict:
                 status = describe.MESSAGE_STATUSES.get(m.status, m.status)
                 postage = " recommandé avec accusé de réception" if m.postage == "lrar" else ""
                 text = f"{channel}{postage} « {describe.step_label(m.step)} » ({m.reference})"
-                detail = f"à {_contact_for(person, m.channel)}"
+                if m.channel == "letter" and m.address_version != versions.get(m.case_id, m.address_version):
+                    # the address changed since: the current one is not where this letter went (the PDF is)
+                    detail = "à l'adresse d'alors, modifiée depuis (voir l'aperçu du courrier)"
+                else:
+                    detail = f"à {_contact_for(person, m.channel)}"
                 if m.template_name:
                     detail += f" — modèle {m.template_name}"
                 if m.error or m.cancel_reason:
