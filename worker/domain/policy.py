@@ -493,6 +493,24 @@ class ReviewOrganisations(_Strict):
             out[prefix] = code
         return out
 
+    def for_postcode(self, postcode: str | None) -> str:
+        """The organisation for this postcode: the longest matching prefix, else the default."""
+        code = (postcode or "").strip()
+        best = max((p for p in self.by_postcode if code.startswith(p)), key=len, default=None)
+        return self.by_postcode[best] if best is not None else self.default
+
+    def check(self, key: str, organisations: dict, kind: str) -> None:
+        """Every organisation named exists and is of ``kind`` (the message names ``key``)."""
+        for where, prefix, code in [("default", None, self.default),
+                                    *(("by_postcode", p, c) for p, c in self.by_postcode.items())]:
+            label = f"{prefix} : " if prefix else ""
+            org = organisations.get(code)
+            if org is None:
+                raise ValueError(f"{key}.{where}: {label}organisation inconnue {code!r} (absente de 'organisations')")
+            if org.kind != kind:
+                raise ValueError(f"{key}.{where}: {label}l'organisation {code!r} est de type {org.kind} : "
+                                 f"il faut une organisation de type {kind}")
+
 
 def _address_lines(v: tuple[str, ...]) -> tuple[str, ...]:
     if not v:
@@ -538,9 +556,7 @@ class Department(_Strict):
     def review_organisation(self, postcode: str | None) -> str:
         """The CD organisation that reviews a case of this postcode: the longest
         matching prefix, else the default."""
-        code = (postcode or "").strip()
-        best = max((p for p in self.review_organisations.by_postcode if code.startswith(p)), key=len, default=None)
-        return self.review_organisations.by_postcode[best] if best is not None else self.review_organisations.default
+        return self.review_organisations.for_postcode(postcode)
 
 
 # The data controller of an organisation by kind when it names none (issue 10): the Département
@@ -576,10 +592,7 @@ class PrivacyController(_Strict):
             raise ValueError(f"une adresse https:// attendue, pas {v!r}")
         return v
 
-    @field_validator("recipients")
-    @classmethod
-    def _recipients(cls, v: str) -> str:
-        return _not_blank(v)
+    _recipients = field_validator("recipients")(_not_blank)
 
 
 class Privacy(_Strict):
@@ -660,9 +673,7 @@ class Territory(_Strict):
             return current
         rule = self.path_organisations.get(path)
         if rule is not None:
-            code = (postcode or "").strip()
-            best = max((p for p in rule.by_postcode if code.startswith(p)), key=len, default=None)
-            return rule.by_postcode[best] if best is not None else rule.default
+            return rule.for_postcode(postcode)
         of_kind = [c for c, o in self.organisations.items() if o.kind == kind]
         return of_kind[0] if len(of_kind) == 1 else current
 
@@ -670,36 +681,17 @@ class Territory(_Strict):
     def _path_organisations(self) -> "Territory":
         """Each rule is for a known path and names organisations of the kind that runs it."""
         for path, rule in self.path_organisations.items():
-            key = f"path_organisations.{path}"
             if path not in PATH_KINDS:
-                raise ValueError(f"{key}: parcours inconnu {path!r} (attendu : {', '.join(PATH_KINDS)})")
-            for where, prefix, code in [("default", None, rule.default),
-                                        *(("by_postcode", p, c) for p, c in rule.by_postcode.items())]:
-                label = f"{prefix} : " if prefix else ""
-                org = self.organisations.get(code)
-                if org is None:
-                    raise ValueError(f"{key}.{where}: {label}organisation inconnue {code!r} "
-                                     "(absente de 'organisations')")
-                if org.kind != PATH_KINDS[path]:
-                    raise ValueError(f"{key}.{where}: {label}l'organisation {code!r} est de type {org.kind} : "
-                                     f"il faut une organisation de type {PATH_KINDS[path]}")
+                raise ValueError(f"path_organisations.{path}: parcours inconnu {path!r} "
+                                 f"(attendu : {', '.join(PATH_KINDS)})")
+            rule.check(f"path_organisations.{path}", self.organisations, PATH_KINDS[path])
         return self
 
     @model_validator(mode="after")
     def _review_organisations(self) -> "Territory":
         """The Département's review organisations exist and are CD organisations (the message names
         the key, as Policy's do)."""
-        review = self.department.review_organisations
-        key = "department.review_organisations"
-        for where, prefix, code in [("default", None, review.default),
-                                    *(("by_postcode", p, c) for p, c in review.by_postcode.items())]:
-            label = f"{prefix} : " if prefix else ""
-            org = self.organisations.get(code)
-            if org is None:
-                raise ValueError(f"{key}.{where}: {label}organisation inconnue {code!r} (absente de 'organisations')")
-            if org.kind != "cd":
-                raise ValueError(f"{key}.{where}: {label}l'organisation {code!r} est de type {org.kind} : "
-                                 "il faut une organisation de type cd")
+        self.department.review_organisations.check("department.review_organisations", self.organisations, "cd")
         return self
 
 

@@ -92,6 +92,25 @@ def _parse_dt(value: str | None, name: str, app_ctx=None) -> dt.datetime | None:
     return parsed.astimezone(UTC)
 
 
+def _rows_reported(report) -> None:
+    """The rejected rows and the warnings of an ingestion (line, field, reason: never the row's data),
+    then the exit code that says whether rows were rejected."""
+    for r in report.rejected:
+        typer.echo(f"  ligne {r['line']} ({r['external_id'] or 'sans identifiant'}) : {r['field']} — {r['reason']}")
+    for w in report.warnings:
+        typer.echo(f"  avertissement ligne {w['line']} ({w['external_id'] or 'tout le fichier'}) : {w['field']} — {w['reason']}")
+    _rejected(len(report.rejected))
+
+
+def _simulated_now(ctx, now: str | None) -> dt.datetime | None:
+    """``--now``: a simulated instant, allowed with the local channels only (nothing real goes out
+    at a made-up time); None without it."""
+    if now is not None and not ctx.settings.local_channels:
+        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
+                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
+    return _parse_dt(now, "--now", ctx)
+
+
 def _progress_printer(label: str):
     if not sys.stderr.isatty():
         return None
@@ -161,12 +180,9 @@ def ingest(file: Path = typer.Argument(..., help="Fichier de flux (CSV ou JSON L
         return _ingest_stock(file, as_json, now)
 
     ctx = _context()
-    if now is not None and not ctx.settings.local_channels:
-        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
-                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
     # Simulated time must date the ingestion too: cases opened now are due now,
     # and a later `tick --now` in the past would never see them.
-    moment = _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC)
+    moment = _simulated_now(ctx, now) or dt.datetime.now(UTC)
     if not file.exists():
         raise CliError(f"fichier introuvable : {file}")
     _ensure_db(ctx)
@@ -181,11 +197,7 @@ def ingest(file: Path = typer.Argument(..., help="Fichier de flux (CSV ou JSON L
     typer.echo(f"{file.name} : {report.accepted} nouvelles personnes, {report.updated} mises à jour, "
                f"{report.unchanged} inchangées, {len(report.rejected)} lignes rejetées, "
                f"{report.cases_opened} dossiers ouverts.")
-    for r in report.rejected:
-        typer.echo(f"  ligne {r['line']} ({r['external_id'] or 'sans identifiant'}) : {r['field']} — {r['reason']}")
-    for w in report.warnings:
-        typer.echo(f"  avertissement ligne {w['line']} ({w['external_id'] or 'tout le fichier'}) : {w['field']} — {w['reason']}")
-    _rejected(len(report.rejected))
+    _rows_reported(report)
 
 
 @app.command()
@@ -194,10 +206,7 @@ def tick(now: Optional[str] = typer.Option(None, "--now", help="Instant simulé 
     from worker.entrypoints import jobs
 
     ctx = _context()
-    if now is not None and not ctx.settings.local_channels:
-        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
-                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
-    moment = _parse_dt(now, "--now", ctx)
+    moment = _simulated_now(ctx, now)
     _ensure_db(ctx)
     result = jobs.cycle(ctx, moment)
     typer.echo(f"Cycle terminé : {result['swept']} dossiers traités, {result['relayed']} messages envoyés "
@@ -217,10 +226,7 @@ def _ingest_stock(file: Path, as_json: bool, now: str | None) -> None:
     from worker.services import errors, stock
 
     ctx = _context()
-    if now is not None and not ctx.settings.local_channels:
-        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
-                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
-    moment = _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC)
+    moment = _simulated_now(ctx, now) or dt.datetime.now(UTC)
     if not file.exists():
         raise CliError(f"fichier introuvable : {file}")
     _ensure_db(ctx)
@@ -238,11 +244,7 @@ def _ingest_stock(file: Path, as_json: bool, now: str | None) -> None:
     labels = {k: seg.label for k, seg in ctx.config.campaign.segments.items()}
     for key, n in sorted(report.segments.items(), key=lambda kv: -kv[1]):
         typer.echo(f"  {labels.get(key, key)} ({key}) : {n}")
-    for r in report.rejected:
-        typer.echo(f"  ligne {r['line']} ({r['external_id'] or 'sans identifiant'}) : {r['field']} — {r['reason']}")
-    for w in report.warnings:
-        typer.echo(f"  avertissement ligne {w['line']} ({w['external_id'] or 'tout le fichier'}) : {w['field']} — {w['reason']}")
-    _rejected(len(report.rejected))
+    _rows_reported(report)
 
 
 @campaign_app.command("plan")
@@ -676,11 +678,9 @@ def digests_send(now: Optional[str] = typer.Option(None, "--now", help="Instant 
     from worker.services.digests import send_due
 
     ctx = _context()
-    if now is not None and not ctx.settings.local_channels:
-        raise CliError("--now n'est permis qu'avec les canaux locaux (RELANCE_SMS_BACKEND, "
-                       "RELANCE_EMAIL_BACKEND et RELANCE_LETTER_BACKEND à 'local')")
+    moment = _simulated_now(ctx, now) or dt.datetime.now(UTC)
     _ensure_db(ctx)
-    results = send_due(ctx, _parse_dt(now, "--now", ctx) or dt.datetime.now(UTC), force=force)
+    results = send_due(ctx, moment, force=force)
     if not results:
         typer.echo("Aucun bulletin : rien n'attend un agent, ou pas encore l'heure "
                    f"({ctx.settings.digest_time}, jours ouvrés ; --force pour passer outre).")

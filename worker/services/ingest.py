@@ -1,9 +1,7 @@
 """Flux ingestion, in chunks: parse, upsert people, open cases, audit.
 
-:func:`ingest_file`: the same report and the same rows written as the former
-per-row ORM code
-(bench/check_ingest.py compares both, row by row). What changed is how rows
-reach the database. Per chunk of :data:`CHUNK_ROWS` rows, in one transaction:
+:func:`ingest_file`: the same report and rows as the former per-row ORM code (bench/check_ingest.py
+compares both, row by row). Per chunk of :data:`CHUNK_ROWS` rows, in one transaction:
 
 1. two queries find the people already known (``external_id`` and ``nir_hash``
    ``= ANY(array)`` on PostgreSQL, ``IN (...)`` elsewhere), reading only the
@@ -17,10 +15,9 @@ reach the database. Per chunk of :data:`CHUNK_ROWS` rows, in one transaction:
    lock, one read of the chain's end, hashes chained in memory, one bulk
    write). On PostgreSQL ids come from the sequences and rows go with COPY;
    elsewhere (SQLite) as multi-row INSERT ... RETURNING;
-4. a changed person takes the per-row ORM path (``address_updated`` /
-   ``phone_updated`` applied to the active case, a case opened if needed), after
-   whatever the rows before it left pending: every row sees the rows before it
-   and the audit chain keeps the file's order.
+4. a changed person takes the per-row ORM path (:func:`update_person`, shared with the stock import;
+   a case opened if needed), after whatever the rows before it left pending: every row sees the
+   rows before it and the audit chain keeps the file's order.
 
 The pure per-row work of the next chunk (fingerprint, NIR hash, COPY text) is
 done by a helper thread while this one waits for the database. The cyclic
@@ -354,27 +351,31 @@ def _insert_new(s: Session, now: dt.datetime, pending: list[tuple[_Known, tuple]
 def _update_person(s: Session, app, person: Person, row: FluxRow, fingerprint: str, nir_hash: str | None,
                    now: dt.datetime, report: IngestReport) -> None:
     """A known person whose row changed: ORM update, events on the active case, a case if needed."""
+    update_person(s, app, person, row, fingerprint, nir_hash, now, source="ingest")
+    report.updated += 1
+    open_case_if_needed(s, app, person, now, report)
+
+
+def update_person(s: Session, app, person: Person, row, fingerprint: str, nir_hash: str | None,
+                  now: dt.datetime, source: str) -> None:
+    """A known person takes a changed row (flux or stock), and the active case hears of the change:
+    ``address_updated``; ``phone_updated``, or ``sms_failed`` for a number that cannot take an SMS."""
     values = {f: getattr(row, f) for f in PERSON_FIELDS}
     address_changed = any(getattr(person, f) != values[f] for f in ADDRESS_FIELDS)
     phone_changed = person.phone != values["phone"] and values["phone"] is not None
     for f, v in values.items():
         setattr(person, f, v)
     person.external_id = row.external_id
-    if nir_hash:
-        person.nir_hash = nir_hash
-    person.fingerprint = fingerprint
-    person.extra = dict(row.extra)
-    person.updated_at = now
-    report.updated += 1
+    person.nir_hash = nir_hash or person.nir_hash
+    person.fingerprint, person.extra, person.updated_at = fingerprint, dict(row.extra), now
     if address_changed:
         person.address_status = "ok"
-        apply_to_active_case(s, app, person, Event("address_updated", now), now, source="ingest")
+        apply_to_active_case(s, app, person, Event("address_updated", now), now, source=source)
     if phone_changed:
-        textable = can_receive_sms(person.phone)  # a landline or a foreign number: no SMS
+        textable = can_receive_sms(person.phone)
         person.phone_status = "ok" if textable else "not_mobile"
         apply_to_active_case(s, app, person, Event("phone_updated" if textable else "sms_failed", now), now,
-                             source="ingest")
-    open_case_if_needed(s, app, person, now, report)
+                             source=source)
 
 
 def open_case_if_needed(s: Session, app, person: Person, now: dt.datetime, report: IngestReport) -> None:
@@ -396,4 +397,4 @@ def _nir_conflict(row: FluxRow) -> dict:
                       "à vérifier avec la CAF"}
 
 
-__all__ = ["IngestReport", "ingest_file", "fingerprint", "open_case_if_needed", "CHUNK_ROWS", "PERSON_FIELDS", "ADDRESS_FIELDS"]
+__all__ = ["IngestReport", "ingest_file", "fingerprint", "open_case_if_needed", "update_person", "CHUNK_ROWS", "PERSON_FIELDS", "ADDRESS_FIELDS"]

@@ -29,11 +29,9 @@ from worker.adapters.store import audit
 from worker.adapters.store.bulk import database_errors_as, in_values
 from worker.adapters.store.models import Campaign, CampaignMember, Person
 from worker.adapters.store.session import session_scope
-from worker.domain.contact import can_receive_sms, phone_warning
-from worker.domain.model import Event
-from worker.services.cases import apply_to_active_case
+from worker.domain.contact import phone_warning
 from worker.services.errors import IngestError, ServiceError
-from worker.services.ingest import ADDRESS_FIELDS, PERSON_FIELDS, REFUSED, fingerprint
+from worker.services.ingest import PERSON_FIELDS, REFUSED, fingerprint, update_person
 
 log = logging.getLogger("relance.services")
 
@@ -185,34 +183,13 @@ def _import_chunk(s: Session, app, campaign: Campaign, rows: list[_Row], source:
         elif person.fingerprint == fp and person.external_id == row.external_id:
             report.unchanged += 1
         else:
-            _update(s, app, person, row, fp, nh, now)
+            update_person(s, app, person, row, fp, nh, now, source="stock")
             report.updated += 1
         by_ext[row.external_id] = person
         if nh:
             by_nir[nh] = person
         _member(s, campaign, person, item, source, now)
         report.segments[item.segment] = report.segments.get(item.segment, 0) + 1
-
-
-def _update(s: Session, app, person: Person, row, fp: str, nh: str | None, now: dt.datetime) -> None:
-    """A known person whose row changed: as the flux does (events on the active case), but never a new case."""
-    values = {f: getattr(row, f) for f in PERSON_FIELDS}
-    address_changed = any(getattr(person, f) != values[f] for f in ADDRESS_FIELDS)
-    phone_changed = person.phone != values["phone"] and values["phone"] is not None
-    for f, v in values.items():
-        setattr(person, f, v)
-    person.external_id = row.external_id
-    if nh:
-        person.nir_hash = nh
-    person.fingerprint, person.extra, person.updated_at = fp, dict(row.extra), now
-    if address_changed:
-        person.address_status = "ok"
-        apply_to_active_case(s, app, person, Event("address_updated", now), now, source="stock")
-    if phone_changed:
-        textable = can_receive_sms(person.phone)
-        person.phone_status = "ok" if textable else "not_mobile"
-        apply_to_active_case(s, app, person, Event("phone_updated" if textable else "sms_failed", now), now,
-                             source="stock")
 
 
 def _member(s: Session, campaign: Campaign, person: Person, item: _Row, source: str, now: dt.datetime) -> None:

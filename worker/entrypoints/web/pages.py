@@ -96,14 +96,22 @@ def add_routes(web, ctx) -> None:
             return to_sign_in(request)
         return await case_page(request, agent, reference[:30], notice=str(request.session.pop("flash", ""))[:300])
 
-    @web.post("/dossiers/{reference}/actions/{key}")
-    async def act(request: Request, reference: str, key: str):
+    async def posted(request: Request):
+        """A form posted by a signed-in agent: (form, agent, None); else (form, None, the answer): the
+        CSRF token checked first, then the session."""
         form = await request.form()
         if not csrf_ok(request, form):
-            return ctx.csrf_refused(request)
+            return form, None, ctx.csrf_refused(request)
         agent = await current(request)
         if agent is None:
-            return to_sign_in(request, True)
+            return form, None, to_sign_in(request, True)
+        return form, agent, None
+
+    @web.post("/dossiers/{reference}/actions/{key}")
+    async def act(request: Request, reference: str, key: str):
+        form, agent, refused = await posted(request)
+        if refused is not None:
+            return refused
         action = forms.ACTIONS.get(key)
         if action is None:
             return not_found(request, agent)
@@ -141,12 +149,9 @@ def add_routes(web, ctx) -> None:
 
     @web.post("/reponses/{reply_id}/lue")
     async def reply_read(request: Request, reply_id: int):
-        form = await request.form()
-        if not csrf_ok(request, form):
-            return ctx.csrf_refused(request)
-        agent = await current(request)
-        if agent is None:
-            return to_sign_in(request, True)
+        form, agent, refused = await posted(request)
+        if refused is not None:
+            return refused
         pending = await run_in_threadpool(replies.pending, app_ctx, agent.scope)
         reply = next((r for r in pending if r.id == reply_id), None)
         if reply is None or not agent.can_act:
@@ -179,12 +184,9 @@ def add_routes(web, ctx) -> None:
 
     @web.post("/rendez-vous/{match_id}/{decision}")
     async def match_decision(request: Request, match_id: int, decision: str):
-        form = await request.form()
-        if not csrf_ok(request, form):
-            return ctx.csrf_refused(request)
-        agent = await current(request)
-        if agent is None:
-            return to_sign_in(request, True)
+        form, agent, refused = await posted(request)
+        if refused is not None:
+            return refused
         if decision not in ("rapprocher", "ecarter") or not agent.can_act:
             return not_found(request, agent)
         matricule = str(form.get("matricule") or "").strip()[:64]
