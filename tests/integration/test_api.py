@@ -8,6 +8,7 @@ status callbacks with twilio's own RequestValidator, over the *public* URL
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import contextmanager
 import json
 import secrets
 from pathlib import Path
@@ -65,10 +66,11 @@ def _small_flux(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def env(db_url, tmp_path):
+@contextmanager
+def api_env(db_url, tmp_path):
     """The sample flux ingested and its first messages sent (local channels);
-    a TestClient on the API; the clock of the API at 3 June 2024, 10:00 Paris."""
+    a TestClient on the API; the clock of the API at 3 June 2024, 10:05 Paris:
+    (app, client, clock). Also the fixture of test_api_bounds and test_shortcuts."""
     settings = _settings(tmp_path, db_url)
     app = build_app(settings)
     configure(settings)
@@ -84,6 +86,17 @@ def env(db_url, tmp_path):
         set_app(None)
         db_session.get_engine(db_url).dispose()
         db_session.dispose_all()
+
+
+@pytest.fixture
+def env(db_url, tmp_path):
+    with api_env(db_url, tmp_path) as e:
+        yield e
+
+
+def _events(app) -> int:
+    with session_scope(app.db_url) as s:
+        return s.execute(select(func.count()).select_from(InboundEvent)).scalar_one()
 
 
 def _messages(app, external_id: str, channel: str | None = None) -> list[Message]:

@@ -13,18 +13,12 @@ import logging
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from tests.integration.test_api import (API_KEY, CD_PERSON, NOW, Clock, _callback, _form, _post_event, _sent_sms,
-                                        _settings, _small_flux)
+from tests.integration.test_api import (_events, api_env, API_KEY, CD_PERSON, _callback, _form, _post_event, _sent_sms,
+                                        _settings)
 from worker.adapters.store import session as db_session
-from worker.adapters.store.models import InboundEvent
-from worker.adapters.store.session import session_scope
-from worker.bootstrap import build_app, set_app
-from worker.entrypoints import jobs
+from worker.bootstrap import build_app
 from worker.entrypoints.api import create_app
-from worker.entrypoints.celery_app import configure
-from worker.services import ingest
 from worker.entrypoints.api_guard import AuthThrottle, BodyLimit
 
 FAR_DATES = ("0001-01-01", "0001-01-01T00:00:00", "1899-12-31", "9999-12-31", "9999-12-31T23:59:59",
@@ -34,26 +28,8 @@ FAR_DATES = ("0001-01-01", "0001-01-01T00:00:00", "1899-12-31", "9999-12-31", "9
 @pytest.fixture
 def env(db_url, tmp_path):
     """As in test_api: the two sample people ingested and invited; the API's clock at 10:05 Paris."""
-    settings = _settings(tmp_path, db_url)
-    app = build_app(settings)
-    configure(settings)
-    db_session.upgrade(db_url)
-    set_app(app)
-    clock = Clock(NOW + dt.timedelta(minutes=5))
-    try:
-        ingest.ingest_file(app, _small_flux(tmp_path), NOW)
-        jobs.cycle(app, NOW)
-        with TestClient(create_app(app, clock=clock)) as client:
-            yield app, client, clock
-    finally:
-        set_app(None)
-        db_session.get_engine(db_url).dispose()
-        db_session.dispose_all()
-
-
-def _events(app) -> int:
-    with session_scope(app.db_url) as s:
-        return s.execute(select(func.count()).select_from(InboundEvent)).scalar_one()
+    with api_env(db_url, tmp_path) as e:
+        yield e
 
 
 @pytest.mark.parametrize("value", FAR_DATES)

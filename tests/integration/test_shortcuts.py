@@ -9,15 +9,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from tests.integration.test_api import (
+from tests.integration.test_api import (_events, api_env, 
     API_KEY,
     CD_PERSON,
     FT_PERSON,
     NOW,
-    Clock,
     _as_twilio,
     _callback,
     _form,
@@ -25,16 +23,10 @@ from tests.integration.test_api import (
     _messages,
     _person,
     _post_event,
-    _settings,
-    _small_flux,
 )
-from worker.adapters.store import session as db_session
 from worker.adapters.store.models import Case, InboundEvent, Message, Person
 from worker.adapters.store.session import session_scope
-from worker.bootstrap import build_app, set_app
 from worker.entrypoints import jobs
-from worker.entrypoints.api import create_app
-from worker.entrypoints.celery_app import configure
 from worker.services import cases, errors, ingest, sending, timeline
 
 
@@ -42,26 +34,8 @@ from worker.services import cases, errors, ingest, sending, timeline
 def api(db_url, tmp_path):
     """As tests/integration/test_api.py's ``env``: the two sample people ingested and invited
     (local channels), a TestClient, the API's clock at 3 June 2024, 10:05 Paris."""
-    settings = _settings(tmp_path, db_url)
-    app = build_app(settings)
-    configure(settings)
-    db_session.upgrade(db_url)
-    set_app(app)
-    clock = Clock(NOW + dt.timedelta(minutes=5))
-    try:
-        ingest.ingest_file(app, _small_flux(tmp_path), NOW)
-        jobs.cycle(app, NOW)
-        with TestClient(create_app(app, clock=clock)) as client:
-            yield app, client, clock
-    finally:
-        set_app(None)
-        db_session.get_engine(db_url).dispose()
-        db_session.dispose_all()
-
-
-def _events(app) -> int:
-    with session_scope(app.db_url) as s:
-        return s.execute(select(func.count()).select_from(InboundEvent)).scalar_one()
+    with api_env(db_url, tmp_path) as e:
+        yield e
 
 
 # --- idempotency keys: scoped by (person, type); a reused key with other content is refused ---------------------
