@@ -253,22 +253,29 @@ def test_session_cookie_idle_expiry_and_sign_out(ws):
     assert replay.get("/espace/a-traiter", follow_redirects=False).status_code == 303
 
 
+OIDC_USERS = (("proconnect-0001", sc.AGENT[0]), ("proconnect-0002", "inconnu@example.org"))  # an agent; nobody
+
+
+def _oidc_api(ws, issuer: str):
+    """The workspace's API with ProConnect configured on ``issuer``."""
+    app, _api, clock = ws
+    app.settings.oidc_issuer, app.settings.oidc_client_id = issuer, "relance-test"
+    app.settings.oidc_client_secret, app.settings.oidc_scopes = "secret", "openid email"
+    return create_app(app, clock=clock)
+
+
 @pytest.fixture
 def oidc_provider():
     from oidc_provider_mock import User, run_server_in_thread
 
-    users = [User(sub="proconnect-0001", claims={"email": sc.AGENT[0]}),
-             User(sub="proconnect-0002", claims={"email": "inconnu@example.org"})]
+    users = [User(sub=sub, claims={"email": email}) for sub, email in OIDC_USERS]
     with run_server_in_thread(user_claims=users) as server:
         yield f"http://localhost:{server.server_port}"
 
 
 @SQLITE
 def test_sign_in_with_openid_connect(ws, oidc_provider):
-    app, api, _clock = ws
-    app.settings.oidc_issuer, app.settings.oidc_client_id = oidc_provider, "relance-test"
-    app.settings.oidc_client_secret, app.settings.oidc_scopes = "secret", "openid email"
-    api = create_app(app, clock=ws[2])
+    api = _oidc_api(ws, oidc_provider)
     for sub, expected in (("proconnect-0001", 303), ("proconnect-0002", 403)):
         c = client(api)
         assert "S'identifier avec ProConnect" in c.get("/espace/connexion").text
@@ -302,8 +309,7 @@ def proconnect_like_provider(monkeypatch):
 
     monkeypatch.setattr(mock_app.OpenIDCode, "generate_user_info",
                         lambda self, user, scope: UserInfo(sub=user.sub))
-    provider = mock_app.app(user_claims=[User(sub="proconnect-0001", claims={"email": sc.AGENT[0]}),
-                                         User(sub="proconnect-0002", claims={"email": "inconnu@example.org"})])
+    provider = mock_app.app(user_claims=[User(sub=sub, claims={"email": email}) for sub, email in OIDC_USERS])
     signed = []
 
     @provider.after_request
@@ -331,12 +337,9 @@ def proconnect_like_provider(monkeypatch):
 @SQLITE
 def test_sign_in_with_proconnect_s_signed_userinfo(ws, proconnect_like_provider):
     """ProConnect puts the e-mail in the userinfo answer only, as a signed JWT: it is checked against the
-    provider's keys and the agent found by it; a forged or unsigned answer signs nobody in."""
+    provider's keys and the agent found by it (a forged signature: the next test)."""
     issuer, signed = proconnect_like_provider
-    app, api, _clock = ws
-    app.settings.oidc_issuer, app.settings.oidc_client_id = issuer, "relance-test"
-    app.settings.oidc_client_secret, app.settings.oidc_scopes = "secret", "openid email"
-    api = create_app(app, clock=ws[2])
+    api = _oidc_api(ws, issuer)
     for sub, expected in (("proconnect-0001", 303), ("proconnect-0002", 403)):
         c = client(api)
         go = c.get("/espace/connexion/proconnect", follow_redirects=False)
