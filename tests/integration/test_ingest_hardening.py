@@ -418,6 +418,29 @@ def _cli(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.postgres
+def _cli_on_a_fresh_database(monkeypatch, tmp_path: Path, *args: str):
+    """``relance ARGS`` in this process on a new SQLite database with the test keys: its SystemExit."""
+    from worker.adapters.store.session import upgrade
+    from worker.bootstrap import set_app
+    from worker.entrypoints import cli
+    from worker.settings import reset_settings
+
+    monkeypatch.setenv("RELANCE_DATA_DIR", str(tmp_path / "data"))
+    for name, value in TEST_KEYS.items():
+        monkeypatch.setenv(name, value)
+    upgrade(f"sqlite:///{tmp_path / 'data' / 'relance.db'}")
+    reset_settings()
+    set_app(None)
+    monkeypatch.setattr(sys, "argv", ["relance", *args])
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+    finally:
+        set_app(None)
+        reset_settings()
+    return exc.value
+
+
 def test_cli_ingest_on_postgresql_prints_no_row_data(pg_url, tmp_path, flux_writer):
     name = "Kerguélen-Tremarec" * 14  # 252 characters: longer than persons.last_name
     path = flux_writer([{"external_id": "CAF35-0009901", "last_name": name}, {"external_id": "CAF35-0009902"}])
@@ -435,35 +458,17 @@ def test_cli_database_errors_are_printed_without_their_detail(monkeypatch, capsy
     """Whatever the database says (it may quote a value), the CLI prints only its kind."""
     from sqlalchemy.exc import DataError
 
-    from worker.entrypoints import cli
-
     class Orig(Exception):
         sqlstate = "22001"
 
     def boom(*args, **kwargs):
         raise DataError("COPY persons", {}, Orig('value too long\nCONTEXT: COPY persons, line 1: "Le Goff Gwenaël"'))
 
-    monkeypatch.setenv("RELANCE_DATA_DIR", str(tmp_path / "data"))
-    for name, value in TEST_KEYS.items():
-        monkeypatch.setenv(name, value)
-    from worker.adapters.store.session import upgrade
-    from worker.bootstrap import set_app
-    from worker.settings import reset_settings
-
-    upgrade(f"sqlite:///{tmp_path / 'data' / 'relance.db'}")
-    reset_settings()
-    set_app(None)
     monkeypatch.setattr(ingest, "_ingest_chunk", boom)
-    monkeypatch.setattr(sys, "argv", ["relance", "ingest", str(flux_writer([{"external_id": "CAF35-0009903"}])),
-                                      "--now", "2024-06-10T08:00"])
-    try:
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-    finally:
-        set_app(None)
-        reset_settings()
+    exc = _cli_on_a_fresh_database(monkeypatch, tmp_path, "ingest", str(flux_writer([{"external_id": "CAF35-0009903"}])),
+                                   "--now", "2024-06-10T08:00")
     err = capsys.readouterr().err
-    assert exc.value.code != 0
+    assert exc.code != 0
     assert "Gwenaël" not in err and "COPY" not in err
     assert "base de données" in err and len(err.strip().splitlines()) == 1
 
@@ -472,32 +477,15 @@ def test_cli_unexpected_database_errors_are_printed_without_their_detail(monkeyp
     """Any command: a raw database error reaching the CLI prints its kind, not its text."""
     from sqlalchemy.exc import IntegrityError
 
-    from worker.adapters.store.session import upgrade
-    from worker.bootstrap import set_app
-    from worker.entrypoints import cli
-    from worker.settings import reset_settings
-
     def boom(*args, **kwargs):
         raise IntegrityError("UPDATE persons", {}, Exception("Key (last_name)=(Le Goff Gwenaël) already exists"))
 
-    monkeypatch.setenv("RELANCE_DATA_DIR", str(tmp_path / "data"))
-    for name, value in TEST_KEYS.items():
-        monkeypatch.setenv(name, value)
-    upgrade(f"sqlite:///{tmp_path / 'data' / 'relance.db'}")
-    reset_settings()
-    set_app(None)
     returns = tmp_path / "retours.csv"
     returns.write_text("reference,date,outcome\n", encoding="utf-8")
     monkeypatch.setattr(letter_returns, "process_returns", boom)
-    monkeypatch.setattr(sys, "argv", ["relance", "letters", "returns", str(returns)])
-    try:
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-    finally:
-        set_app(None)
-        reset_settings()
+    exc = _cli_on_a_fresh_database(monkeypatch, tmp_path, "letters", "returns", str(returns))
     err = capsys.readouterr().err
-    assert exc.value.code != 0 and len(err.strip().splitlines()) == 1
+    assert exc.code != 0 and len(err.strip().splitlines()) == 1
     assert "Gwenaël" not in err and "UPDATE" not in err and "IntegrityError" in err
 
 
