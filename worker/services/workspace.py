@@ -185,16 +185,16 @@ def case_page(app, reference: str, agent, now: dt.datetime) -> dict:
                 status = describe.MESSAGE_STATUSES.get(m.status, m.status)
                 postage = " recommandé avec accusé de réception" if m.postage == "lrar" else ""
                 text = f"{channel}{postage} « {describe.step_label(m.step)} » ({m.reference})"
+                preview = m.id if m.channel == "letter" and m.provider_ref else None
                 if m.channel == "letter" and m.address_version != versions.get(m.case_id, m.address_version):
-                    # the address changed since: the current one is not where this letter went (the PDF is)
-                    detail = "à l'adresse d'alors, modifiée depuis (voir l'aperçu du courrier)"
+                    # the address changed since: the current one is not where this letter went (its PDF says)
+                    detail = "à l'adresse d'alors, modifiée depuis" + (" (voir l'aperçu du courrier)" if preview else "")
                 else:
                     detail = f"à {_contact_for(person, m.channel)}"
                 if m.template_name:
                     detail += f" — modèle {m.template_name}"
                 if m.error or m.cancel_reason:
                     detail += f" — {m.error or describe.CANCEL_REASONS.get(m.cancel_reason, m.cancel_reason)}"
-                preview = m.id if m.channel == "letter" and m.provider_ref else None
                 entries.append(Entry(at, "message", text, detail, "Relance", preview, status))
             elif i["kind"] == "event":
                 ev = events[i["id"]]
