@@ -484,6 +484,7 @@ class TemplateRenderer:
 
     def __init__(self, templates_dir: Path):
         self.templates_dir = Path(templates_dir)
+        self._letter_css: tuple[int, str] | None = None  # (mtime, text) of letters/letter.css
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(self.templates_dir)),
             undefined=jinja2.StrictUndefined,
@@ -519,8 +520,11 @@ class TemplateRenderer:
     def _notice_height(self, notice_html) -> float:
         """The height (mm) of the letters' information notice (``.privacy-text``, 9 pt, 172 mm wide)
         with this text: the first page keeps that much room for it (letters/_base.html.j2)."""
-        css = (self.templates_dir / "letters" / "letter.css").read_text(encoding="utf-8")
-        return _notice_height_mm(css, str(notice_html))
+        path = self.templates_dir / "letters" / "letter.css"
+        stamp = path.stat().st_mtime_ns  # the stylesheet read again only when it changed (templates reload)
+        if self._letter_css is None or self._letter_css[0] != stamp:
+            self._letter_css = (stamp, path.read_text(encoding="utf-8"))
+        return _notice_height_mm(self._letter_css[1], str(notice_html))
 
     # -- names --------------------------------------------------------------
 
