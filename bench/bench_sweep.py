@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/bench_sweep.py [--cases 1000000] [--runs 20] [--batch 1000] [--clustered]
                                           [--revision head] [--legacy] [--shared-buffers 1GB]
+                                          [--vacuum-between] [--due-by-clock]
 
 Loads 1 000 000 persons and 1 000 000 cases with COPY (psycopg) into a fresh
 PostgreSQL database (throwaway cluster of tests/infra/postgres.py, migrated
@@ -14,8 +15,11 @@ Then times ``cases.due_case_ids(app, now, 1000)`` -- the real claim through
 the service layer (SQLAlchemy session, the claim, commit) -- --runs times,
 each over a distinct due set: between two runs (untimed) the claimed cases are
 "advanced" (due again in 15-45 days, claim cleared, as advance_case does) and
-1 000 waiting cases become due, so that 1 % stays due, and the simulated clock
-moves on one minute (the scheduler's sweep period). Two warm-up claims are not
+1 000 waiting cases become due (their due moment is set to the last hour: a
+write in the due range, as an event would make), so that 1 % stays due, and the
+simulated clock moves on one minute (the scheduler's sweep period); with
+--due-by-clock no waiting case is written: the clock moves on until 1 000 more
+cases are due, as time makes them due. Two warm-up claims are not
 counted. Reported: median, p90 and max (ms), the time of the SQL statements
 on the wire, and the plan (EXPLAIN ANALYZE, BUFFERS) of one more claim made in
 the same state. --legacy times the former claim (bench/legacy_sweep.py; use it
@@ -136,14 +140,15 @@ class StatementLog:
         event.remove(self.engine, "after_cursor_execute", self._after)
 
 
-def explain_call(engine, call) -> list[str]:
-    """Run ``call`` with its UPDATE/SELECT statements prefixed by EXPLAIN (ANALYZE, BUFFERS)."""
+def explain_call(engine, call, only: str = "") -> list[str]:
+    """Run ``call`` with its UPDATE/SELECT statements (those naming ``only``) prefixed by EXPLAIN
+    (ANALYZE, BUFFERS)."""
     from sqlalchemy import event
 
     sent = []
 
     def rewrite(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH")):
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH")) and only in statement:
             sent.append(statement.strip())
             statement = "EXPLAIN (ANALYZE, BUFFERS) " + statement
         return statement, parameters
@@ -188,6 +193,9 @@ def main() -> int:
     ap.add_argument("--vacuum-between", action="store_true",
                     help="VACUUM the queue between two claims (untimed): what autovacuum does within the minute "
                          "between two sweeps with case_due's settings (migration 0010)")
+    ap.add_argument("--due-by-clock", action="store_true",
+                    help="waiting cases become due as the clock moves on (it moves until 1 000 more are due), "
+                         "instead of by a write of their due moment")
     ap.add_argument("--legacy", action="store_true",
                     help="time the former due_case_ids (bench/legacy_sweep.py) instead of services'")
     args = ap.parse_args()
@@ -205,13 +213,15 @@ def main() -> int:
 
         claim = legacy_sweep.due_case_ids
     name = (f"sweep-{args.revision}" + ("-legacy" if args.legacy else "") + ("-clustered" if args.clustered else "")
-            + (f"-batch{batch}" if batch != BATCH else "") + ("-vacuum" if args.vacuum_between else ""))
+            + (f"-batch{batch}" if batch != BATCH else "") + ("-vacuum" if args.vacuum_between else "")
+            + ("-clock" if args.due_by_clock else ""))
     rnd = random.Random(args.seed)
     load_before = _common.loadavg()
     result: dict = {"cases": args.cases, "runs": args.runs, "batch": batch, "revision": args.revision,
                     "due_layout": "clustered" if args.clustered else "scattered",
                     "function": f"{claim.__module__}.due_case_ids", "target_ms": TARGET_MS,
-                    "vacuum_between": args.vacuum_between}
+                    "vacuum_between": args.vacuum_between,
+                    "falling_due": "clock" if args.due_by_clock else "written"}
     result["shared_buffers"] = args.shared_buffers
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp, \
             PostgresServer(settings={"shared_buffers": args.shared_buffers}) as pg:
@@ -229,11 +239,13 @@ def main() -> int:
             conn.execute("VACUUM ANALYZE cases")
             if args.revision in ("head", "0010") or args.revision > "0009":
                 conn.execute("VACUUM ANALYZE case_due")  # the sweep's queue (migration 0010), filled by trigger
+            if args.revision == "head" or args.revision > "0010":
+                conn.execute("VACUUM ANALYZE case_claim")  # its claims (0011)
             print(f"  VACUUM ANALYZE: {time.perf_counter() - t:.1f} s")
             result["sizes"] = dict(conn.execute(
                 "SELECT relname, pg_size_pretty(pg_relation_size(oid)) FROM pg_class WHERE relname IN "
                 "('cases', 'persons', 'cases_pkey', 'ix_cases_due_active', 'ix_cases_due', 'ix_cases_person_id', "
-                "'case_due', 'case_due_pkey', 'ix_case_due_due_at')"
+                "'case_due', 'case_due_pkey', 'ix_case_due_due_at', 'case_claim')"
             ).fetchall())
             print(f"  sizes: {result['sizes']}")
             result["indexes"] = [r[0] for r in conn.execute(
@@ -263,9 +275,14 @@ def main() -> int:
                 conn.execute("UPDATE cases SET due_at = %s::timestamp + random() * interval '30 days', "
                              "claimed_until = NULL, updated_at = %s, version = version + 1 WHERE id = ANY(%s)",
                              (naive(now + dt.timedelta(days=15)), naive(now), ids))
-                promote, waiting = waiting[:batch], waiting[batch:]
-                conn.execute("UPDATE cases SET due_at = %s::timestamp - random() * interval '60 minutes', "
-                             "version = version + 1 WHERE id = ANY(%s)", (naive(now_utc), promote))
+                if args.due_by_clock:  # on until 1 000 more cases are due (their moment, not a write)
+                    now = conn.execute("SELECT due_at FROM cases WHERE status = 'active' AND due_at > %s "
+                                       "ORDER BY due_at OFFSET %s LIMIT 1", (naive(now), batch - 1)
+                                       ).fetchone()[0].replace(tzinfo=UTC)
+                else:
+                    promote, waiting = waiting[:batch], waiting[batch:]
+                    conn.execute("UPDATE cases SET due_at = %s::timestamp - random() * interval '60 minutes', "
+                                 "version = version + 1 WHERE id = ANY(%s)", (naive(now_utc), promote))
                 if args.vacuum_between:  # what autovacuum does in the minute between two sweeps (0010)
                     conn.execute("VACUUM case_due")
             log.close()
@@ -274,7 +291,7 @@ def main() -> int:
                 # One more claim, in the same state as the timed ones (the previous batch just
                 # advanced), its statement run under EXPLAIN (ANALYZE, BUFFERS): the function
                 # returns the plan's lines instead of ids (and the claim happens all the same).
-                result["plan"] = "\n".join(explain_call(engine, lambda: claim(app, now, batch)))
+                result["plan"] = "\n".join(explain_call(engine, lambda: claim(app, now, batch), only="case_due"))
             else:
                 # The former claim sends the ids back: record its statements, undo the claim, EXPLAIN them.
                 log = StatementLog(engine)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from worker.adapters.channels.base import Delivery
-from worker.adapters.store.models import Case, CaseDue, Message
+from worker.adapters.store.models import Case, CaseClaim, CaseDue, Message
 from worker.adapters.store.session import session_scope
 from worker.services import cases, ingest, sending
 
@@ -21,8 +21,12 @@ NOW = dt.datetime(2024, 6, 5, 8, 0, tzinfo=UTC)  # a Wednesday, 10:00 in Paris
 
 
 def _queue(app) -> dict[int, tuple]:
+    """The sweep's queue: {case id: (due moment, claimed until or None)}; a case in it once."""
     with session_scope(app.db_url) as s:
-        return {r.case_id: (r.due_at, r.claimed_until) for r in s.execute(select(CaseDue)).scalars()}
+        due = [(r.case_id, (r.due_at, None)) for r in s.execute(select(CaseDue)).scalars()]
+        claimed = [(r.case_id, (r.due_at, r.claimed_until)) for r in s.execute(select(CaseClaim)).scalars()]
+    assert not {i for i, _ in due} & {i for i, _ in claimed}, "a case both waiting and claimed"
+    return dict(due + claimed)
 
 
 def _active_due(app) -> dict[int, dt.datetime]:
@@ -68,6 +72,76 @@ def test_the_due_queue_follows_the_cases(planned):
     cases.apply_event(app, external_id=external_id, type="droit_closed", now=NOW + dt.timedelta(hours=1))
     assert first not in _queue(app)  # a closed case leaves the queue
     assert {k: v[0] for k, v in _queue(app).items()} == _active_due(app)
+
+
+def test_a_claim_that_expired_is_claimed_again_first(planned):
+    app = planned
+    lost = cases.due_case_ids(app, NOW, 5)  # handed to a worker that died: never advanced, never released
+    assert cases.due_case_ids(app, NOW + dt.timedelta(minutes=4), 3) and len(_queue(app)) == 12
+    later = NOW + dt.timedelta(minutes=6)
+    again = cases.due_case_ids(app, later, 6)
+    assert set(lost) < set(again) and len(again) == 6  # the expired ones first, then one more due case
+    assert all(_queue(app)[i][1] == later + dt.timedelta(minutes=5) for i in again)
+    assert not set(cases.due_case_ids(app, later, 100)) & set(again)  # claimed anew: not handed out twice
+
+
+def test_claims_of_cases_that_kept_their_due_moment_go_back_to_the_queue(planned):
+    from worker.adapters.store import due_queue
+
+    app = planned
+    before = _queue(app)
+    ids = cases.due_case_ids(app, NOW, 4)
+    with session_scope(app.db_url) as s:
+        due_queue.release(s, ids[:2] + [10**9])  # an id never claimed: nothing
+    queue = _queue(app)
+    assert {i: queue[i] for i in ids[:2]} == {i: before[i] for i in ids[:2]}  # as they were, unclaimed
+    assert all(queue[i][1] is not None for i in ids[2:])
+    assert set(cases.due_case_ids(app, NOW, 100)) == set(before) - set(ids[2:])
+
+
+@pytest.mark.postgres
+def test_a_claim_meeting_a_case_that_moves_skips_it(pg_url, tmp_path, flux_writer):
+    """The trigger deletes the case's queue row and inserts a new one while a claim is moving that
+    row: the claim waits for the case's transaction, then finds the row gone and does not hand out
+    the case; the case stays in the queue once, with its new due moment."""
+    from sqlalchemy import text
+
+    from worker.adapters.store import session as db_session
+    from worker.bootstrap import build_app
+    from worker.settings import Settings
+
+    app = build_app(Settings(data_dir=tmp_path / "var", database_url=pg_url, broker_url="memory://"))
+    db_session.upgrade(pg_url)
+    try:
+        path = flux_writer([{"external_id": f"CAF35-0073{i:03d}", "droit_opened_on": "2024-05-29"} for i in range(5)])
+        ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
+        queue = _queue(app)
+        moving = min(queue, key=lambda i: queue[i][0])  # the longest due: the claim reaches it first
+        new_due = NOW - dt.timedelta(minutes=1)
+        engine = db_session.get_engine(pg_url)
+        with engine.connect() as conn:
+            tx = conn.begin()
+            conn.execute(text("UPDATE cases SET due_at = :d WHERE id = :i"),
+                         {"d": new_due.replace(tzinfo=None), "i": moving})  # uncommitted: its row locked
+            got: list[int] = []
+            claimer = threading.Thread(target=lambda: got.extend(cases.due_case_ids(app, NOW, 100)))
+            claimer.start()
+            with engine.connect() as watch:  # until the claim waits for the case's transaction
+                for _ in range(500):
+                    if watch.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar():
+                        break
+                    time.sleep(0.01)
+                else:
+                    pytest.fail("the claim did not wait for the moving case")
+            assert claimer.is_alive()
+            tx.commit()
+        claimer.join(30)
+        assert sorted(got) == sorted(set(queue) - {moving})
+        assert _queue(app)[moving] == (new_due, None)  # once, with its new due moment, unclaimed
+        assert cases.due_case_ids(app, NOW, 100) == [moving]
+    finally:
+        db_session.get_engine(pg_url).dispose()
+        db_session.dispose_all()
 
 
 @pytest.mark.postgres

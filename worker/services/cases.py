@@ -14,14 +14,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, literal_column, or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
-from worker.adapters.store import audit, repository
-from worker.adapters.store.models import Case, CaseDue, InboundEvent, Message, Person
-from worker.adapters.store.session import get_engine, session_scope
+from worker.adapters.store import audit, due_queue, repository
+from worker.adapters.store.models import Case, InboundEvent, Message, Person
+from worker.adapters.store.session import session_scope
 from worker.domain import engine
 from worker.domain.model import EVENT_TYPES, LANGUAGES, Event
 from worker.services.errors import IdempotencyConflict, ServiceError
@@ -66,9 +66,7 @@ def _advance(s: Session, app, case: Case, now: dt.datetime, flush: bool = True) 
 def _release_claims(s: Session, case_ids: list[int]) -> None:
     """The sweep's claims of these cases end (a case whose due moment changed was released by the
     trigger that moved it in the queue; one still due is swept again)."""
-    s.flush()
-    s.execute(update(CaseDue).where(CaseDue.case_id.in_(case_ids), CaseDue.claimed_until.is_not(None))
-              .values(claimed_until=None).execution_options(synchronize_session=False))
+    due_queue.release(s, case_ids)
 
 
 def advance_cases(app, case_ids: list[int], now: dt.datetime) -> dict[int, list[int]]:
@@ -103,32 +101,11 @@ def advance_cases(app, case_ids: list[int], now: dt.datetime) -> dict[int, list[
 
 
 def due_case_ids(app, now: dt.datetime, limit: int) -> list[int]:
-    """Claim up to ``limit`` due cases, the longest due first; their ids, in no particular order.
-    Concurrent sweepers never claim a case twice (one may get fewer: what the other took).
-
-    One statement on the narrow queue ``case_due`` (migration 0010: one row per active case with a
-    due moment, kept by triggers on ``cases``): the due rows are found through ix_case_due_due_at
-    and their claim set by the same UPDATE ... RETURNING case_id; on PostgreSQL updated by their
-    ctid, without a second index lookup (bench/bench_sweep.py).
-    """
-    queue = CaseDue.__table__
-    unclaimed = or_(queue.c.claimed_until.is_(None), queue.c.claimed_until < now)
-    due = select(queue.c.case_id).where(queue.c.due_at <= now, unclaimed).order_by(queue.c.due_at).limit(limit)
-    until = now + dt.timedelta(minutes=5)
-    engine = get_engine(app.db_url)
-    if engine.dialect.name != "postgresql":
-        with session_scope(app.db_url) as s:
-            claim = update(queue).where(queue.c.case_id.in_(due.scalar_subquery()))
-            return list(s.execute(claim.values(claimed_until=until).returning(queue.c.case_id)).scalars())
-    ctid = literal_column("ctid")
-    # Without FOR UPDATE (each row would be locked, then updated: twice the writes): a sweeper that
-    # meets rows another one claimed meanwhile waits for its commit, then re-checks them (claimed, or
-    # no longer due: skipped). One statement, atomic by itself: run in autocommit (no BEGIN, no COMMIT).
-    claim = (update(queue).where(ctid == func.any(func.array(due.with_only_columns(ctid).scalar_subquery())),
-                                 queue.c.due_at <= now, unclaimed)
-             .values(claimed_until=until).returning(queue.c.case_id))
-    with engine.connect() as conn:
-        return list(conn.execution_options(isolation_level="AUTOCOMMIT").execute(claim).scalars())
+    """Claim up to ``limit`` due cases for 5 minutes, the longest due first (claims that expired
+    before them); their ids, in no particular order. Concurrent sweepers never claim a case twice
+    (one may get fewer: what the other took). The queue: :mod:`worker.adapters.store.due_queue`
+    (bench/bench_sweep.py)."""
+    return due_queue.claim(app.db_url, now, limit, now + dt.timedelta(minutes=5))
 
 
 @dataclass

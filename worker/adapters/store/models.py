@@ -150,7 +150,7 @@ class Case(Base):
     # path's first step for that segment (space-separated); both None for the flux.
     segment: Mapped[str | None] = mapped_column(String(40))
     first_channels: Mapped[str | None] = mapped_column(String(40))
-    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # unused since 0010: case_due's
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # unused since 0010 (case_claim since 0011)
     version: Mapped[int] = mapped_column(Integer, default=0)
 
     person: Mapped[Person] = relationship(back_populates="cases")
@@ -168,19 +168,36 @@ class Case(Base):
 
 
 class CaseDue(Base):
-    """The sweep's queue (migration 0010): one narrow row per active case with a due moment, kept by
-    database triggers on ``cases`` (insert, update of ``due_at``/``status``, whatever writes them:
-    the ORM, COPY, SQL). The sweep claims due rows here (``claimed_until``) instead of in the wide
-    ``cases`` table: a claim of 1 000 touches 1 000 small rows packed on few pages (bench/RESULTS.md)."""
+    """The sweep's queue (migrations 0010, 0011): one narrow row per active, unclaimed case with a due
+    moment, kept by database triggers on ``cases`` (insert, update of ``due_at``/``status``, whatever
+    writes them: the ORM, COPY, SQL). Rows are only inserted and deleted, never updated: a claim
+    moves its rows to :class:`CaseClaim`, a new due moment deletes the row and inserts a new one.
+    So the pages a claim reads are not rewritten in place, and reading them never makes PostgreSQL
+    prune them first (bench/RESULTS.md section 2)."""
 
     __tablename__ = "case_due"
 
     case_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True,
                                          autoincrement=False)
     due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_case_due_due_at", "due_at"),)
+
+
+class CaseClaim(Base):
+    """The cases the sweep handed out (migration 0011), each until ``claimed_until``: taken out of
+    :class:`CaseDue` by the claim, deleted by the trigger when the case's due moment changes (the
+    case advanced), moved back by the end of its ``advance`` when it did not change; an expired
+    claim (its worker died) is claimed again."""
+
+    __tablename__ = "case_claim"
+
+    case_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True,
+                                         autoincrement=False)
+    due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_case_claim_claimed_until", "claimed_until"),)
 
 
 class Appointment(Base):
