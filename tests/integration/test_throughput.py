@@ -145,6 +145,35 @@ def test_a_claim_meeting_a_case_that_moves_skips_it(pg_url, tmp_path, flux_write
 
 
 @pytest.mark.postgres
+def test_a_stale_claim_of_a_case_still_in_the_queue_does_not_stop_the_sweep(pg_url, tmp_path, flux_writer, caplog):
+    """Not a state the triggers leave (a case is waiting or claimed, not both); should it happen, the
+    claim deletes the stale claims and goes on, rather than failing at every sweep."""
+    from sqlalchemy import text
+
+    from worker.adapters.store import session as db_session
+    from worker.bootstrap import build_app
+    from worker.settings import Settings
+
+    app = build_app(Settings(data_dir=tmp_path / "var", database_url=pg_url, broker_url="memory://"))
+    db_session.upgrade(pg_url)
+    try:
+        path = flux_writer([{"external_id": f"CAF35-0074{i:03d}", "droit_opened_on": "2024-05-29"} for i in range(4)])
+        ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
+        due = sorted(_queue(app))
+        with db_session.get_engine(pg_url).begin() as conn:
+            for case_id, until in ((due[0], NOW + dt.timedelta(minutes=3)), (due[1], NOW - dt.timedelta(minutes=3))):
+                conn.execute(text("INSERT INTO case_claim (case_id, due_at, claimed_until) VALUES (:i, :d, :u)"),
+                             {"i": case_id, "d": NOW.replace(tzinfo=None), "u": until.replace(tzinfo=None)})
+        with caplog.at_level("WARNING", logger="relance.sweep"):
+            got = cases.due_case_ids(app, NOW, 100)
+        assert sorted(got) == due and "2 stale claims" in caplog.text
+        assert all(claimed == NOW + dt.timedelta(minutes=5) for _, claimed in _queue(app).values())
+    finally:
+        db_session.get_engine(pg_url).dispose()
+        db_session.dispose_all()
+
+
+@pytest.mark.postgres
 def test_concurrent_sweepers_claim_each_due_case_once(pg_url, tmp_path, flux_writer):
     from worker.adapters.store import session as db_session
     from worker.bootstrap import build_app

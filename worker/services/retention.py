@@ -38,8 +38,8 @@ from sqlalchemy import delete, func, select
 
 from worker.adapters import files
 from worker.adapters.store import audit
-from worker.adapters.store.models import (Appointment, AuditEntry, CampaignMember, Case, InboundEvent, Message,
-                                          Person, RdvsParticipation)
+from worker.adapters.store.models import (Appointment, AuditEntry, CampaignMember, Case, CaseClaim, InboundEvent,
+                                          Message, Person, RdvsParticipation)
 from worker.adapters.store.session import session_scope
 from worker.services.errors import ServiceError
 
@@ -84,6 +84,7 @@ def purge_expired(app, now: dt.datetime, batch: int = 500) -> int:
             s.execute(delete(InboundEvent).where(InboundEvent.case_id.in_(case_ids)))
             s.execute(delete(RdvsParticipation).where(RdvsParticipation.person_id.in_(ids)))
             s.execute(delete(CampaignMember).where(CampaignMember.person_id.in_(ids)))  # the stock campaign's
+            s.execute(delete(CaseClaim).where(CaseClaim.case_id.in_(case_ids)))  # no cascade (see CaseClaim)
             s.execute(delete(Case).where(Case.person_id.in_(ids)))
             s.execute(delete(Person).where(Person.id.in_(ids)))
             audit.append(s, at=now, kind="retention", data={"persons_purged": len(ids), "before": limit})

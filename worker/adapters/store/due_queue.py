@@ -18,8 +18,10 @@ pruned them all before claiming (bench/RESULTS.md section 2).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -28,28 +30,39 @@ from worker.adapters.store.session import get_engine, session_scope
 
 DUE = CaseDue.__table__
 CLAIMS = CaseClaim.__table__
+log = logging.getLogger("relance.sweep")
 
-# PostgreSQL: one statement, atomic by itself. The due rows are found through ix_case_due_due_at and
-# deleted by their ctid (no second index lookup); a sweeper that meets a row another one is moving
-# waits for it, then finds it gone and skips it. The conflict clause only matters if a stale claim of
-# the case is still there (its case got a new due moment while being claimed): the new claim wins.
-_PG_MOVE = text("""
-WITH picked AS (
+# PostgreSQL: the whole claim in one statement, atomic by itself: the expired claims (re-checked under
+# their row lock: two sweepers never both take one), then the due rows, found through
+# ix_case_due_due_at and deleted by their ctid (no second index lookup); a sweeper that meets a row
+# another one is moving waits for it, then finds it gone and skips it. A case is in case_due or in
+# case_claim, never both (the trigger deletes its row and claim before inserting a new row): so the
+# plain INSERT. Should it ever find a claim of the case there, the statement fails as a whole, the
+# stale claims are deleted (the queue row is the newer) and the claim runs again.
+_PG_CLAIM = text("""
+WITH expired AS (
+    UPDATE case_claim SET claimed_until = :until
+    WHERE claimed_until < :now
+      AND case_id = ANY(ARRAY(SELECT case_id FROM case_claim WHERE claimed_until < :now
+                              ORDER BY claimed_until LIMIT :n))
+    RETURNING case_id
+), picked AS (
     DELETE FROM case_due
-    WHERE ctid = ANY(ARRAY(SELECT ctid FROM case_due WHERE due_at <= :now ORDER BY due_at LIMIT :n))
+    WHERE ctid = ANY(ARRAY(SELECT ctid FROM case_due WHERE due_at <= :now ORDER BY due_at
+                           LIMIT GREATEST(:n - (SELECT count(*) FROM expired), 0)))
       AND due_at <= :now
     RETURNING case_id, due_at
+), moved AS (
+    INSERT INTO case_claim (case_id, due_at, claimed_until) SELECT case_id, due_at, :until FROM picked
+    RETURNING case_id
 )
-INSERT INTO case_claim (case_id, due_at, claimed_until)
-SELECT case_id, due_at, :until FROM picked
-ON CONFLICT (case_id) DO UPDATE SET due_at = EXCLUDED.due_at, claimed_until = EXCLUDED.claimed_until
-RETURNING case_id
+SELECT case_id FROM expired UNION ALL SELECT case_id FROM moved
 """).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime()))
+_PG_STALE = text("DELETE FROM case_claim c USING case_due d WHERE c.case_id = d.case_id RETURNING c.case_id")
 
 
 def _claim_expired(conn, now: dt.datetime, limit: int, until: dt.datetime) -> list[int]:
-    """Claims whose time ran out, the oldest first, claimed again (re-checked under the row lock:
-    two sweepers never both take one)."""
+    """Claims whose time ran out, the oldest first, claimed again (SQLite; PostgreSQL: _PG_CLAIM)."""
     expired = select(CLAIMS.c.case_id).where(CLAIMS.c.claimed_until < now).order_by(
         CLAIMS.c.claimed_until).limit(limit)
     stmt = (update(CLAIMS).where(CLAIMS.c.claimed_until < now, CLAIMS.c.case_id.in_(expired.scalar_subquery()))
@@ -78,13 +91,15 @@ def claim(db_url: str, now: dt.datetime, limit: int, until: dt.datetime) -> list
                         [{"case_id": r.case_id, "due_at": r.due_at, "claimed_until": until} for r in rows]))
                 ids += [r.case_id for r in rows]
             return ids
-    # Autocommit: each statement is atomic by itself, no BEGIN / COMMIT round trips.
-    with engine.connect() as conn:
+    params = {"now": now, "n": limit, "until": until}
+    with engine.connect() as conn:  # autocommit: no BEGIN / COMMIT round trips
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        ids = _claim_expired(conn, now, limit, until)
-        if len(ids) < limit:
-            ids += conn.execute(_PG_MOVE, {"now": now, "n": limit - len(ids), "until": until}).scalars().all()
-        return ids
+        try:
+            return list(conn.execute(_PG_CLAIM, params).scalars())  # (SQLAlchemy's .all() here: 12-16 ms)
+        except IntegrityError:
+            stale = list(conn.execute(_PG_STALE).scalars())
+            log.warning("due queue: %d stale claims of cases back in the queue deleted", len(stale))
+            return list(conn.execute(_PG_CLAIM, params).scalars())
 
 
 def release(s: Session, case_ids: list[int]) -> None:

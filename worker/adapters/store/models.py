@@ -192,8 +192,10 @@ class CaseClaim(Base):
 
     __tablename__ = "case_claim"
 
-    case_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True,
-                                         autoincrement=False)
+    # No foreign key: checking it would lock each claimed case's row in ``cases`` (12 ms per 1 000
+    # claims). A claim goes with its case: the trigger deletes it when the case moves or closes, the
+    # retention purge deletes it with the case.
+    case_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=False)
     due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     claimed_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 

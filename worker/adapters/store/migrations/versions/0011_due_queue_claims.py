@@ -102,8 +102,7 @@ def upgrade() -> None:
         sa.Column('case_id', _ID, autoincrement=False, nullable=False),
         sa.Column('due_at', sa.DateTime(), nullable=False),
         sa.Column('claimed_until', sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(['case_id'], ['cases.id'], ondelete='CASCADE'),
-        sa.PrimaryKeyConstraint('case_id'),
+        sa.PrimaryKeyConstraint('case_id'),  # no foreign key (see models.CaseClaim)
     )
     op.create_index('ix_case_claim_claimed_until', 'case_claim', ['claimed_until'], unique=False)
     op.execute("INSERT INTO case_claim (case_id, due_at, claimed_until) "
