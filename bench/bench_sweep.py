@@ -239,7 +239,7 @@ def main() -> int:
             conn.execute("VACUUM ANALYZE cases")
             if args.revision in ("head", "0010") or args.revision > "0009":
                 conn.execute("VACUUM ANALYZE case_due")  # the sweep's queue (migration 0010), filled by trigger
-            if args.revision == "head" or args.revision > "0010":
+            if conn.execute("SELECT to_regclass('case_claim')").fetchone()[0]:
                 conn.execute("VACUUM ANALYZE case_claim")  # its claims (0011)
             print(f"  VACUUM ANALYZE: {time.perf_counter() - t:.1f} s")
             result["sizes"] = dict(conn.execute(
@@ -287,10 +287,20 @@ def main() -> int:
                     conn.execute("VACUUM case_due")
             log.close()
             engine = db_session.get_engine(url)
-            if not args.legacy:
+            if not args.legacy and (ROOT / "worker/adapters/store/due_queue.py").exists():
                 # One more claim, in the same state as the timed ones (the previous batch just
-                # advanced), its statement run under EXPLAIN (ANALYZE, BUFFERS): the function
-                # returns the plan's lines instead of ids (and the claim happens all the same).
+                # advanced): the claim's statement (migration 0011) run under EXPLAIN (ANALYZE, BUFFERS).
+                from sqlalchemy import text
+
+                from worker.adapters.store import due_queue
+
+                params = {"now": naive(now), "n": batch, "until": naive(now + dt.timedelta(minutes=5))}
+                with engine.connect() as c:
+                    c = c.execution_options(isolation_level="AUTOCOMMIT")
+                    lines = c.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + due_queue._PG_CLAIM.text), params).scalars()
+                    result["plan"] = due_queue._PG_CLAIM.text.strip() + "\n" + "\n".join("    " + x for x in lines)
+            elif not args.legacy:
+                # The same for the claim of 0010: the function returns the plan's lines instead of ids.
                 result["plan"] = "\n".join(explain_call(engine, lambda: claim(app, now, batch), only="case_due"))
             else:
                 # The former claim sends the ids back: record its statements, undo the claim, EXPLAIN them.

@@ -56,7 +56,7 @@ WITH expired AS (
     INSERT INTO case_claim (case_id, due_at, claimed_until) SELECT case_id, due_at, :until FROM picked
     RETURNING case_id
 )
-SELECT case_id FROM expired UNION ALL SELECT case_id FROM moved
+SELECT ARRAY(SELECT case_id FROM expired UNION ALL SELECT case_id FROM moved)  -- one value: parsed at once
 """).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime()))
 _PG_STALE = text("DELETE FROM case_claim c USING case_due d WHERE c.case_id = d.case_id RETURNING c.case_id")
 
@@ -95,11 +95,11 @@ def claim(db_url: str, now: dt.datetime, limit: int, until: dt.datetime) -> list
     with engine.connect() as conn:  # autocommit: no BEGIN / COMMIT round trips
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         try:
-            return list(conn.execute(_PG_CLAIM, params).scalars())  # (SQLAlchemy's .all() here: 12-16 ms)
+            return conn.execute(_PG_CLAIM, params).scalar_one()
         except IntegrityError:
             stale = list(conn.execute(_PG_STALE).scalars())
             log.warning("due queue: %d stale claims of cases back in the queue deleted", len(stale))
-            return list(conn.execute(_PG_CLAIM, params).scalars())
+            return conn.execute(_PG_CLAIM, params).scalar_one()
 
 
 def release(s: Session, case_ids: list[int]) -> None:

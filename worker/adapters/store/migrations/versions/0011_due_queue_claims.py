@@ -104,7 +104,6 @@ def upgrade() -> None:
         sa.Column('claimed_until', sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint('case_id'),  # no foreign key (see models.CaseClaim)
     )
-    op.create_index('ix_case_claim_claimed_until', 'case_claim', ['claimed_until'], unique=False)
     op.execute("INSERT INTO case_claim (case_id, due_at, claimed_until) "
                "SELECT case_id, due_at, claimed_until FROM case_due WHERE claimed_until IS NOT NULL")
     op.execute("DELETE FROM case_due WHERE claimed_until IS NOT NULL")
@@ -123,7 +122,6 @@ def downgrade() -> None:
         batch.add_column(sa.Column('claimed_until', sa.DateTime(), nullable=True))
     op.execute("INSERT INTO case_due (case_id, due_at, claimed_until) "
                "SELECT case_id, due_at, claimed_until FROM case_claim WHERE true ON CONFLICT (case_id) DO NOTHING")
-    op.drop_index('ix_case_claim_claimed_until', table_name='case_claim')
     op.drop_table('case_claim')
     previous = _revision_0010()
     if dialect == "postgresql":
