@@ -13,6 +13,7 @@ $PY bench/bench_sweep.py
 $PY bench/bench_sweep.py --vacuum-between
 $PY bench/bench_sweep.py --clustered
 $PY bench/bench_sweep.py --batch 500
+$PY bench/bench_sweep.py --due-by-clock
 $PY bench/bench_sweep.py --revision 0001 --legacy
 $PY bench/bench_sms_pipeline.py
 $PY bench/bench_letters.py
