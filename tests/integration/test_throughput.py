@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from worker.adapters.channels.base import Delivery
 from worker.adapters.store.models import Case, CaseClaim, CaseDue, Message
-from worker.adapters.store.session import session_scope
+from worker.adapters.store.session import get_engine, session_scope
 from worker.services import cases, ingest, sending
 
 UTC = dt.timezone.utc
@@ -51,6 +51,20 @@ def planned(relance_app, flux_writer):
                          "email": f"personne{i}@example.org"} for i in range(12)])
     ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
     return app
+
+
+@pytest.fixture
+def pg_app(pg_url, tmp_path):
+    """The app on a migrated PostgreSQL database, for the tests that need concurrent connections."""
+    from worker.adapters.store import session as db_session
+    from worker.bootstrap import build_app
+    from worker.settings import Settings
+
+    app = build_app(Settings(data_dir=tmp_path / "var", database_url=pg_url, broker_url="memory://"))
+    db_session.upgrade(pg_url)
+    yield app
+    db_session.get_engine(pg_url).dispose()
+    db_session.dispose_all()
 
 
 def test_the_due_queue_follows_the_cases(planned):
@@ -100,111 +114,84 @@ def test_claims_of_cases_that_kept_their_due_moment_go_back_to_the_queue(planned
 
 
 @pytest.mark.postgres
-def test_a_claim_meeting_a_case_that_moves_skips_it(pg_url, tmp_path, flux_writer):
+def test_a_claim_meeting_a_case_that_moves_skips_it(pg_app, flux_writer):
     """The trigger deletes the case's queue row and inserts a new one while a claim is moving that
     row: the claim waits for the case's transaction, then finds the row gone and does not hand out
     the case; the case stays in the queue once, with its new due moment."""
     from sqlalchemy import text
 
-    from worker.adapters.store import session as db_session
-    from worker.bootstrap import build_app
-    from worker.settings import Settings
-
-    app = build_app(Settings(data_dir=tmp_path / "var", database_url=pg_url, broker_url="memory://"))
-    db_session.upgrade(pg_url)
-    try:
-        path = flux_writer([{"external_id": f"CAF35-0073{i:03d}", "droit_opened_on": "2024-05-29"} for i in range(5)])
-        ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
-        queue = _queue(app)
-        moving = min(queue, key=lambda i: queue[i][0])  # the longest due: the claim reaches it first
-        new_due = NOW - dt.timedelta(minutes=1)
-        engine = db_session.get_engine(pg_url)
-        with engine.connect() as conn:
-            tx = conn.begin()
-            conn.execute(text("UPDATE cases SET due_at = :d WHERE id = :i"),
-                         {"d": new_due.replace(tzinfo=None), "i": moving})  # uncommitted: its row locked
-            got: list[int] = []
-            claimer = threading.Thread(target=lambda: got.extend(cases.due_case_ids(app, NOW, 100)))
-            claimer.start()
-            with engine.connect() as watch:  # until the claim waits for the case's transaction
-                for _ in range(500):
-                    if watch.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar():
-                        break
-                    time.sleep(0.01)
-                else:
-                    pytest.fail("the claim did not wait for the moving case")
-            assert claimer.is_alive()
-            tx.commit()
-        claimer.join(30)
-        assert sorted(got) == sorted(set(queue) - {moving})
-        assert _queue(app)[moving] == (new_due, None)  # once, with its new due moment, unclaimed
-        assert cases.due_case_ids(app, NOW, 100) == [moving]
-    finally:
-        db_session.get_engine(pg_url).dispose()
-        db_session.dispose_all()
+    app = pg_app
+    path = flux_writer([{"external_id": f"CAF35-0073{i:03d}", "droit_opened_on": "2024-05-29"} for i in range(5)])
+    ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
+    queue = _queue(app)
+    moving = min(queue, key=lambda i: queue[i][0])  # the longest due: the claim reaches it first
+    new_due = NOW - dt.timedelta(minutes=1)
+    engine = get_engine(app.db_url)
+    with engine.connect() as conn:
+        tx = conn.begin()
+        conn.execute(text("UPDATE cases SET due_at = :d WHERE id = :i"),
+                     {"d": new_due.replace(tzinfo=None), "i": moving})  # uncommitted: its row locked
+        got: list[int] = []
+        claimer = threading.Thread(target=lambda: got.extend(cases.due_case_ids(app, NOW, 100)))
+        claimer.start()
+        with engine.connect() as watch:  # until the claim waits for the case's transaction
+            for _ in range(500):
+                if watch.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar():
+                    break
+                time.sleep(0.01)
+            else:
+                pytest.fail("the claim did not wait for the moving case")
+        assert claimer.is_alive()
+        tx.commit()
+    claimer.join(30)
+    assert sorted(got) == sorted(set(queue) - {moving})
+    assert _queue(app)[moving] == (new_due, None)  # once, with its new due moment, unclaimed
+    assert cases.due_case_ids(app, NOW, 100) == [moving]
 
 
 @pytest.mark.postgres
-def test_a_stale_claim_of_a_case_still_in_the_queue_does_not_stop_the_sweep(pg_url, tmp_path, flux_writer, caplog):
+def test_a_stale_claim_of_a_case_still_in_the_queue_does_not_stop_the_sweep(pg_app, flux_writer, caplog):
     """Not a state the triggers leave (a case is waiting or claimed, not both); should it happen, the
     claim deletes the stale claims and goes on, rather than failing at every sweep."""
     from sqlalchemy import text
 
-    from worker.adapters.store import session as db_session
-    from worker.bootstrap import build_app
-    from worker.settings import Settings
-
-    app = build_app(Settings(data_dir=tmp_path / "var", database_url=pg_url, broker_url="memory://"))
-    db_session.upgrade(pg_url)
-    try:
-        path = flux_writer([{"external_id": f"CAF35-0074{i:03d}", "droit_opened_on": "2024-05-29"} for i in range(4)])
-        ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
-        due = sorted(_queue(app))
-        with db_session.get_engine(pg_url).begin() as conn:
-            for case_id, until in ((due[0], NOW + dt.timedelta(minutes=3)), (due[1], NOW - dt.timedelta(minutes=3))):
-                conn.execute(text("INSERT INTO case_claim (case_id, due_at, claimed_until) VALUES (:i, :d, :u)"),
-                             {"i": case_id, "d": NOW.replace(tzinfo=None), "u": until.replace(tzinfo=None)})
-        with caplog.at_level("WARNING", logger="relance.sweep"):
-            got = cases.due_case_ids(app, NOW, 100)
-        assert sorted(got) == due and "2 stale claims" in caplog.text
-        assert all(claimed == NOW + dt.timedelta(minutes=5) for _, claimed in _queue(app).values())
-    finally:
-        db_session.get_engine(pg_url).dispose()
-        db_session.dispose_all()
+    app = pg_app
+    path = flux_writer([{"external_id": f"CAF35-0074{i:03d}", "droit_opened_on": "2024-05-29"} for i in range(4)])
+    ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
+    due = sorted(_queue(app))
+    with get_engine(app.db_url).begin() as conn:
+        for case_id, until in ((due[0], NOW + dt.timedelta(minutes=3)), (due[1], NOW - dt.timedelta(minutes=3))):
+            conn.execute(text("INSERT INTO case_claim (case_id, due_at, claimed_until) VALUES (:i, :d, :u)"),
+                         {"i": case_id, "d": NOW.replace(tzinfo=None), "u": until.replace(tzinfo=None)})
+    with caplog.at_level("WARNING", logger="relance.sweep"):
+        got = cases.due_case_ids(app, NOW, 100)
+    assert sorted(got) == due and "2 stale claims" in caplog.text
+    assert all(claimed == NOW + dt.timedelta(minutes=5) for _, claimed in _queue(app).values())
 
 
 @pytest.mark.postgres
-def test_concurrent_sweepers_claim_each_due_case_once(pg_url, tmp_path, flux_writer):
-    from worker.adapters.store import session as db_session
-    from worker.bootstrap import build_app
-    from worker.settings import Settings
+def test_concurrent_sweepers_claim_each_due_case_once(pg_app, flux_writer):
+    app = pg_app
+    path = flux_writer([{"external_id": f"CAF35-0072{i:03d}", "droit_opened_on": "2024-05-29"}
+                        for i in range(300)])
+    ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
+    due = set(_queue(app))
+    got: list[list[int]] = []
 
-    app = build_app(Settings(data_dir=tmp_path / "var", database_url=pg_url, broker_url="memory://"))
-    db_session.upgrade(pg_url)
-    try:
-        path = flux_writer([{"external_id": f"CAF35-0072{i:03d}", "droit_opened_on": "2024-05-29"}
-                            for i in range(300)])
-        ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
-        due = set(_queue(app))
-        got: list[list[int]] = []
+    def sweeper():
+        mine = []
+        while ids := cases.due_case_ids(app, NOW, 7):
+            mine += ids
+        got.append(mine)
 
-        def sweeper():
-            mine = []
-            while ids := cases.due_case_ids(app, NOW, 7):
-                mine += ids
-            got.append(mine)
-
-        threads = [threading.Thread(target=sweeper) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        claimed = [i for mine in got for i in mine]
-        assert len(claimed) == len(set(claimed)), "a case claimed twice"
-        assert set(claimed) == due
-    finally:
-        db_session.get_engine(pg_url).dispose()
-        db_session.dispose_all()
+    threads = [threading.Thread(target=sweeper) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    claimed = [i for mine in got for i in mine]
+    assert len(claimed) == len(set(claimed)), "a case claimed twice"
+    assert set(claimed) == due
 
 
 def test_a_batch_is_sent_once_whatever_the_redeliveries(planned):
