@@ -328,12 +328,22 @@ def test_the_rate_limit_spaces_the_sends(planned):
             return real.send(message)
 
     app._channels["sms"] = Timed()
-    assert isinstance(app.rate_limiter("sms"), LocalRateLimiter)
+    limiter = app.rate_limiter("sms")
+    assert isinstance(limiter, LocalRateLimiter)
+    reserved, reserve = [], limiter.reserve
+    limiter.reserve = lambda n: reserved.append(reserve(n)) or reserved[-1]
     sms = [m.id for m in _messages(app, "sms")]
     assert {r.outcome for r in sending.send_messages(app, sms, NOW)} == {"sent"}
+    # The limiter hands out one slot per message, 1/20 s apart, never closer (what it decides, not timed)
+    slots = sorted(r.at(i) for r in reserved for i in range(r.count))
+    assert len(slots) == len(sms) == len(stamps) and {r.interval for r in reserved} == {0.05}
+    assert all(b - a >= 0.05 - 1e-9 for a, b in zip(slots, slots[1:]))
+    # ...and each message waits for its slot: none leaves early (late, on a busy machine, is possible:
+    # the rate is not asserted from below here; bench/bench_sms_pipeline.py measures it)
     stamps.sort()
+    assert all(stamp >= slot - 0.002 for stamp, slot in zip(stamps, slots))
     rate = (len(stamps) - 2) / (stamps[-1] - stamps[1])  # the first two go at once (the burst of one)
-    assert 18 <= rate <= 22, rate  # 20/s, give or take a thread waking up late
+    assert rate <= 22, rate
 
 
 @pytest.mark.redis

@@ -421,7 +421,8 @@ def test_crsa_pack_writes_the_session_and_each_case_as_pdf(ws, tmp_path):
                           text=True, check=True).stdout
     flat = "".join(text.split())
     for expected in ("ROBERT Camille4", "reçu le vendredi 26 juillet 2024", "Délai d'observations", "jusqu'au",
-                     "préavis de sanction (LRAR)", "letters/pre_sanction_notice.html.j2", "à 7 rue de la Gare",
+                     "préavis de sanction (LRAR)", "letters/pre_sanction_notice.html.j2",
+                     "à Madame Camille4 ROBERT, 7 RUE DE LA GARE, 35600 REDON",  # as printed on the letter
                      "agent (ligne de commande)"):
         assert "".join(expected.split()) in flat, expected
 
@@ -493,7 +494,40 @@ def test_a_letter_sent_before_an_address_change_does_not_show_the_new_address(ws
     c = signed_in(app, api)
     review = sc.case_reference(app, sc.REVIEW)
     before = c.get(f"/espace/dossiers/{review}").text
-    assert "adresse d&#39;alors" not in before and "l'adresse d'alors" not in before
+    assert "modifiée depuis" not in before
     cases.apply_event(app, external_id=sc.REVIEW, type="address_updated", now=clock.now)
     after = c.get(f"/espace/dossiers/{review}").text
-    assert "modifiée depuis (voir l" in after
+    assert "(adresse modifiée depuis) (voir l" in after
+
+
+@SQLITE
+def test_an_sms_or_e_mail_sent_before_a_change_shows_where_it_went(ws):
+    """Each message records what its provider was given; after the person's number and e-mail changed,
+    the case page and the commission's pack show the number and address each message went to, and
+    that they changed since, not the current ones."""
+    app, api, clock = ws
+    from worker.adapters.store.models import Case, Message
+    from worker.services import commission
+
+    old = {}
+    with session_scope(app.db_url) as s:
+        for external_id in (sc.REVIEW, sc.REFERRED):
+            person = s.execute(select(Person).where(Person.external_id == external_id)).scalar_one()
+            sent = s.execute(select(Message).join(Case).where(Case.person_id == person.id,
+                                                              Message.sent_at.is_not(None))).scalars().all()
+            by_channel = {m.channel: m.recipient for m in sent}
+            assert by_channel["sms"] == person.phone and by_channel["email"] == person.email
+            assert by_channel["letter"].splitlines()[-1] == f"{person.postcode} REDON"
+            old[external_id] = person.phone, person.email
+            person.phone, person.email = "+33698765432", "nouvelle.adresse@example.org"  # as a new flux row would
+    page = signed_in(app, api).get(f"/espace/dossiers/{sc.case_reference(app, sc.REVIEW)}").text
+    history = page.split("Historique")[-1]
+    phone, email = old[sc.REVIEW]
+    assert f"à {phone} (numéro modifié depuis)" in history and f"à {email} (adresse modifiée depuis)" in history
+    assert "+33698765432" not in history and "nouvelle.adresse" not in history  # nor as where a message went
+    pack = commission.build_pack(app, clock.now, sc.SESSION, case_reference=sc.case_reference(app, sc.REFERRED))
+    lines = [m for c in pack.cases for m in c.messages]
+    phone, email = old[sc.REFERRED]
+    assert any("SMS « " in m and f"à {phone} (numéro modifié depuis)" in m for m in lines)
+    assert any(f"à {email} (adresse modifiée depuis)" in m for m in lines)
+    assert not any("+33698765432" in m or "nouvelle.adresse" in m for m in lines)

@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from worker.domain import describe
 from worker.domain.describe import case_entry, local_time
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -61,3 +62,26 @@ def test_reasons_read_as_french_and_unknown_codes_stay_visible():
     assert reason("handoff:ft_report") == "transmis après l'étape ft_report"
     assert reason("review_decision:legitimate_reason") == "décision de l'agent : motif légitime"
     assert reason("something_new") == "something_new"
+
+
+def test_where_a_message_went_is_what_its_provider_was_given_not_the_current_contact():
+    from types import SimpleNamespace as NS
+
+    person = NS(phone="+33698765432", email=None, address_line1="3 rue de la Gare", address_line2=None,
+                postcode="35600", city="REDON")
+
+    def msg(channel, recipient=None, status="sent", sent_at="2024-06-10"):
+        return NS(channel=channel, recipient=recipient, status=status, sent_at=sent_at)
+
+    assert describe.message_destination(msg("sms", "+33612345678"), person) == "à +33612345678 (numéro modifié depuis)"
+    assert describe.message_destination(msg("sms", "+33698765432"), person) == "à +33698765432"
+    assert describe.message_destination(msg("email", "a@example.org"), person) == "à a@example.org (adresse modifiée depuis)"
+    letter = msg("letter", "Madame Camille LE GALL\n3 RUE DE LA GARE\n35600 REDON")
+    assert describe.message_destination(letter, person, moved=False) == "à Madame Camille LE GALL, 3 RUE DE LA GARE, 35600 REDON"
+    assert describe.message_destination(letter, person, moved=True).endswith("REDON (adresse modifiée depuis)")
+    # not sent yet: where it will go; sent before recipients were recorded: the contact then unknown
+    assert describe.message_destination(msg("sms", status="pending", sent_at=None), person) == "à +33698765432"
+    assert describe.message_destination(msg("letter"), person, moved=True) == "à l'adresse d'alors, modifiée depuis"
+    assert describe.message_destination(msg("email", status="pending", sent_at=None), person) == "à adresse e-mail inconnue"
+    # went nowhere (cancelled before sending): no destination at all
+    assert describe.message_destination(msg("sms", status="cancelled", sent_at=None), person) == ""

@@ -123,6 +123,40 @@ def step_label(step: str | None) -> str:
     return STEPS.get(step, step)
 
 
+def current_contact(person, channel: str) -> str:
+    """The person's number, e-mail address or postal address for ``channel``, as the pages show it."""
+    if channel == "sms":
+        return person.phone or "numéro inconnu"
+    if channel == "email":
+        return person.email or "adresse e-mail inconnue"
+    lines = (person.address_line1, person.address_line2, f"{person.postcode or ''} {person.city or ''}".strip())
+    return ", ".join(x for x in lines if x) or "adresse inconnue"
+
+
+def sent_to(channel: str, recipient: str | None, current: str, changed: bool | None = None) -> str:
+    """Where a message went: its ``recipient`` (what the provider was given), with « modifié depuis »
+    when the person's contact is no longer that one (``changed``; by default, when ``recipient`` differs
+    from ``current``). A message not sent yet (no recipient) goes to ``current``."""
+    if not recipient:
+        return current
+    shown = ", ".join(line.strip() for line in recipient.splitlines() if line.strip())
+    if recipient != current if changed is None else changed:
+        shown += " (numéro modifié depuis)" if channel == "sms" else " (adresse modifiée depuis)"
+    return shown
+
+
+def message_destination(message, person, moved: bool | None = None) -> str:
+    """« à … » for a message: where it went, as recorded when it was sent, and whether the person's
+    contact changed since (``moved``: for a letter, its address version is not the case's any more);
+    where it will go if it is still to be sent; "" for a message that went nowhere (cancelled, or
+    not rendered)."""
+    if not message.recipient and message.sent_at is None and message.status not in ("pending", "sending"):
+        return ""
+    if moved and not message.recipient:  # sent before 0012 recorded where: the letter itself says
+        return "à l'adresse d'alors, modifiée depuis"
+    return "à " + sent_to(message.channel, message.recipient, current_contact(person, message.channel), moved)
+
+
 def _date_fr(value) -> str:
     try:
         day = dt.date.fromisoformat(str(value)[:10])

@@ -24,7 +24,8 @@ from worker.adapters.pdf import render_pdf
 from worker.adapters.store.models import Appointment, Case, InboundEvent, Message, Person
 from worker.adapters.store.session import session_scope
 from worker.domain import engine
-from worker.domain.describe import APPOINTMENT_OUTCOMES, CANCEL_REASONS, CHANNELS, MESSAGE_STATUSES, event_detail, step_label
+from worker.domain.describe import (APPOINTMENT_OUTCOMES, CANCEL_REASONS, CHANNELS, MESSAGE_STATUSES, event_detail,
+                                    message_destination, step_label)
 from worker.services.agents import author_of, authors
 from worker.services.errors import ServiceError
 from worker.services.message_content import notice_facts
@@ -82,17 +83,9 @@ def _session(app, session: dt.date | None, today: dt.date) -> dt.date:
     return upcoming
 
 
-def _contact(person: Person, channel: str) -> str:
-    if channel == "sms":
-        return person.phone or "numéro inconnu"
-    if channel == "email":
-        return person.email or "e-mail inconnu"
-    return ", ".join(x for x in (person.address_line1, person.address_line2,
-                                 f"{person.postcode or ''} {person.city or ''}".strip()) if x)
-
-
 def _messages(s, cal, case_ids: list[int], person: Person) -> list[str]:
     out = []
+    versions = dict(s.execute(select(Case.id, Case.address_version).where(Case.id.in_(case_ids))).all())
     for m in s.execute(select(Message).where(Message.case_id.in_(case_ids))
                        .order_by(Message.created_at, Message.id)).scalars():
         when = m.sent_at or m.status_at or m.not_before
@@ -101,8 +94,11 @@ def _messages(s, cal, case_ids: list[int], person: Person) -> list[str]:
             if m.template_name else "modèle non rendu"
         why = m.error or CANCEL_REASONS.get(m.cancel_reason or "", m.cancel_reason)
         outcome = MESSAGE_STATUSES.get(m.status, m.status) + (f" ({why})" if why else "")
+        # where it went, as recorded when sent (and whether the person's contact changed since)
+        moved = m.address_version != versions.get(m.case_id, m.address_version) if m.channel == "letter" else None
+        where = message_destination(m, person, moved)
         out.append(f"{cal.local(when):%d/%m/%Y} — {CHANNELS.get(m.channel, m.channel)}{postage} "
-                   f"« {step_label(m.step)} » ({m.reference}), {template}, à {_contact(person, m.channel)} : {outcome}")
+                   f"« {step_label(m.step)} » ({m.reference}), {template}{where and ', ' + where} : {outcome}")
     return out
 
 

@@ -67,6 +67,7 @@ class Prepared:
     channel: str
     outgoing: OutgoingMessage
     template: tuple
+    recipient: str  # what the provider is given: number, e-mail address, address lines
 
 
 def send_messages(app, message_ids, now: dt.datetime,
@@ -206,7 +207,7 @@ def _render(s, app, msg: Message, case: Case, person: Person, now: dt.datetime, 
         sender_name=org.name, reply_to=org.email if msg.channel == "email" else None,
         extra={"day": app.calendar.local_date(now).isoformat()})
     return Prepared(msg.id, msg.channel, outgoing,
-                    (rendered.template_name, rendered.template_version, rendered.content_hash))
+                    (rendered.template_name, rendered.template_version, rendered.content_hash), to or "")
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -296,7 +297,8 @@ def _record(app, outcomes: list, now: dt.datetime) -> dict[int, SendResult]:
                     repository.set_message_status(s, msg, PENDING, now)
                 results[msg.id] = SendResult(msg.id, "skipped", "not sent (interrupted)")
                 continue
-            result, follow, case_id = record_outcome(s, msg, delivery, error, item.template, now)
+            result, follow, case_id = record_outcome(s, msg, delivery, error, item.template, now,
+                                                     recipient=item.recipient)
             results[msg.id] = result
             if follow is not None:
                 follow_ups.append(follow)

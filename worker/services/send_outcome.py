@@ -64,11 +64,14 @@ def account_alert(code) -> str:
 
 
 def record_outcome(s: Session, msg: Message, delivery: Delivery | None, error, template: tuple,
-                   now: dt.datetime) -> tuple[SendResult, FollowUp | None, int | None]:
+                   now: dt.datetime, recipient: str | None = None) -> tuple[SendResult, FollowUp | None, int | None]:
     """Record the provider's answer on ``msg`` (its row locked by the caller; a receipt may have moved
-    it already). Returns the result, what to tell the case afterwards, and the person to mark contacted."""
+    it already), and where it was sent (``recipient``, whatever the answer). Returns the result, what
+    to tell the case afterwards, and the person to mark contacted."""
     message_id = msg.id
     msg.template_name, msg.template_version, msg.content_hash = template
+    if recipient:
+        msg.recipient = recipient
     if delivery is not None:
         if msg.sent_at is None or not (msg.error or "").startswith(UNREACHABLE_RETRY):
             msg.sent_at = now  # sent again after an unreachable handset: it keeps its first hand-over

@@ -146,15 +146,6 @@ class Entry:
     status: str = ""
 
 
-def _contact_for(person: Person, channel: str) -> str:
-    if channel == "sms":
-        return person.phone or "numéro inconnu"
-    if channel == "email":
-        return person.email or "adresse e-mail inconnue"
-    lines = [person.address_line1, person.address_line2, f"{person.postcode or ''} {person.city or ''}".strip()]
-    return ", ".join(x for x in lines if x)
-
-
 def case_page(app, reference: str, agent, now: dt.datetime) -> dict:
     """Everything the case page shows; NotVisible when the agent may not see this case."""
     case_id = parse_case_reference(reference)
@@ -186,15 +177,14 @@ def case_page(app, reference: str, agent, now: dt.datetime) -> dict:
                 postage = " recommandé avec accusé de réception" if m.postage == "lrar" else ""
                 text = f"{channel}{postage} « {describe.step_label(m.step)} » ({m.reference})"
                 preview = m.id if m.channel == "letter" and m.provider_ref else None
-                if m.channel == "letter" and m.address_version != versions.get(m.case_id, m.address_version):
-                    # the address changed since: the current one is not where this letter went (its PDF says)
-                    detail = "à l'adresse d'alors, modifiée depuis" + (" (voir l'aperçu du courrier)" if preview else "")
-                else:
-                    detail = f"à {_contact_for(person, m.channel)}"
-                if m.template_name:
-                    detail += f" — modèle {m.template_name}"
-                if m.error or m.cancel_reason:
-                    detail += f" — {m.error or describe.CANCEL_REASONS.get(m.cancel_reason, m.cancel_reason)}"
+                # where it went (and whether the person's contact changed since), not the current contact
+                moved = m.address_version != versions.get(m.case_id, m.address_version) if m.channel == "letter" \
+                    else None
+                where = describe.message_destination(m, person, moved)
+                if moved and preview:
+                    where += " (voir l'aperçu du courrier)"
+                why = m.error or (m.cancel_reason and describe.CANCEL_REASONS.get(m.cancel_reason, m.cancel_reason))
+                detail = " — ".join(x for x in (where, m.template_name and f"modèle {m.template_name}", why) if x)
                 entries.append(Entry(at, "message", text, detail, "Relance", preview, status))
             elif i["kind"] == "event":
                 ev = events[i["id"]]

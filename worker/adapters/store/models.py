@@ -246,6 +246,8 @@ class Message(Base):
     batch_id: Mapped[str | None] = mapped_column(String(120), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     cancel_reason: Mapped[str | None] = mapped_column(String(80))
+    # Where it went: the number, e-mail address or postal address (lines) given to the provider (0012).
+    recipient: Mapped[str | None] = mapped_column(Text)
 
     case: Mapped[Case] = relationship(back_populates="messages")
 
