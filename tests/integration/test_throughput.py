@@ -338,12 +338,12 @@ def test_the_rate_limit_spaces_the_sends(planned):
     slots = sorted(r.at(i) for r in reserved for i in range(r.count))
     assert len(slots) == len(sms) == len(stamps) and {r.interval for r in reserved} == {0.05}
     assert all(b - a >= 0.05 - 1e-9 for a, b in zip(slots, slots[1:]))
-    # ...and each message waits for its slot: none leaves early (late, on a busy machine, is possible:
-    # the rate is not asserted from below here; bench/bench_sms_pipeline.py measures it)
+    # ...and each message waits for its slot: none leaves early, so the k-th message leaves no sooner
+    # than k/20 s after the first slot: never faster than the rate. (Late, on a busy machine, is
+    # possible, and late ones may then leave close together: the rate seen between two stamps is
+    # not asserted here, either way; bench/bench_sms_pipeline.py measures the rate at the provider.)
     stamps.sort()
     assert all(stamp >= slot - 0.002 for stamp, slot in zip(stamps, slots))
-    rate = (len(stamps) - 2) / (stamps[-1] - stamps[1])  # the first two go at once (the burst of one)
-    assert rate <= 22, rate
 
 
 @pytest.mark.redis
