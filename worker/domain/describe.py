@@ -133,28 +133,24 @@ def current_contact(person, channel: str) -> str:
     return ", ".join(x for x in lines if x) or "adresse inconnue"
 
 
-def sent_to(channel: str, recipient: str | None, current: str, changed: bool | None = None) -> str:
-    """Where a message went: its ``recipient`` (what the provider was given), with « modifié depuis »
-    when the person's contact is no longer that one (``changed``; by default, when ``recipient`` differs
-    from ``current``). A message not sent yet (no recipient) goes to ``current``."""
-    if not recipient:
-        return current
-    shown = ", ".join(line.strip() for line in recipient.splitlines() if line.strip())
-    if recipient != current if changed is None else changed:
-        shown += " (numéro modifié depuis)" if channel == "sms" else " (adresse modifiée depuis)"
-    return shown
-
-
 def message_destination(message, person, moved: bool | None = None) -> str:
-    """« à … » for a message: where it went, as recorded when it was sent, and whether the person's
-    contact changed since (``moved``: for a letter, its address version is not the case's any more);
-    where it will go if it is still to be sent; "" for a message that went nowhere (cancelled, or
-    not rendered)."""
-    if not message.recipient and message.sent_at is None and message.status not in ("pending", "sending"):
-        return ""
-    if moved and not message.recipient:  # sent before 0012 recorded where: the letter itself says
-        return "à l'adresse d'alors, modifiée depuis"
-    return "à " + sent_to(message.channel, message.recipient, current_contact(person, message.channel), moved)
+    """« à … » for a message: where it went (``recipient``, what its provider was given), and « modifié
+    depuis » when the person's contact is no longer that one (``moved``; for a letter the caller says,
+    from the case's address version; otherwise: the recipient is not the current contact). A message
+    still to be sent goes to the current contact; one that went nowhere (cancelled, not rendered): ""."""
+    channel, recipient = message.channel, message.recipient
+    if not recipient:
+        if message.sent_at is None and message.status not in ("pending", "sending"):
+            return ""
+        if moved:  # sent before 0012 recorded where: the letter itself says
+            return "à l'adresse d'alors, modifiée depuis"
+        return "à " + current_contact(person, channel)
+    shown = ", ".join(line.strip() for line in recipient.splitlines() if line.strip())
+    if moved is None:
+        moved = recipient != current_contact(person, channel)
+    if moved:
+        shown += " (numéro modifié depuis)" if channel == "sms" else " (adresse modifiée depuis)"
+    return "à " + shown
 
 
 def _date_fr(value) -> str:

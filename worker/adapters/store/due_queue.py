@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -87,7 +87,7 @@ def claim(db_url: str, now: dt.datetime, limit: int, until: dt.datetime) -> list
                 rows = s.execute(delete(DUE).where(DUE.c.case_id.in_(due.scalar_subquery()))
                                  .returning(DUE.c.case_id, DUE.c.due_at)).all()
                 if rows:
-                    s.execute(sqlite.insert(CLAIMS).values(
+                    s.execute(insert(CLAIMS).values(
                         [{"case_id": r.case_id, "due_at": r.due_at, "claimed_until": until} for r in rows]))
                 ids += [r.case_id for r in rows]
             return ids
