@@ -18,6 +18,7 @@ from worker.services import cases, ingest, sending
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2024, 6, 5, 8, 0, tzinfo=UTC)  # a Wednesday, 10:00 in Paris
+POSTGRES = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 
 def _queue(app) -> dict[int, tuple]:
@@ -51,20 +52,6 @@ def planned(relance_app, flux_writer):
                          "email": f"personne{i}@example.org"} for i in range(12)])
     ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
     return app
-
-
-@pytest.fixture
-def pg_app(pg_url, tmp_path):
-    """The app on a migrated PostgreSQL database, for the tests that need concurrent connections."""
-    from worker.adapters.store import session as db_session
-    from worker.bootstrap import build_app
-    from worker.settings import Settings
-
-    app = build_app(Settings(data_dir=tmp_path / "var", database_url=pg_url, broker_url="memory://"))
-    db_session.upgrade(pg_url)
-    yield app
-    db_session.get_engine(pg_url).dispose()
-    db_session.dispose_all()
 
 
 def test_the_due_queue_follows_the_cases(planned):
@@ -114,13 +101,14 @@ def test_claims_of_cases_that_kept_their_due_moment_go_back_to_the_queue(planned
 
 
 @pytest.mark.postgres
-def test_a_claim_meeting_a_case_that_moves_skips_it(pg_app, flux_writer):
+@POSTGRES  # two connections at once
+def test_a_claim_meeting_a_case_that_moves_skips_it(relance_app, flux_writer):
     """The trigger deletes the case's queue row and inserts a new one while a claim is moving that
     row: the claim waits for the case's transaction, then finds the row gone and does not hand out
     the case; the case stays in the queue once, with its new due moment."""
     from sqlalchemy import text
 
-    app = pg_app
+    app = relance_app
     path = flux_writer([{"external_id": f"CAF35-0073{i:03d}", "droit_opened_on": "2024-05-29"} for i in range(5)])
     ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
     queue = _queue(app)
@@ -150,12 +138,13 @@ def test_a_claim_meeting_a_case_that_moves_skips_it(pg_app, flux_writer):
 
 
 @pytest.mark.postgres
-def test_a_stale_claim_of_a_case_still_in_the_queue_does_not_stop_the_sweep(pg_app, flux_writer, caplog):
+@POSTGRES  # two connections at once
+def test_a_stale_claim_of_a_case_still_in_the_queue_does_not_stop_the_sweep(relance_app, flux_writer, caplog):
     """Not a state the triggers leave (a case is waiting or claimed, not both); should it happen, the
     claim deletes the stale claims and goes on, rather than failing at every sweep."""
     from sqlalchemy import text
 
-    app = pg_app
+    app = relance_app
     path = flux_writer([{"external_id": f"CAF35-0074{i:03d}", "droit_opened_on": "2024-05-29"} for i in range(4)])
     ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
     due = sorted(_queue(app))
@@ -170,8 +159,9 @@ def test_a_stale_claim_of_a_case_still_in_the_queue_does_not_stop_the_sweep(pg_a
 
 
 @pytest.mark.postgres
-def test_concurrent_sweepers_claim_each_due_case_once(pg_app, flux_writer):
-    app = pg_app
+@POSTGRES  # two connections at once
+def test_concurrent_sweepers_claim_each_due_case_once(relance_app, flux_writer):
+    app = relance_app
     path = flux_writer([{"external_id": f"CAF35-0072{i:03d}", "droit_opened_on": "2024-05-29"}
                         for i in range(300)])
     ingest.ingest_file(app, path, NOW - dt.timedelta(hours=1))
